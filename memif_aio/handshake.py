@@ -1,0 +1,589 @@
+"""The memif handshake as two sans-IO state machines, one per role.
+
+Rules (MEMIF-PROTOCOL.md, "Handshake"):
+
+- The master speaks first (HELLO); then the slave drives in lock-step: INIT, ADD_REGION x n,
+  ADD_RING x m (S2M rings, then M2S rings), CONNECT, each sent only after the master's ACK
+  (CONNECTED for the last). Anything else is "message out of order".
+- A rejection is a DISCONNECT carrying a reason, then the channel closes. Every reason we send
+  is one of the constants below, so tests, logs and users see the same words.
+- Either side may DISCONNECT at any time; after the link is up that is the only legal message.
+
+The machines never touch sockets, memory or clocks. They consume ``receive(message, fds)``,
+``handle_timer(now)`` and the answers to their own requests (``memory_created``,
+``memory_mapped``), and return a list of actions for the I/O layer to carry out in order.
+Received fds are owned by the machine from the moment they are passed in: it either hands them
+over in ``LinkUp`` or asks for them to be closed (``CloseFds``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from . import protocol as p
+from .errors import (
+    ConfigError,
+    DisconnectedError,
+    HandshakeError,
+    HandshakeTimeout,
+    MemifError,
+    SecretMismatch,
+)
+
+# Reasons sent in DISCONNECT. Keep them short: the field holds 96 bytes.
+UNKNOWN_ID = "unknown interface id"
+ALREADY_CONNECTED = "interface already connected"
+VERSION_MISMATCH = "incompatible version"
+SECRET_MISMATCH = "secret mismatch"
+MODE_MISMATCH = "mode mismatch"
+OUT_OF_ORDER = "message out of order"
+MISSING_FD = "missing file descriptor"
+EXTRA_FDS = "unexpected file descriptors"
+PRIVATE_HDR = "private header size not supported"
+REGION_NOT_SEQUENTIAL = "region index not sequential"
+REGION_LIMIT = "region index beyond limit"
+REGION_TOO_SMALL = "region fd smaller than declared size"
+REGION_NOT_FILE = "region fd is not a regular file"
+REGION_SIZE = "bad region size"
+RING_LIMIT = "ring index beyond limit"
+RING_DUPLICATE = "ring index repeated"
+RING_NOT_SEQUENTIAL = "ring indices not sequential"
+RING_REGION = "ring in unknown region"
+RING_OUTSIDE = "ring outside its region"
+RING_SIZE = "bad log2 ring size"
+NO_RINGS = "no rings in both directions"
+NO_REGIONS = "no regions"
+BAD_FRAME = "malformed message"
+TIMEOUT = "handshake timeout"
+PEER_UNSUPPORTED = "peer limits unusable"
+LOCAL_CLOSE = "interface closed"
+
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+MAX_REGION_SIZE = 1 << 40  # what we are willing to map from a peer
+
+
+class Role(str, enum.Enum):
+    MASTER = "master"
+    SLAVE = "slave"
+
+    @classmethod
+    def parse(cls, value: Role | str) -> Role:
+        aliases = {"server": cls.MASTER, "client": cls.SLAVE}
+        if isinstance(value, str) and value.lower() in aliases:
+            return aliases[value.lower()]
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"role must be master/server or slave/client: {value!r}") from None
+
+
+def ring_bytes(log2_ring_size: int, cacheline: int = 64) -> int:
+    """Bytes of one ring: a two-cache-line header plus 16-byte descriptors."""
+    return 2 * cacheline + (16 << log2_ring_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the handshake agrees on, and what it hands to the data plane.
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    index: int
+    size: int
+    fd: int
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    s2m: bool
+    index: int
+    region: int
+    offset: int
+    log2_size: int
+    eventfd: int
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """What a slave learned from HELLO: the counts and sizes it must build memory for."""
+
+    s2m_rings: int
+    m2s_rings: int
+    log2_ring_size: int
+    max_regions: int
+
+
+@dataclass
+class LinkSetup:
+    """Everything the data plane is built from once the link is up (wsproto's ``Connected``)."""
+
+    role: Role
+    interface_id: int
+    mode: p.Mode
+    cacheline: int
+    regions: list[RegionSpec]
+    s2m_rings: list[RingSpec]
+    m2s_rings: list[RingSpec]
+    peer_name: str = ""  # the peer's interface name (CONNECT / CONNECTED)
+    peer_app_name: str = ""  # the peer's application name (HELLO / INIT)
+
+    def fds(self) -> list[int]:
+        return [r.fd for r in self.regions] + [r.eventfd for r in self.s2m_rings + self.m2s_rings]
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions returned to the I/O layer.
+
+
+@dataclass(frozen=True)
+class Send:
+    message: p.Message
+    fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CloseFds:
+    fds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClaimInterface:
+    """Master: the interface ``interface_id`` is now taken by this channel."""
+
+    interface_id: int
+
+
+@dataclass(frozen=True)
+class CreateMemory:
+    """Slave: build regions, rings and eventfds for these limits, then call ``memory_created``."""
+
+    negotiated: Negotiated
+
+
+@dataclass(frozen=True)
+class MapMemory:
+    """Master: map and verify ``setup`` (cookies), then call ``memory_mapped`` or ``fail``."""
+
+    setup: LinkSetup
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    setup: LinkSetup
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The channel is finished: close it. ``error`` says why (None after a clean local close)."""
+
+    reason: str
+    error: MemifError | None
+    by_peer: bool
+
+
+Action = Send | CloseFds | ClaimInterface | CreateMemory | MapMemory | LinkUp | Closed
+
+
+class State(enum.Enum):
+    WAIT_HELLO = "wait-hello"  # slave
+    WAIT_MEMORY = "wait-memory"  # slave, our CreateMemory is outstanding
+    WAIT_ACK = "wait-ack"  # slave, one message in flight
+    WAIT_CONNECTED = "wait-connected"  # slave
+    WAIT_INIT = "wait-init"  # master
+    WAIT_SETUP = "wait-setup"  # master: regions, rings, CONNECT
+    WAIT_MAPPING = "wait-mapping"  # master, our MapMemory is outstanding
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+def region_fd_size(fd: int) -> int:
+    """Size of a region fd, or -1 when it is not a regular file (not mappable as a region)."""
+    st = os.fstat(fd)
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
+
+
+def _error_for(reason: str) -> HandshakeError:
+    return SecretMismatch(reason) if "secret" in reason.lower() else HandshakeError(reason)
+
+
+class _Handshake:
+    role: Role
+
+    def __init__(self, now: float, timeout: float | None) -> None:
+        self.state = State.CLOSED
+        self.deadline = None if timeout is None else now + timeout
+        self._owned_fds: list[int] = []
+
+    # -- shared behaviour ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.state is State.CONNECTED
+
+    def receive_frame(self, frame: bytes, fds: Sequence[int] = ()) -> list[Action]:
+        """Decode and handle one frame; a malformed frame is rejected like any other breach."""
+        self._owned_fds.extend(fds)
+        try:
+            message = p.decode(frame)
+        except MemifError as exc:
+            return self._reject(f"{BAD_FRAME}: {exc.reason}")
+        return self._dispatch(message, list(fds))
+
+    def receive(self, message: p.Message, fds: Sequence[int] = ()) -> list[Action]:
+        """Handle one decoded message and the fds that came with it."""
+        self._owned_fds.extend(fds)
+        return self._dispatch(message, list(fds))
+
+    def _dispatch(self, message: p.Message, fds: list[int]) -> list[Action]:
+        if self.state is State.CLOSED:
+            return self._close_fds(fds)
+        if isinstance(message, p.Disconnect):
+            return self._peer_disconnected(message.reason or "peer disconnected")
+        return self._handle(message, fds)
+
+    def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:
+        raise NotImplementedError
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Call when ``deadline`` passes; the handshake fails if it is still incomplete."""
+        if self.state in (State.CONNECTED, State.CLOSED) or self.deadline is None:
+            return []
+        if now < self.deadline:
+            return []
+        return self._reject(TIMEOUT, error=HandshakeTimeout(TIMEOUT))
+
+    def peer_closed(self) -> list[Action]:
+        """The channel hit EOF or an error without a DISCONNECT."""
+        if self.state is State.CLOSED:
+            return []
+        return self._peer_disconnected("peer closed the control channel")
+
+    def close(self, reason: str = LOCAL_CLOSE) -> list[Action]:
+        """Local teardown: tell the peer why, then close."""
+        if self.state is State.CLOSED:
+            return []
+        return self._finish(reason, None, by_peer=False, send=True)
+
+    def fail(self, reason: str) -> list[Action]:
+        """Reject with ``reason`` found outside the machine (e.g. a bad ring cookie)."""
+        return self._reject(reason)
+
+    def _reject(self, reason: str, error: MemifError | None = None) -> list[Action]:
+        if self.state is State.CLOSED:
+            return []
+        return self._finish(reason, error or _error_for(reason), by_peer=False, send=True)
+
+    def _peer_disconnected(self, reason: str) -> list[Action]:
+        error = _error_for(reason) if self.state is not State.CONNECTED else None
+        return self._finish(reason, error or DisconnectedError(reason), by_peer=True, send=False)
+
+    def _finish(
+        self, reason: str, error: MemifError | None, by_peer: bool, send: bool
+    ) -> list[Action]:
+        actions: list[Action] = []
+        if send:
+            actions.append(Send(p.Disconnect(0, reason)))
+        actions += self._close_fds(self._owned_fds)
+        self._owned_fds = []
+        self.state = State.CLOSED
+        actions.append(Closed(reason, error, by_peer))
+        return actions
+
+    def _close_fds(self, fds: Sequence[int]) -> list[Action]:
+        return [CloseFds(tuple(fds))] if fds else []
+
+    def _disown(self, fds: Sequence[int]) -> None:
+        for fd in fds:
+            self._owned_fds.remove(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SlaveConfig:
+    interface_id: int = 0
+    mode: p.Mode = p.Mode.ETHERNET
+    secret: bytes = b""
+    app_name: str = "memif_aio"
+    if_name: str = "memif0"
+    tx_queues: int = 1  # S2M rings
+    rx_queues: int = 1  # M2S rings
+    log2_ring_size: int = 10
+    cacheline: int = 64
+
+
+class SlaveHandshake(_Handshake):
+    """The connecting side. Call ``receive*`` with each frame from the master."""
+
+    role = Role.SLAVE
+
+    def __init__(
+        self,
+        config: SlaveConfig,
+        now: float = 0.0,
+        timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        super().__init__(now, timeout)
+        self.config = config
+        self.state = State.WAIT_HELLO
+        self.negotiated: Negotiated | None = None
+        self.peer_app_name = ""
+        self._queue: list[Send] = []  # messages still to send, one per ACK
+        self._regions: list[RegionSpec] = []
+        self._rings: list[RingSpec] = []
+
+    def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:
+        if fds:  # masters never send fds
+            return self._reject(EXTRA_FDS)
+        if self.state is State.WAIT_HELLO and isinstance(message, p.Hello):
+            return self._on_hello(message)
+        if self.state is State.WAIT_ACK and isinstance(message, p.Ack):
+            return self._send_next()
+        if self.state is State.WAIT_CONNECTED and isinstance(message, p.Connected):
+            self.state = State.CONNECTED
+            self._owned_fds = []
+            setup = LinkSetup(
+                role=Role.SLAVE,
+                interface_id=self.config.interface_id,
+                mode=self.config.mode,
+                cacheline=self.config.cacheline,
+                regions=self._regions,
+                s2m_rings=[r for r in self._rings if r.s2m],
+                m2s_rings=[r for r in self._rings if not r.s2m],
+                peer_name=message.if_name,
+                peer_app_name=self.peer_app_name,
+            )
+            return [LinkUp(setup)]
+        return self._reject(f"{OUT_OF_ORDER}: {message.type.name} in {self.state.value}")
+
+    def _on_hello(self, hello: p.Hello) -> list[Action]:
+        if not hello.min_version <= p.VERSION <= hello.max_version:
+            return self._reject(
+                f"{VERSION_MISMATCH}: peer {hello.min_version:#06x}-{hello.max_version:#06x}"
+            )
+        cfg = self.config
+        if hello.max_log2_ring_size == 0:
+            return self._reject(f"{PEER_UNSUPPORTED}: max log2 ring size 0")
+        self.peer_app_name = hello.name
+        self.negotiated = Negotiated(
+            s2m_rings=min(hello.max_s2m_ring + 1, cfg.tx_queues),
+            m2s_rings=min(hello.max_m2s_ring + 1, cfg.rx_queues),
+            log2_ring_size=min(hello.max_log2_ring_size, cfg.log2_ring_size, p.MAX_LOG2_RING_SIZE),
+            max_regions=hello.max_region + 1,
+        )
+        self.state = State.WAIT_MEMORY
+        return [CreateMemory(self.negotiated)]
+
+    def memory_created(
+        self, regions: Sequence[RegionSpec], rings: Sequence[RingSpec]
+    ) -> list[Action]:
+        """The I/O layer built what ``CreateMemory`` asked for; we own those fds until LinkUp."""
+        if self.state is not State.WAIT_MEMORY:
+            return []
+        assert self.negotiated is not None
+        if len(regions) > self.negotiated.max_regions:
+            return self._reject(f"{PEER_UNSUPPORTED}: {len(regions)} regions needed")
+        self._regions = list(regions)
+        # S2M rings first, then M2S: the order every peer expects.
+        self._rings = sorted(rings, key=lambda r: (not r.s2m, r.index))
+        self._owned_fds.extend(r.fd for r in self._regions)
+        self._owned_fds.extend(r.eventfd for r in self._rings)
+        cfg = self.config
+        self._queue = [
+            Send(p.Init(p.VERSION, cfg.interface_id, cfg.mode, cfg.secret, cfg.app_name)),
+            *(Send(p.AddRegion(r.index, r.size), (r.fd,)) for r in self._regions),
+            *(Send(_add_ring_message(r), (r.eventfd,)) for r in self._rings),
+            Send(p.Connect(cfg.if_name)),
+        ]
+        return self._send_next()
+
+    def _send_next(self) -> list[Action]:
+        # Lock-step: one message per reply from the master.
+        send = self._queue.pop(0)
+        self.state = State.WAIT_ACK if self._queue else State.WAIT_CONNECTED
+        return [send]
+
+
+def _add_ring_message(ring: RingSpec) -> p.AddRing:
+    flags = p.ADD_RING_FLAG_S2M if ring.s2m else 0
+    return p.AddRing(flags, ring.index, ring.region, ring.offset, ring.log2_size)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MasterInterfaceConfig:
+    """What a master checks an INIT against."""
+
+    interface_id: int = 0
+    mode: p.Mode = p.Mode.ETHERNET
+    secret: bytes = b""
+    if_name: str = "memif0"
+    rx_queues: int = 1  # most S2M rings we accept
+    tx_queues: int = 1  # most M2S rings we accept
+    cacheline: int = 64
+
+
+@dataclass
+class _PendingSetup:
+    config: MasterInterfaceConfig
+    slave_app_name: str
+    regions: list[RegionSpec] = field(default_factory=list)
+    rings: dict[tuple[bool, int], RingSpec] = field(default_factory=dict)
+
+
+class MasterHandshake(_Handshake):
+    """The listening side of one accepted channel.
+
+    ``lookup(id)`` returns the interface config or None; ``is_taken(id)`` tells whether another
+    channel holds it. Both are queries; the claim itself is the ``ClaimInterface`` action.
+    """
+
+    role = Role.MASTER
+
+    def __init__(
+        self,
+        app_name: str,
+        lookup: Callable[[int], MasterInterfaceConfig | None],
+        is_taken: Callable[[int], bool],
+        now: float = 0.0,
+        timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        fd_size: Callable[[int], int] = region_fd_size,
+        hello: p.Hello | None = None,
+    ) -> None:
+        super().__init__(now, timeout)
+        self.hello = hello or p.Hello(name=app_name)
+        self._lookup = lookup
+        self._is_taken = is_taken
+        self._fd_size = fd_size
+        self._pending: _PendingSetup | None = None
+        self._setup: LinkSetup | None = None
+        self.state = State.WAIT_INIT
+
+    @property
+    def interface_id(self) -> int | None:
+        return self._pending.config.interface_id if self._pending else None
+
+    def start(self) -> list[Action]:
+        """The master speaks first, before it knows which interface is wanted."""
+        return [Send(self.hello)]
+
+    def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:
+        handler = {
+            (State.WAIT_INIT, p.Init): self._on_init,
+            (State.WAIT_SETUP, p.AddRegion): self._on_add_region,
+            (State.WAIT_SETUP, p.AddRing): self._on_add_ring,
+            (State.WAIT_SETUP, p.Connect): self._on_connect,
+        }.get((self.state, type(message)))
+        if handler is None:
+            return self._reject(f"{OUT_OF_ORDER}: {message.type.name} in {self.state.value}")
+        expected_fds = 1 if isinstance(message, (p.AddRegion, p.AddRing)) else 0
+        if len(fds) < expected_fds:
+            return self._reject(f"{MISSING_FD} with {message.type.name}")
+        if len(fds) > expected_fds:
+            return self._reject(f"{EXTRA_FDS} with {message.type.name}")
+        return handler(message, *fds)
+
+    def _on_init(self, init: p.Init) -> list[Action]:
+        if init.version != p.VERSION:
+            return self._reject(f"{VERSION_MISMATCH}: {init.version:#06x}, ours {p.VERSION:#06x}")
+        config = self._lookup(init.id)
+        if config is None:
+            return self._reject(f"{UNKNOWN_ID} {init.id}")
+        if self._is_taken(init.id):
+            return self._reject(f"{ALREADY_CONNECTED}: id {init.id}")
+        if config.secret and not hmac.compare_digest(
+            init.secret.ljust(p.SECRET_SIZE, b"\0"), config.secret.ljust(p.SECRET_SIZE, b"\0")
+        ):
+            return self._reject(SECRET_MISMATCH)
+        if init.mode != config.mode:
+            return self._reject(f"{MODE_MISMATCH}: peer {init.mode.name.lower()}")
+        self._pending = _PendingSetup(config, init.name)
+        self.state = State.WAIT_SETUP
+        return [ClaimInterface(init.id), Send(p.Ack())]
+
+    def _on_add_region(self, msg: p.AddRegion, fd: int) -> list[Action]:
+        pending = self._pending
+        assert pending is not None
+        if pending.rings:
+            return self._reject(f"{OUT_OF_ORDER}: ADD_REGION after ADD_RING")
+        if msg.index > self.hello.max_region:
+            return self._reject(f"{REGION_LIMIT}: {msg.index}")
+        if msg.index != len(pending.regions):
+            return self._reject(f"{REGION_NOT_SEQUENTIAL}: {msg.index}")
+        if not 0 < msg.size <= MAX_REGION_SIZE:
+            return self._reject(f"{REGION_SIZE}: {msg.size}")
+        actual = self._fd_size(fd)
+        if actual < 0:
+            return self._reject(REGION_NOT_FILE)
+        if actual < msg.size:
+            return self._reject(f"{REGION_TOO_SMALL}: {actual} < {msg.size}")
+        pending.regions.append(RegionSpec(msg.index, msg.size, fd))
+        return [Send(p.Ack())]
+
+    def _on_add_ring(self, msg: p.AddRing, fd: int) -> list[Action]:
+        pending = self._pending
+        assert pending is not None
+        cfg = pending.config
+        limit = cfg.rx_queues if msg.s2m else cfg.tx_queues
+        hello_limit = self.hello.max_s2m_ring if msg.s2m else self.hello.max_m2s_ring
+        direction = "s2m" if msg.s2m else "m2s"
+        if msg.index >= limit or msg.index > hello_limit:
+            return self._reject(f"{RING_LIMIT}: {direction} {msg.index}")
+        if (msg.s2m, msg.index) in pending.rings:
+            return self._reject(f"{RING_DUPLICATE}: {direction} {msg.index}")
+        if msg.private_hdr_size != 0:
+            return self._reject(PRIVATE_HDR)
+        if not 0 < msg.log2_ring_size <= self.hello.max_log2_ring_size:
+            return self._reject(f"{RING_SIZE}: {msg.log2_ring_size}")
+        if msg.region >= len(pending.regions):
+            return self._reject(f"{RING_REGION}: {msg.region}")
+        end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
+        if end > pending.regions[msg.region].size:
+            return self._reject(f"{RING_OUTSIDE}: {direction} {msg.index}")
+        pending.rings[(msg.s2m, msg.index)] = RingSpec(
+            msg.s2m, msg.index, msg.region, msg.offset, msg.log2_ring_size, fd
+        )
+        return [Send(p.Ack())]
+
+    def _on_connect(self, msg: p.Connect) -> list[Action]:
+        pending = self._pending
+        assert pending is not None
+        if not pending.regions:
+            return self._reject(NO_REGIONS)
+        s2m = sorted((r for r in pending.rings.values() if r.s2m), key=lambda r: r.index)
+        m2s = sorted((r for r in pending.rings.values() if not r.s2m), key=lambda r: r.index)
+        if not s2m or not m2s:
+            return self._reject(NO_RINGS)
+        for rings in (s2m, m2s):
+            if [r.index for r in rings] != list(range(len(rings))):
+                return self._reject(RING_NOT_SEQUENTIAL)
+        self._setup = LinkSetup(
+            role=Role.MASTER,
+            interface_id=pending.config.interface_id,
+            mode=pending.config.mode,
+            cacheline=pending.config.cacheline,
+            regions=pending.regions,
+            s2m_rings=s2m,
+            m2s_rings=m2s,
+            peer_name=msg.if_name,
+            peer_app_name=pending.slave_app_name,
+        )
+        self.state = State.WAIT_MAPPING
+        return [MapMemory(self._setup)]
+
+    def memory_mapped(self) -> list[Action]:
+        """The I/O layer mapped and verified the setup: the link is up."""
+        if self.state is not State.WAIT_MAPPING:
+            return []
+        assert self._setup is not None and self._pending is not None
+        self.state = State.CONNECTED
+        self._owned_fds = []
+        return [Send(p.Connected(self._pending.config.if_name)), LinkUp(self._setup)]
