@@ -383,7 +383,7 @@ class SlaveHandshake(_Handshake):
     def memory_created(
         self, regions: Sequence[RegionSpec], rings: Sequence[RingSpec]
     ) -> list[Action]:
-        """The I/O layer built what ``CreateMemory`` asked for; we own those fds until LinkUp."""
+        """The I/O layer built what ``CreateMemory`` asked for (and keeps owning its fds)."""
         if self.state is not State.WAIT_MEMORY:
             return []
         assert self.negotiated is not None
@@ -392,8 +392,6 @@ class SlaveHandshake(_Handshake):
         self._regions = list(regions)
         # S2M rings first, then M2S: the order every peer expects.
         self._rings = sorted(rings, key=lambda r: (not r.s2m, r.index))
-        self._owned_fds.extend(r.fd for r in self._regions)
-        self._owned_fds.extend(r.eventfd for r in self._rings)
         cfg = self.config
         self._queue = [
             Send(p.Init(p.VERSION, cfg.interface_id, cfg.mode, cfg.secret, cfg.app_name)),
@@ -577,6 +575,7 @@ class MasterHandshake(_Handshake):
             peer_app_name=pending.slave_app_name,
         )
         self.state = State.WAIT_MAPPING
+        self._owned_fds = []  # they travel with MapMemory: the mapper closes them on failure
         return [MapMemory(self._setup)]
 
     def memory_mapped(self) -> list[Action]:

@@ -62,7 +62,7 @@ class Mode(enum.IntEnum):
 
 def encode_string(text: str | bytes, size: int, field: str) -> bytes:
     """NUL-pad ``text`` to ``size`` bytes; a full field needs no terminator (peers accept it)."""
-    raw = text.encode() if isinstance(text, str) else bytes(text)
+    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
     if len(raw) > size:
         raise ConfigError(f"{field} is {len(raw)} bytes, at most {size} fit")
     if b"\0" in raw:
@@ -71,8 +71,11 @@ def encode_string(text: str | bytes, size: int, field: str) -> bytes:
 
 
 def decode_string(raw: bytes) -> str:
-    """Text up to the first NUL (or the whole field when full); undecodable bytes escaped."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+    """Text up to the first NUL (or the whole field when full).
+
+    Undecodable bytes become surrogates, so a name re-encodes to the very bytes the peer sent.
+    """
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ class Disconnect:
 
     def _fields(self) -> tuple:
         # A reason is informative only: cut it to fit rather than fail a teardown.
-        raw = self.reason.encode("utf-8", "replace").replace(b"\0", b" ")[:REASON_SIZE]
+        raw = self.reason.encode("utf-8", "surrogateescape").replace(b"\0", b" ")[:REASON_SIZE]
         return (self.code, raw)
 
 

@@ -1,0 +1,92 @@
+"""memif_aio: the memif shared-memory packet interface, natively on asyncio.
+
+Wire-compatible with libmemif, VPP's memif plugin and DPDK's ``net_memif``::
+
+    async with memif_aio.connect("@/run/app.sock", id=0, secret="s3cr3t") as iface:
+        print(iface.details())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .errors import (
+    ConfigError,
+    DisconnectedError,
+    FrameError,
+    HandshakeError,
+    HandshakeTimeout,
+    LocalProtocolError,
+    MemifError,
+    PeerProtocolError,
+    RemoteProtocolError,
+    SecretMismatch,
+)
+from .handshake import Role
+from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
+from .protocol import Mode
+from .socket import Socket
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DisconnectedError",
+    "FrameError",
+    "HandshakeError",
+    "HandshakeTimeout",
+    "Interface",
+    "InterfaceDetails",
+    "LinkState",
+    "LocalProtocolError",
+    "MemifError",
+    "Mode",
+    "PeerProtocolError",
+    "QueueDetails",
+    "RemoteProtocolError",
+    "Role",
+    "SecretMismatch",
+    "Socket",
+    "connect",
+    "listen",
+]
+
+_SOCKET_OPTIONS = (
+    "app_name",
+    "socket_mode",
+    "socket_group",
+    "reconnect_interval",
+    "handshake_timeout",
+)
+
+
+@contextlib.asynccontextmanager
+async def _open(
+    role: str, path: str, id: int, timeout: float | None, fail_fast: bool, options: dict[str, Any]
+) -> AsyncIterator[Interface]:
+    socket_options = {k: options.pop(k) for k in _SOCKET_OPTIONS if k in options}
+    async with Socket(path, **socket_options) as sock:
+        interface = await sock.create_interface(id=id, role=role, **options)
+        await interface.wait_connected(timeout, fail_fast=fail_fast)
+        yield interface
+
+
+def connect(
+    path: str, id: int = 0, *, timeout: float | None = 10.0, **options: Any
+) -> contextlib.AbstractAsyncContextManager[Interface]:
+    """Slave: connect to the master at ``path``; yields the connected :class:`Interface`.
+
+    A refusal by the master (wrong secret, unknown id, id in use) raises its
+    :class:`HandshakeError` at once; no master within ``timeout`` raises ``HandshakeTimeout``.
+    Options are those of :class:`Interface` and :class:`Socket`.
+    """
+    return _open("slave", path, id, timeout, True, options)
+
+
+def listen(
+    path: str, id: int = 0, *, timeout: float | None = None, **options: Any
+) -> contextlib.AbstractAsyncContextManager[Interface]:
+    """Master: listen at ``path`` and yield the :class:`Interface` once a slave connects."""
+    return _open("master", path, id, timeout, False, options)

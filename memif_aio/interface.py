@@ -1,0 +1,309 @@
+"""A memif interface: its lifecycle, state, reconnection and what it tells the user.
+
+A master interface waits on its socket's listener for a slave with its id; a slave interface
+connects, and after any disconnect (or refusal) tries again every ``reconnect_interval``
+seconds until it is closed, like libmemif and VPP. The data plane (queues over the rings) is
+built from the handshake's ``LinkSetup`` when the link comes up and torn down when it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import handshake as hs
+from .errors import ConfigError, DisconnectedError, HandshakeError, HandshakeTimeout
+from .memory import SharedMemory
+from .protocol import SECRET_SIZE, Mode, encode_string
+
+if TYPE_CHECKING:
+    from .socket import Session, Socket
+
+log = logging.getLogger("memif_aio")
+
+
+class LinkState(str, enum.Enum):
+    DISCONNECTED = "disconnected"  # master: listening; slave: waiting to retry
+    CONNECTING = "connecting"  # handshake under way
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class QueueDetails:
+    index: int
+    ring_size: int
+    buffer_size: int | None  # a master learns it from the slave's descriptors only
+
+
+@dataclass(frozen=True)
+class InterfaceDetails:
+    """A snapshot of ``Interface.details()``, like VPP's ``show memif``."""
+
+    name: str
+    app_name: str
+    remote_name: str
+    remote_app_name: str
+    id: int
+    role: str
+    mode: str
+    socket: str
+    state: str
+    link_up: bool
+    cacheline: int
+    rx_queues: tuple[QueueDetails, ...] = field(default_factory=tuple)
+    tx_queues: tuple[QueueDetails, ...] = field(default_factory=tuple)
+    last_disconnect_reason: str = ""
+
+
+class Interface:
+    """One memif interface on a :class:`~memif_aio.Socket`; create it with ``create_interface``.
+
+    Options: ``secret`` (up to 24 bytes), ``mode`` (``"ethernet"``, ``"ip"``,
+    ``"punt_inject"``), ``rx_queues``/``tx_queues`` (a slave asks for them; a master accepts at
+    most that many), ``ring_size`` (power of two, 2..16384), ``buffer_size`` (slave's packet
+    buffers), ``name`` (interface name sent in CONNECT/CONNECTED), ``app_name`` (defaults to the
+    socket's), ``cacheline`` (64; 128 for peers built on aarch64).
+    """
+
+    def __init__(
+        self,
+        sock: Socket,
+        *,
+        id: int = 0,
+        role: hs.Role = hs.Role.MASTER,
+        secret: str | bytes | None = None,
+        mode: Mode | int | str = Mode.ETHERNET,
+        rx_queues: int = 1,
+        tx_queues: int = 1,
+        ring_size: int = 1024,
+        buffer_size: int = 2048,
+        name: str | None = None,
+        app_name: str | None = None,
+        cacheline: int = 64,
+    ) -> None:
+        if not 0 <= id < 1 << 32:
+            raise ConfigError(f"interface id {id} outside 0..2**32-1")
+        if ring_size < 2 or ring_size > 1 << 14 or ring_size & (ring_size - 1):
+            raise ConfigError(f"ring_size {ring_size} must be a power of two in 2..16384")
+        if not 64 <= buffer_size <= 1 << 16:
+            raise ConfigError(f"buffer_size {buffer_size} outside 64..65536")
+        for label, count in (("rx_queues", rx_queues), ("tx_queues", tx_queues)):
+            if not 1 <= count <= 256:
+                raise ConfigError(f"{label}={count} outside 1..256")
+        if cacheline not in (64, 128):
+            raise ConfigError(f"cacheline must be 64 or 128, not {cacheline}")
+        raw_secret = secret.encode() if isinstance(secret, str) else bytes(secret or b"")
+        if len(raw_secret) > SECRET_SIZE:
+            raise ConfigError(f"secret longer than {SECRET_SIZE} bytes")
+        self.name = name or f"memif{id}"
+        self.app_name = app_name or sock.app_name
+        encode_string(self.name, 32, "name")  # reject now what could not be sent later
+        encode_string(self.app_name, 32, "app_name")
+
+        self.socket = sock
+        self.id = id
+        self.role = role
+        self.mode = Mode.parse(mode)
+        self.secret = raw_secret
+        self.rx_queue_count = rx_queues
+        self.tx_queue_count = tx_queues
+        self.ring_size = ring_size
+        self.buffer_size = buffer_size
+        self.cacheline = cacheline
+
+        self.state = LinkState.DISCONNECTED
+        self.last_disconnect_reason = ""
+        self._session: Session | None = None
+        self._setup: hs.LinkSetup | None = None
+        self._memory: SharedMemory | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._changed = asyncio.Event()  # pulsed on every state change and refusal
+        self._refusal: HandshakeError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Interface {self.name} id={self.id} {self.role.value} {self.state.value}>"
+
+    @property
+    def connected(self) -> bool:
+        return self.state is LinkState.CONNECTED
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def wait_connected(
+        self, timeout: float | None = None, *, fail_fast: bool = False
+    ) -> None:
+        """Wait until the link is up.
+
+        Raises ``HandshakeTimeout`` after ``timeout`` seconds (with the last disconnect reason),
+        ``DisconnectedError`` if the interface is closed, and with ``fail_fast`` the
+        ``HandshakeError`` of the first refusal (wrong secret, unknown id, id in use...).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._refusal = None
+        while not self.connected:
+            if self.state is LinkState.CLOSED:
+                raise DisconnectedError("interface closed")
+            if fail_fast and self._refusal is not None:
+                raise self._refusal
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                why = self.last_disconnect_reason or "no peer"
+                raise HandshakeTimeout(f"not connected after {timeout}s ({why})")
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_disconnected(self) -> str:
+        """Wait until the link goes down; return the reason."""
+        while self.connected:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.last_disconnect_reason
+
+    def details(self) -> InterfaceDetails:
+        setup = self._setup
+        if setup is not None:
+            rx_rings = setup.m2s_rings if self.role is hs.Role.SLAVE else setup.s2m_rings
+            tx_rings = setup.s2m_rings if self.role is hs.Role.SLAVE else setup.m2s_rings
+        else:
+            rx_rings = tx_rings = []
+        buffer_size = self.buffer_size if self.role is hs.Role.SLAVE else None
+        return InterfaceDetails(
+            name=self.name,
+            app_name=self.app_name,
+            remote_name=setup.peer_name if setup else "",
+            remote_app_name=setup.peer_app_name if setup else "",
+            id=self.id,
+            role=self.role.value,
+            mode=self.mode.name.lower(),
+            socket=self.socket.path,
+            state=self.state.value,
+            link_up=self.connected,
+            cacheline=self.cacheline,
+            rx_queues=tuple(QueueDetails(r.index, 1 << r.log2_size, buffer_size) for r in rx_rings),
+            tx_queues=tuple(QueueDetails(r.index, 1 << r.log2_size, buffer_size) for r in tx_rings),
+            last_disconnect_reason=self.last_disconnect_reason,
+        )
+
+    async def close(self) -> None:
+        """Disconnect (telling the peer why), release memory and fds, stop reconnecting."""
+        if self.state is LinkState.CLOSED:
+            return
+        self._closing = True
+        if self._session is not None:
+            self._session.close(hs.LOCAL_CLOSE)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._set_state(LinkState.CLOSED)
+        self.socket._forget(self)
+
+    # -- called by the socket and sessions ------------------------------------------------------
+
+    def _master_config(self) -> hs.MasterInterfaceConfig:
+        return hs.MasterInterfaceConfig(
+            interface_id=self.id,
+            mode=self.mode,
+            secret=self.secret,
+            if_name=self.name,
+            rx_queues=self.rx_queue_count,
+            tx_queues=self.tx_queue_count,
+            cacheline=self.cacheline,
+        )
+
+    def _slave_config(self) -> hs.SlaveConfig:
+        return hs.SlaveConfig(
+            interface_id=self.id,
+            mode=self.mode,
+            secret=self.secret,
+            app_name=self.app_name,
+            if_name=self.name,
+            tx_queues=self.tx_queue_count,
+            rx_queues=self.rx_queue_count,
+            log2_ring_size=self.ring_size.bit_length() - 1,
+            cacheline=self.cacheline,
+        )
+
+    def _attach(self, session: Session) -> None:
+        self._session = session
+        self._set_state(LinkState.CONNECTING)
+
+    def _link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
+        self._setup = setup
+        self._memory = memory
+        self._set_state(LinkState.CONNECTED)
+        log.info(
+            "memif %s id %d: connected to %s (%s)",
+            self.socket.path,
+            self.id,
+            setup.peer_name,
+            setup.peer_app_name,
+        )
+
+    def _session_closed(self, session: Session, closed: hs.Closed) -> None:
+        was_up = self.connected
+        self._session = None
+        self.last_disconnect_reason = closed.reason
+        if isinstance(closed.error, HandshakeError):
+            self._refusal = closed.error
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+        self._setup = None
+        if was_up:
+            log.info("memif %s id %d: disconnected: %s", self.socket.path, self.id, closed.reason)
+        if self.state is not LinkState.CLOSED:
+            self._set_state(LinkState.DISCONNECTED)
+
+    def _set_state(self, state: LinkState) -> None:
+        self.state = state
+        self._changed.set()
+
+    # -- slave connection loop --------------------------------------------------------------------
+
+    def _start_slave(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run_slave(), name=f"memif slave {self.socket.path} id {self.id}"
+        )
+
+    async def _run_slave(self) -> None:
+        from .socket import Session
+
+        while not self._closing:
+            self._set_state(LinkState.CONNECTING)
+            try:
+                sock = await self.socket._connect()
+            except OSError as exc:
+                self.last_disconnect_reason = f"cannot connect: {exc.strerror or exc}"
+                self._set_state(LinkState.DISCONNECTED)
+                await asyncio.sleep(self.socket.reconnect_interval)
+                continue
+            machine = hs.SlaveHandshake(
+                self._slave_config(), now=time.monotonic(), timeout=self.socket.handshake_timeout
+            )
+            session = Session(
+                sock,
+                machine,
+                self._link_up,
+                self._session_closed,
+                buffer_size=self.buffer_size,
+                peer=f"{self.socket.path} id {self.id}",
+            )
+            self._attach(session)
+            session.start()
+            try:
+                await asyncio.shield(session.done)
+            except asyncio.CancelledError:
+                session.close(hs.LOCAL_CLOSE)
+                raise
+            if not self._closing:
+                await asyncio.sleep(self.socket.reconnect_interval)

@@ -1,0 +1,370 @@
+"""A memif control socket: a listener for master interfaces, or the address slaves connect to.
+
+One listening socket serves many master interfaces, told apart by the id in INIT. Each accepted
+connection runs a :class:`Session`: a handshake state machine wired to a control channel, a
+timer and the shared-memory factory. The interface gets the link when the session says LinkUp
+and hears about its end through ``Closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket as _socket
+import stat
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import handshake as hs
+from .control import ControlChannel, new_seqpacket_socket, unix_address
+from .errors import ConfigError, MemifError
+from .memory import SharedMemory, create_slave_memory, map_master_memory
+from .protocol import encode
+
+if TYPE_CHECKING:
+    from .interface import Interface
+
+log = logging.getLogger("memif_aio")
+
+LinkUpHandler = Callable[["Session", hs.LinkSetup, SharedMemory], None]
+ClosedHandler = Callable[["Session", hs.Closed], None]
+
+
+class Session:
+    """One control connection from accept/connect to close; executes the machine's actions."""
+
+    def __init__(
+        self,
+        sock: _socket.socket,
+        machine: hs.SlaveHandshake | hs.MasterHandshake,
+        on_link_up: LinkUpHandler,
+        on_closed: ClosedHandler,
+        *,
+        buffer_size: int = 2048,
+        on_claim: Callable[[Session, int], None] | None = None,
+        peer: str = "",
+    ) -> None:
+        self.machine = machine
+        self.peer = peer
+        self._loop = asyncio.get_running_loop()
+        self._on_link_up = on_link_up
+        self._on_closed = on_closed
+        self._on_claim = on_claim
+        self._buffer_size = buffer_size
+        self._memory: SharedMemory | None = None  # ours until LinkUp hands it over
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed: hs.Closed | None = None
+        self.done = self._loop.create_future()
+        self.channel = ControlChannel(sock, self._on_frame, self._on_channel_closed, self._loop)
+
+    def start(self) -> None:
+        if isinstance(self.machine, hs.MasterHandshake):
+            self._apply(self.machine.start())
+        self._arm_timer()
+
+    def close(self, reason: str = hs.LOCAL_CLOSE) -> None:
+        """Local teardown: DISCONNECT with ``reason``, then close everything."""
+        self._apply(self.machine.close(reason))
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes, fds: list[int]) -> None:
+        self._apply(self.machine.receive_frame(frame, fds))
+
+    def _on_channel_closed(self, exc: Exception | None) -> None:
+        self._apply(self.machine.peer_closed())
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self.machine.handle_timer(time.monotonic()))
+
+    def _arm_timer(self) -> None:
+        deadline = self.machine.deadline
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and not self.machine.connected and self.closed is None:
+            self._timer = self._loop.call_at(
+                self._loop.time() + max(0.0, deadline - time.monotonic()), self._on_timer
+            )
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def _apply(self, actions: list[hs.Action]) -> None:
+        for action in actions:
+            if isinstance(action, hs.Send):
+                self.channel.send(encode(action.message), action.fds)
+            elif isinstance(action, hs.CloseFds):
+                for fd in action.fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            elif isinstance(action, hs.ClaimInterface):
+                assert self._on_claim is not None
+                self._on_claim(self, action.interface_id)
+            elif isinstance(action, hs.CreateMemory):
+                self._create_memory(action.negotiated)
+            elif isinstance(action, hs.MapMemory):
+                self._map_memory(action.setup)
+            elif isinstance(action, hs.LinkUp):
+                memory, self._memory = self._memory, None
+                assert memory is not None
+                self._on_link_up(self, action.setup, memory)
+            elif isinstance(action, hs.Closed):
+                self._finish(action)
+        self._arm_timer()
+
+    def _create_memory(self, negotiated: hs.Negotiated) -> None:
+        machine = self.machine
+        assert isinstance(machine, hs.SlaveHandshake)
+        try:
+            memory, regions, rings = create_slave_memory(
+                negotiated, self._buffer_size, machine.config.cacheline
+            )
+        except OSError as exc:
+            self._apply(machine.close(f"cannot create shared memory: {exc.strerror}"))
+            return
+        self._memory = memory
+        self._apply(machine.memory_created(regions, rings))
+
+    def _map_memory(self, setup: hs.LinkSetup) -> None:
+        machine = self.machine
+        assert isinstance(machine, hs.MasterHandshake)
+        try:
+            self._memory = map_master_memory(setup)
+        except MemifError as exc:
+            self._apply(machine.fail(exc.reason))
+            return
+        self._apply(machine.memory_mapped())
+
+    def _finish(self, closed: hs.Closed) -> None:
+        self.closed = closed
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.channel.close()
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+        if closed.error is not None and not self.machine.connected:
+            log.warning("memif %s: handshake failed: %s", self.peer or "peer", closed.reason)
+        self._on_closed(self, closed)
+        if not self.done.done():
+            self.done.set_result(closed)
+
+
+class Socket:
+    """A memif control socket at ``path`` (``@name`` for an abstract socket).
+
+    Use ``create_interface`` to add master interfaces (served by one listener on this path) or
+    slave interfaces (each connects to the master listening on this path). A socket hosts one
+    role: that is how libmemif, VPP and DPDK use them.
+
+    Filesystem sockets are created with ``socket_mode`` (0600: whoever can connect can exchange
+    packets) and optionally ``socket_group``; abstract sockets have no permissions at all.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        app_name: str = "memif_aio",
+        socket_mode: int = 0o600,
+        socket_group: int | str | None = None,
+        reconnect_interval: float = 2.0,
+        handshake_timeout: float | None = hs.DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self.address = unix_address(path)
+        self.app_name = app_name
+        self.socket_mode = socket_mode
+        self.socket_group = socket_group
+        self.reconnect_interval = reconnect_interval
+        self.handshake_timeout = handshake_timeout
+        self.role: hs.Role | None = None
+        self._interfaces: dict[int, Interface] = {}
+        self._slave_interfaces: list[Interface] = []
+        self._listener: _socket.socket | None = None
+        self._pending: set[Session] = set()  # accepted, INIT not yet routed
+        self._created_file = False
+        self.closed = False
+
+    @property
+    def abstract(self) -> bool:
+        return self.path.startswith("@")
+
+    async def __aenter__(self) -> Socket:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def create_interface(
+        self, *, id: int = 0, role: str = "master", **options: Any
+    ) -> Interface:
+        """Create and start an interface on this socket; see :class:`Interface` for options."""
+        from .interface import Interface
+
+        if self.closed:
+            raise ConfigError("socket is closed")
+        parsed = hs.Role.parse(role)
+        if self.role is not None and self.role is not parsed:
+            raise ConfigError(f"socket {self.path} already hosts {self.role.value} interfaces")
+        if parsed is hs.Role.MASTER and id in self._interfaces:
+            raise ConfigError(f"interface id {id} already exists on {self.path}")
+        interface = Interface(self, id=id, role=parsed, **options)
+        if parsed is hs.Role.MASTER:
+            if self._listener is None:
+                self._listen()
+            self._interfaces[id] = interface
+        else:
+            self._slave_interfaces.append(interface)
+            interface._start_slave()
+        self.role = parsed
+        return interface
+
+    async def close(self) -> None:
+        """Close every interface, the listener, and remove the socket file we created."""
+        if self.closed:
+            return
+        self.closed = True
+        for interface in list(self._interfaces.values()) + self._slave_interfaces:
+            await interface.close()
+        for session in list(self._pending):
+            session.close()
+        if self._listener is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        if self._created_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _forget(self, interface: Interface) -> None:
+        if self._interfaces.get(interface.id) is interface:
+            del self._interfaces[interface.id]
+        if interface in self._slave_interfaces:
+            self._slave_interfaces.remove(interface)
+
+    # -- master side ----------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        sock = new_seqpacket_socket()
+        try:
+            self._bind(sock)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        self._listener = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_ready)
+        log.info("memif socket %s listening", self.path)
+
+    def _bind(self, sock: _socket.socket) -> None:
+        try:
+            sock.bind(self.address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or self.abstract or not self._is_stale():
+                raise OSError(exc.errno, f"memif socket {self.path}: address in use") from exc
+            log.info("replacing stale memif socket file %s", self.path)
+            os.unlink(self.path)
+            sock.bind(self.address)
+        if not self.abstract:
+            self._created_file = True
+            os.chmod(self.path, self.socket_mode)
+            if self.socket_group is not None:
+                os.chown(self.path, -1, _group_id(self.socket_group))
+
+    def _is_stale(self) -> bool:
+        """A socket file nobody listens on is left over from a dead process."""
+        try:
+            if not stat.S_ISSOCK(os.stat(self.path).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(self.address)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return False
+
+    def _accept_ready(self) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep listening, say why once
+                log.warning("memif socket %s: accept failed: %s", self.path, exc)
+                return
+            conn.setblocking(False)
+            machine = hs.MasterHandshake(
+                self.app_name,
+                self._lookup,
+                self._is_taken,
+                now=time.monotonic(),
+                timeout=self.handshake_timeout,
+            )
+            session = Session(
+                conn,
+                machine,
+                self._master_link_up,
+                self._master_closed,
+                on_claim=self._claim,
+                peer=f"{self.path} (new peer)",
+            )
+            self._pending.add(session)
+            session.start()
+
+    def _lookup(self, interface_id: int) -> hs.MasterInterfaceConfig | None:
+        interface = self._interfaces.get(interface_id)
+        return interface._master_config() if interface is not None else None
+
+    def _is_taken(self, interface_id: int) -> bool:
+        interface = self._interfaces.get(interface_id)
+        return interface is not None and interface._session is not None
+
+    def _claim(self, session: Session, interface_id: int) -> None:
+        self._pending.discard(session)
+        session.peer = f"{self.path} id {interface_id}"
+        self._interfaces[interface_id]._attach(session)
+
+    def _master_link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
+        self._interfaces[setup.interface_id]._link_up(session, setup, memory)
+
+    def _master_closed(self, session: Session, closed: hs.Closed) -> None:
+        self._pending.discard(session)
+        interface_id = session.machine.interface_id  # type: ignore[union-attr]
+        interface = self._interfaces.get(interface_id) if interface_id is not None else None
+        if interface is not None and interface._session is session:
+            interface._session_closed(session, closed)
+
+    # -- slave side -----------------------------------------------------------------------------
+
+    async def _connect(self) -> _socket.socket:
+        sock = new_seqpacket_socket()
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, self.address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def _group_id(group: int | str) -> int:
+    if isinstance(group, int):
+        return group
+    import grp
+
+    return grp.getgrnam(group).gr_gid
