@@ -1,4 +1,1302 @@
-# placeholder: the ring core is being written
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True
+#
+# memif ring hot path (module memif_aio._ring). Pure-Python twin: memif_aio/_ring_py.py.
+#
+# Theory of operation
+# -------------------
+# A ring lives in a shared-memory region: cookie u32 @0, flags u16 @4, head u16 @6, tail u16
+# alone on the next cache line (@CL), then 2**log2 16-byte descriptors (@2*CL). head and tail
+# are free-running u16 counters; slot = counter & (size - 1); every distance between them is
+# computed modulo 2**16.
+#
+# Each counter has exactly one writer; the slave owns every head, the master every tail:
+#   S2M (slave transmits):  slave fills descriptors [head, ...) and moves head;
+#                           master reads [tail, head) and moves tail to give the slots back.
+#   M2S (master transmits): slave "refills": writes EMPTY descriptors (its own free buffers)
+#                           at head and moves head; master fills [tail, head) (honouring each
+#                           descriptor's length as capacity) and moves tail; the slave then
+#                           reads [its last tail, tail) and, once released, refills them.
+# So a slot belongs to the producer of the counter it sits behind until that counter passes it,
+# then to the other side until the other counter passes it. Our own counter is cached in this
+# process and never re-read from shared memory: a peer scribbling on the header can make us
+# see a bogus *peer* counter (which we bound-check) but cannot corrupt our accounting.
+#
+# Ordering: the producer writes buffers and descriptors with plain stores, then publishes its
+# counter with ONE release store per burst; the consumer acquire-loads the peer's counter before
+# touching any descriptor or buffer. After publishing, at most one eventfd write per burst,
+# skipped while the ring's receiver has set MASK_INT (flags bit 0; receiver-owned, relaxed).
+#
+# Trust: every peer-written descriptor is copied once (volatile snapshot), the copy validated
+# (region exists, offset + length inside it in 64-bit math, chain bounded), and only the copy
+# used, so a peer rewriting it mid-burst cannot redirect a memcpy. The slave ignores region and
+# offset in M2S descriptors entirely: it reads from the buffer it refilled that slot with.
+#
+# Lifetime of a received slot: from rx_burst() until release() (or the next rx_burst()), the
+# packet memoryviews point straight into the peer-visible buffers; after release the peer may
+# overwrite them. RegionTable.close() invalidates every ring built on it: each public call
+# checks it first, and the nogil loops hold RegionTable.busy so close() cannot unmap under them.
 
-def _placeholder():
-    return None
+cimport cython
+cimport numpy as cnp
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS,
+    PyBUF_FORMAT,
+    PyBUF_ND,
+    PyBUF_SIMPLE,
+    PyBUF_WRITABLE,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from ring cimport *
+from libc.string cimport memcpy, memset
+from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
+from posix.unistd cimport read, write
+
+import os
+
+import numpy as np
+
+from memif_aio.errors import LocalProtocolError, PeerProtocolError
+
+cnp.import_array()
+
+
+cdef class RxRing
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+
+RING_COOKIE = 0x3E31F20
+DESC_FLAG_NEXT = 1
+RING_FLAG_MASK_INT = 1
+DESC_SIZE = 16
+MAX_LOG2_RING_SIZE = 14
+
+cdef uint32_t COOKIE = 0x3E31F20
+cdef uint16_t NEXT = 1
+cdef uint16_t MASK_INT = 1
+cdef uint64_t U32_MAX = 0xFFFFFFFFu
+
+
+def ring_bytes(int log2_size, int cacheline=64):
+    """Bytes taken by one ring: two header cache lines plus ``2**log2_size`` descriptors."""
+    _check_geometry(log2_size, cacheline)
+    return 2 * cacheline + (DESC_SIZE << log2_size)
+
+
+cdef int _check_geometry(int log2_size, int cacheline) except -1:
+    if not 0 <= log2_size <= MAX_LOG2_RING_SIZE:
+        raise ValueError(f"log2 ring size {log2_size} not in 0..{MAX_LOG2_RING_SIZE}")
+    if cacheline != 64 and cacheline != 128:
+        raise ValueError(f"cache line size {cacheline} is neither 64 nor 128")
+    return 0
+
+
+cdef void *_xmalloc(size_t n) except NULL:
+    cdef void *p = PyMem_Malloc(n if n else 1)
+    if p == NULL:
+        raise MemoryError()
+    memset(p, 0, n)
+    return p
+
+
+cdef object _err_message(ring_err *e):
+    if e.code == ERR_REGION:
+        return f"descriptor {e.slot}: region {e.a} does not exist"
+    if e.code == ERR_BOUNDS:
+        return f"descriptor {e.slot}: offset {e.a} + length {e.b} beyond region {e.c} ({e.d} bytes)"
+    if e.code == ERR_TOO_LONG:
+        return f"descriptor {e.slot}: length {e.a} > buffer size {e.b}"
+    if e.code == ERR_CHAIN:
+        return f"descriptor {e.slot}: NEXT chain longer than ring ({e.a} descriptors)"
+    if e.code == ERR_CAP_ZERO:
+        return f"descriptor {e.slot}: tx descriptor capacity 0"
+    if e.code == ERR_CAP_BOUNDS:
+        return (f"descriptor {e.slot}: offset {e.a} + capacity {e.b} beyond region {e.c} "
+                f"({e.d} bytes)")
+    if e.code == ERR_PKT_OVERFLOW:
+        return f"descriptor {e.slot}: packet longer than 4 GiB ({e.a} bytes)"
+    return f"ring error {e.code}"
+
+
+cdef inline int _set_err(ring_err *e, int code, uint32_t slot, uint64_t a, uint64_t b,
+                         uint64_t c, uint64_t d) noexcept nogil:
+    e.code = code
+    e.slot = slot
+    e.a = a
+    e.b = b
+    e.c = c
+    e.d = d
+    return code
+
+
+cdef inline bint _signal(int fd) noexcept nogil:
+    """Write one u64 1 to the eventfd; a full counter (EAGAIN) still means 'woken'."""
+    cdef uint64_t one = 1
+    cdef ssize_t r
+    while True:
+        r = write(fd, &one, 8)
+        if r == 8:
+            return True
+        if r < 0 and errno == EINTR:
+            continue
+        return r < 0 and errno == EAGAIN
+
+
+cdef object _buffer_table(Ring ring, object buffer_region, object buffer_size, object offsets):
+    """Validated uint32 copy of the slave's per-slot buffer offsets."""
+    cdef RegionTable regions = ring.regions
+    if not 0 <= buffer_region < regions.n:
+        raise ValueError(f"buffer region {buffer_region} does not exist")
+    if not 0 < buffer_size <= 0xFFFFFFFF:
+        raise ValueError(f"buffer size {buffer_size} not in 1..2**32-1")
+    if offsets is None:
+        raise ValueError("role='slave' needs buffer_offsets (one buffer per ring slot)")
+    a = np.asarray(offsets)
+    if a.ndim != 1 or a.shape[0] != ring.size:
+        raise ValueError(f"buffer_offsets must have exactly {ring.size} entries")
+    if a.dtype.kind not in "iu":
+        raise ValueError("buffer_offsets must be integers")
+    a = a.astype(np.int64)
+    rsize = regions.sizes[<uint16_t>buffer_region]
+    bad = (a < 0) | (a > 0xFFFFFFFF) | (a + buffer_size > rsize)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"buffer {i} at offset {int(a[i])} + {buffer_size} beyond region {buffer_region} "
+            f"({rsize} bytes)"
+        )
+    return np.ascontiguousarray(a, dtype=np.uint32)
+
+
+@cython.final
+cdef class RegionTable:
+    """The shared-memory regions of one side of an interface, by region index.
+
+    ``buffers`` are writable, contiguous buffer objects (normally ``mmap.mmap``); index in the
+    list = memif region index. A buffer export is held on each until :meth:`close`, so the
+    mappings cannot be closed while rings use them. Packet memoryviews handed out by bursts and
+    ``TxRing.alloc`` are slices of these exports: while the application keeps one alive,
+    ``mmap.close()`` raises ``BufferError`` instead of leaving it dangling.
+    """
+
+    cdef Py_ssize_t n
+    cdef char **base
+    cdef uint64_t *sizes
+    cdef Py_buffer *bufs
+    cdef list _views
+    cdef bint _closed
+    cdef int busy
+
+    def __init__(self, buffers):
+        if self.bufs != NULL:
+            raise LocalProtocolError("RegionTable is already initialised")
+        buffers = list(buffers)
+        cdef Py_ssize_t count = len(buffers)
+        if count > 65536:
+            raise ValueError(f"{count} regions: memif region indices are u16")
+        self.bufs = <Py_buffer *>_xmalloc(count * sizeof(Py_buffer))
+        self.base = <char **>_xmalloc(count * sizeof(char *))
+        self.sizes = <uint64_t *>_xmalloc(count * sizeof(uint64_t))
+        self._views = []
+        cdef Py_ssize_t i
+        try:
+            for i in range(count):
+                mv = memoryview(buffers[i])
+                if mv.readonly:
+                    raise ValueError(f"region {i}: buffer is read-only")
+                if not mv.c_contiguous:
+                    raise ValueError(f"region {i}: buffer is not contiguous")
+                if mv.ndim != 1 or mv.format != "B":
+                    mv = mv.cast("B")
+                PyObject_GetBuffer(mv, &self.bufs[i], PyBUF_WRITABLE)
+                self.n = i + 1
+                self.base[i] = <char *>self.bufs[i].buf
+                self.sizes[i] = <uint64_t>self.bufs[i].len
+                self._views.append(mv)
+        except BaseException:
+            self.close()
+            raise
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if not self._closed:
+            for i in range(self.n):
+                PyBuffer_Release(&self.bufs[i])
+        PyMem_Free(self.bufs)
+        PyMem_Free(self.base)
+        PyMem_Free(self.sizes)
+
+    def __len__(self):
+        return self.n
+
+    def size(self, Py_ssize_t index):
+        """Size in bytes of region ``index``."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"region {index} does not exist")
+        return self.sizes[index]
+
+    @property
+    def closed(self):
+        """True once :meth:`close` ran; every ring built on this table then refuses work."""
+        return self._closed
+
+    def close(self):
+        """Release the buffer exports (idempotent). Rings using this table stop working."""
+        cdef Py_ssize_t i
+        if self._closed:
+            return
+        if self.busy:
+            raise LocalProtocolError("region table is in use by a burst in another thread")
+        self._closed = True
+        for i in range(self.n):
+            PyBuffer_Release(&self.bufs[i])
+        for mv in self._views:
+            try:
+                mv.release()
+            except BufferError:  # pragma: no cover - only our own exports, released above
+                pass
+        self._views = []
+
+    cdef int _check(self) except -1:
+        if self._closed:
+            raise LocalProtocolError("region table is closed")
+        return 0
+
+    cdef object _slice(self, uint16_t region, uint64_t offset, uint64_t length):
+        return self._views[region][offset:offset + length]
+
+
+@cython.final
+cdef class Ring:
+    """One ring (header + descriptors) at ``offset`` in region ``region`` of ``regions``.
+
+    Raw access for setup and tests; the data path lives in :class:`RxRing` / :class:`TxRing`.
+    Raises ``ValueError`` unless the region exists, ``0 <= log2_size <= 14``, ``cacheline`` is
+    64 or 128, ``offset`` is 4-byte aligned and the whole ring fits inside the region.
+    """
+
+    cdef readonly RegionTable regions
+    cdef readonly uint16_t region
+    cdef readonly uint64_t offset
+    cdef readonly uint32_t size
+    cdef readonly int log2_size
+    cdef readonly int cacheline
+    cdef uint32_t mask
+
+    def __init__(self, RegionTable regions not None, int region, object offset, int log2_size,
+                 int cacheline=64):
+        regions._check()
+        if not 0 <= region < regions.n:
+            raise ValueError(f"region {region} does not exist")
+        _check_geometry(log2_size, cacheline)
+        if offset < 0 or offset % 4:
+            raise ValueError(f"ring offset {offset} is negative or not 4-byte aligned")
+        nbytes = ring_bytes(log2_size, cacheline)
+        if offset + nbytes > regions.sizes[region]:
+            raise ValueError(
+                f"ring at offset {offset} ({nbytes} bytes) beyond region {region} "
+                f"({regions.sizes[region]} bytes)"
+            )
+        self.regions = regions
+        self.region = region
+        self.offset = offset
+        self.log2_size = log2_size
+        self.cacheline = cacheline
+        self.size = 1u << log2_size
+        self.mask = self.size - 1
+
+    cdef char *_hdr(self) except NULL:
+        self.regions._check()
+        return self.regions.base[self.region] + self.offset
+
+    @property
+    def cookie(self):
+        return (<uint32_t *>self._hdr())[0]
+
+    @cookie.setter
+    def cookie(self, uint32_t value):
+        (<uint32_t *>self._hdr())[0] = value
+
+    @property
+    def flags(self):
+        return memif_load_relaxed(<uint16_t *>(self._hdr() + 4))
+
+    @flags.setter
+    def flags(self, uint16_t value):
+        memif_store_relaxed(<uint16_t *>(self._hdr() + 4), value)
+
+    @property
+    def head(self):
+        return memif_load_acquire(<uint16_t *>(self._hdr() + 6))
+
+    @head.setter
+    def head(self, uint16_t value):
+        memif_store_release(<uint16_t *>(self._hdr() + 6), value)
+
+    @property
+    def tail(self):
+        return memif_load_acquire(<uint16_t *>(self._hdr() + self.cacheline))
+
+    @tail.setter
+    def tail(self, uint16_t value):
+        memif_store_release(<uint16_t *>(self._hdr() + self.cacheline), value)
+
+    def initialize(self):
+        """Creator (slave) side: zero header and descriptors, then write the cookie."""
+        cdef char *hdr = self._hdr()
+        memset(hdr, 0, 2 * self.cacheline + DESC_SIZE * self.size)
+        (<uint32_t *>hdr)[0] = COOKIE
+
+    def check_cookie(self):
+        """Raise ``PeerProtocolError`` unless the ring carries the memif cookie."""
+        cdef uint32_t cookie = (<uint32_t *>self._hdr())[0]
+        if cookie != COOKIE:
+            raise PeerProtocolError(f"bad ring cookie 0x{cookie:08x}")
+
+    def reset(self):
+        """head = tail = 0, as both sides do at CONNECT."""
+        cdef char *hdr = self._hdr()
+        memif_store_release(<uint16_t *>(hdr + 6), 0)
+        memif_store_release(<uint16_t *>(hdr + self.cacheline), 0)
+
+    cdef memif_desc_t *_desc(self, Py_ssize_t slot) except NULL:
+        if not 0 <= slot < self.size:
+            raise IndexError(f"slot {slot} not in 0..{self.size - 1}")
+        return <memif_desc_t *>(self._hdr() + 2 * self.cacheline) + slot
+
+    def descriptor(self, Py_ssize_t slot):
+        """``(flags, region, length, offset, metadata)`` of descriptor ``slot`` (tests)."""
+        cdef memif_desc_t d
+        memif_desc_snapshot(self._desc(slot), &d)
+        return (d.flags, d.region, d.length, d.offset, d.metadata)
+
+    def set_descriptor(self, Py_ssize_t slot, uint16_t flags, uint16_t region, uint32_t length,
+                       uint32_t offset, uint32_t metadata=0):
+        """Write descriptor ``slot`` verbatim (setup and hostile-peer tests)."""
+        cdef memif_desc_t *d = self._desc(slot)
+        d.flags = flags
+        d.region = region
+        d.length = length
+        d.offset = offset
+        d.metadata = metadata
+
+    def __repr__(self):
+        return (f"<Ring region={self.region} offset={self.offset} size={self.size} "
+                f"cacheline={self.cacheline}>")
+
+
+# ---------------------------------------------------------------------------------------------
+# receive
+
+
+cdef int _rx_parse(rx_ctx *c) noexcept nogil:
+    """Validate and record up to maxp whole packets among c.avail descriptors from c.last."""
+    cdef uint32_t d = 0, start, slot, n = 0
+    cdef uint64_t total, nbytes = 0, off, length
+    cdef uint16_t region
+    cdef memif_desc_t desc
+    while n < c.maxp and d < c.avail:
+        start = d
+        total = 0
+        while True:
+            if d >= c.avail:
+                if d - start >= c.size:
+                    return _set_err(&c.err, ERR_CHAIN, (c.last + start) & c.mask, c.size,
+                                    0, 0, 0)
+                d = start  # chain not complete yet: leave it for the next burst
+                break
+            slot = (c.last + d) & c.mask
+            memif_desc_snapshot(&c.descs[slot], &desc)
+            length = desc.length
+            if c.slave:
+                if length > c.bs:
+                    return _set_err(&c.err, ERR_TOO_LONG, slot, length, c.bs, 0, 0)
+                region = c.br
+                off = c.table[slot]
+            else:
+                region = desc.region
+                off = desc.offset
+                if region >= c.nregions:
+                    return _set_err(&c.err, ERR_REGION, slot, region, 0, 0, 0)
+                if off + length > c.rsize[region]:
+                    return _set_err(&c.err, ERR_BOUNDS, slot, off, length, region,
+                                    c.rsize[region])
+            total += length
+            if total > U32_MAX:
+                return _set_err(&c.err, ERR_PKT_OVERFLOW, slot, total, 0, 0, 0)
+            c.seg_region[d] = region
+            c.seg_offset[d] = <uint32_t>off
+            c.seg_len[d] = <uint32_t>length
+            d += 1
+            if not (desc.flags & NEXT):
+                c.first[n] = start
+                c.nsegs[n] = d - start
+                c.lengths[n] = <uint32_t>total
+                nbytes += total
+                n += 1
+                break
+        if d == start:
+            break
+    c.n = n
+    c.ndesc = d
+    c.nbytes = nbytes
+    return 0
+
+
+@cython.final
+cdef class Burst:
+    """Packets of one ``RxRing.rx_burst()``; preallocated and reused by its ring.
+
+    Valid until the next ``rx_burst()`` or ``release()`` (after which ``len()`` is 0). Packet
+    memoryviews point into shared memory and must not be used after the burst is released:
+    the peer may overwrite the buffers. ``burst[i]`` gives a zero-copy memoryview for a
+    single-segment packet and a joined ``bytes`` copy for a chained one; negative indices work.
+    """
+
+    cdef RxRing rx
+    cdef object _lengths_view
+    cdef object _nsegs_view
+
+    def __cinit__(self, RxRing rx not None):
+        self.rx = rx
+
+    def __len__(self):
+        return self.rx.c.n
+
+    @property
+    def lengths(self):
+        """numpy uint32 view of the packet lengths (over a buffer allocated once per ring)."""
+        if self._lengths_view is None:
+            self._lengths_view = self.rx._lengths_arr[:self.rx.c.n]
+        return self._lengths_view
+
+    @property
+    def nsegments(self):
+        """numpy uint32 view: number of descriptors of each packet (1 unless chained)."""
+        if self._nsegs_view is None:
+            self._nsegs_view = self.rx._nsegs_arr[:self.rx.c.n]
+        return self._nsegs_view
+
+    @property
+    def forwarded(self):
+        """How many leading packets ``TxRing.forward()`` took (they are no longer readable)."""
+        return self.rx.fwd
+
+    cdef int _check_packet(self, Py_ssize_t *i) except -1:
+        cdef Py_ssize_t n = self.rx.c.n
+        if i[0] < 0:
+            i[0] += n
+        if not 0 <= i[0] < n:
+            raise IndexError("packet index out of range")
+        self.rx._check_open()
+        self.rx.regions._check()
+        if i[0] < self.rx.fwd:
+            raise LocalProtocolError(f"packet {i[0]} was forwarded")
+        return 0
+
+    def __getitem__(self, Py_ssize_t i):
+        self._check_packet(&i)
+        cdef rx_ctx *c = &self.rx.c
+        cdef uint32_t f = c.first[i], k = c.nsegs[i], s
+        if k == 1:
+            return self.rx.regions._slice(c.seg_region[f], c.seg_offset[f], c.seg_len[f])
+        out = PyBytes_FromStringAndSize(NULL, c.lengths[i])
+        cdef char *dst = PyBytes_AS_STRING(out)
+        cdef char **base = self.rx.regions.base
+        for s in range(f, f + k):
+            memcpy(dst, base[c.seg_region[s]] + c.seg_offset[s], c.seg_len[s])
+            dst += c.seg_len[s]
+        return out
+
+    def segments(self, Py_ssize_t i):
+        """Zero-copy memoryviews of the descriptors making up packet ``i``."""
+        self._check_packet(&i)
+        cdef rx_ctx *c = &self.rx.c
+        cdef uint32_t f = c.first[i], s
+        return [self.rx.regions._slice(c.seg_region[s], c.seg_offset[s], c.seg_len[s])
+                for s in range(f, f + c.nsegs[i])]
+
+    def copy_into(self, Py_ssize_t i, out):
+        """Copy packet ``i`` (segments joined) into writable buffer ``out``; return its length.
+
+        ``ValueError`` if ``out`` is too small.
+        """
+        self._check_packet(&i)
+        cdef rx_ctx *c = &self.rx.c
+        cdef uint32_t f = c.first[i], s
+        cdef Py_buffer pb
+        PyObject_GetBuffer(out, &pb, PyBUF_WRITABLE)
+        cdef char *dst = <char *>pb.buf
+        cdef char **base = self.rx.regions.base
+        try:
+            if <uint64_t>pb.len < c.lengths[i]:
+                raise ValueError(f"buffer of {pb.len} bytes < packet of {c.lengths[i]} bytes")
+            for s in range(f, f + c.nsegs[i]):
+                memcpy(dst, base[c.seg_region[s]] + c.seg_offset[s], c.seg_len[s])
+                dst += c.seg_len[s]
+        finally:
+            PyBuffer_Release(&pb)
+        return c.lengths[i]
+
+    def release(self):
+        """Give the burst's slots back to the ring (same as ``RxRing.release()``)."""
+        self.rx.release()
+
+    def __repr__(self):
+        return f"<Burst packets={self.rx.c.n}>"
+
+
+@cython.final
+cdef class RxRing:
+    """Receive side of one ring.
+
+    ``role="slave"``: the ring is M2S. The slave owns the buffers: ``buffer_offsets`` gives one
+    ``buffer_size``-byte buffer per slot in ``buffer_region``. :meth:`refill` publishes every
+    free slot as an empty descriptor; packets arrive in ``[last_tail, tail)``. Region/offset the
+    master may have written into those descriptors are ignored (the slot's own buffer is read);
+    a length above ``buffer_size`` is a peer violation. Call :meth:`refill` once after CONNECT.
+
+    ``role="master"``: the ring is S2M. Packets arrive in ``[last_head, head)``; descriptor
+    region/offset/length are validated against the regions; released slots are returned with
+    one ``tail`` store.
+
+    The ring's head/tail must already be in their connected state (``Ring.reset()``) when this
+    object is built: our own counter is cached here and never re-read. ``eventfd`` must be
+    non-blocking (it is polled otherwise). Not thread-safe.
+    """
+
+    cdef readonly Ring ring
+    cdef RegionTable regions
+    cdef bint slave
+    cdef bint closed
+    cdef int fd
+    cdef bint fd_nonblock
+    cdef uint32_t max_burst
+    cdef uint16_t rel       # slots before rel are back with their owner
+    cdef uint16_t head      # slave: what we published; cached, never re-read
+    cdef uint16_t bstart    # counter value of the current burst's first descriptor
+    cdef uint32_t fwd       # packets of the current burst already forwarded
+    cdef rx_ctx c
+    cdef object _table_arr
+    cdef object _lengths_arr
+    cdef object _nsegs_arr
+    cdef readonly Burst burst
+    cdef readonly uint64_t packets
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t errors
+
+    def __init__(self, Ring ring not None, *, str role, int eventfd=-1, buffer_size=2048,
+                 buffer_region=1, buffer_offsets=None, max_burst=256):
+        if self.burst is not None:
+            raise LocalProtocolError("RxRing is already initialised")
+        if role not in ("slave", "master"):
+            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+        if not 1 <= max_burst <= 65536:
+            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        cdef RegionTable regions = ring.regions
+        regions._check()
+        self.slave = role == "slave"
+        if self.slave:
+            self._table_arr = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
+            self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)
+            self.c.br = buffer_region
+            self.c.bs = buffer_size
+        elif buffer_offsets is not None:
+            raise ValueError("buffer_offsets is only used with role='slave'")
+        self.ring = ring
+        self.regions = regions
+        self.fd = eventfd
+        self.fd_nonblock = eventfd < 0 or bool(fcntl(eventfd, F_GETFL) & O_NONBLOCK)
+        self.max_burst = max_burst
+        self.c.size = ring.size
+        self.c.mask = ring.mask
+        self.c.slave = self.slave
+        self.c.base = regions.base
+        self.c.rsize = regions.sizes
+        self.c.nregions = regions.n
+        self._lengths_arr = np.zeros(max_burst, np.uint32)
+        self._nsegs_arr = np.zeros(max_burst, np.uint32)
+        self.c.lengths = <uint32_t *>cnp.PyArray_DATA(self._lengths_arr)
+        self.c.nsegs = <uint32_t *>cnp.PyArray_DATA(self._nsegs_arr)
+        self._lengths_arr.flags.writeable = False
+        self._nsegs_arr.flags.writeable = False
+        self.c.first = <uint32_t *>_xmalloc(max_burst * sizeof(uint32_t))
+        self.c.seg_region = <uint16_t *>_xmalloc(ring.size * sizeof(uint16_t))
+        self.c.seg_offset = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
+        self.c.seg_len = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
+        cdef char *hdr = ring._hdr()
+        self.c.last = memif_load_acquire(<uint16_t *>(hdr + ring.cacheline))
+        self.rel = self.c.last
+        self.bstart = self.c.last
+        self.head = memif_load_acquire(<uint16_t *>(hdr + 6))
+        if self.slave and <uint16_t>(self.head - self.c.last) > ring.size:
+            raise ValueError("ring head/tail are inconsistent; reset() the ring first")
+        self.burst = Burst(self)
+
+    def __dealloc__(self):
+        PyMem_Free(self.c.first)
+        PyMem_Free(self.c.seg_region)
+        PyMem_Free(self.c.seg_offset)
+        PyMem_Free(self.c.seg_len)
+
+    @property
+    def role(self):
+        return "slave" if self.slave else "master"
+
+    @property
+    def buffer_offsets(self):
+        """Copy of the slave's per-slot buffer offsets (None for the master)."""
+        return None if self._table_arr is None else self._table_arr.copy()
+
+    cdef int _check_open(self) except -1:
+        if self.closed:
+            raise LocalProtocolError("rx ring is closed")
+        return 0
+
+    cdef int _set_hdr(self) except -1:
+        self.c.hdr = self.ring._hdr()
+        self.c.descs = <memif_desc_t *>(self.c.hdr + 2 * self.ring.cacheline)
+        return 0
+
+    cdef uint32_t _available(self) except? 0xFFFFFFFF:
+        cdef char *hdr = self.ring._hdr()
+        cdef uint16_t cur, avail, published
+        if self.slave:
+            cur = memif_load_acquire(<uint16_t *>(hdr + self.ring.cacheline))
+            avail = cur - self.c.last
+            published = self.head - self.c.last
+            if avail > self.c.size:
+                self.errors += 1
+                raise PeerProtocolError(f"tail moved by {avail} > ring size {self.c.size}")
+            if avail > published:
+                self.errors += 1
+                raise PeerProtocolError(
+                    f"tail moved by {avail} beyond the {published} descriptors we published")
+        else:
+            cur = memif_load_acquire(<uint16_t *>(hdr + 6))
+            avail = cur - self.c.last
+            if avail > self.c.size:
+                self.errors += 1
+                raise PeerProtocolError(f"head moved by {avail} > ring size {self.c.size}")
+        return avail
+
+    def pending(self):
+        """Descriptors published by the peer and not yet read (acquire load, validated)."""
+        self._check_open()
+        return self._available()
+
+    def rx_burst(self, max_packets=None):
+        """Receive up to ``max_packets`` (default and cap: ``max_burst``) whole packets.
+
+        Non-blocking. Releases the previous burst first, then returns this ring's reused
+        :class:`Burst` (empty when nothing is there). A chain not yet fully published stays
+        for a later burst. Raises ``PeerProtocolError`` on a peer violation; nothing is
+        consumed then, and the ring stays safe to call again.
+        """
+        cdef uint32_t maxp = self.max_burst
+        if max_packets is not None:
+            if max_packets < 0:
+                raise ValueError("max_packets must be >= 0")
+            if max_packets < maxp:
+                maxp = max_packets
+        self._check_open()
+        self._release()
+        self.c.avail = self._available()
+        self.c.maxp = maxp
+        self._set_hdr()
+        cdef int rc
+        self.regions.busy += 1
+        with nogil:
+            rc = _rx_parse(&self.c)
+        self.regions.busy -= 1
+        if rc:
+            self.c.n = 0
+            self.errors += 1
+            raise PeerProtocolError(_err_message(&self.c.err))
+        self.bstart = self.c.last
+        self.c.last += self.c.ndesc
+        self.packets += self.c.n
+        self.bytes += self.c.nbytes
+        return self.burst
+
+    cdef int _release(self) except -1:
+        cdef char *hdr
+        self.c.n = 0
+        self.fwd = 0
+        self.burst._lengths_view = None
+        self.burst._nsegs_view = None
+        if self.slave:
+            self.rel = self.c.last
+            self._set_hdr()
+            self._refill()
+        elif self.rel != self.c.last:
+            hdr = self.ring._hdr()
+            memif_store_release(<uint16_t *>(hdr + self.ring.cacheline), self.c.last)
+            self.rel = self.c.last
+        return 0
+
+    def release(self):
+        """Give the current burst's slots back (master: one tail store; slave: refill).
+
+        Idempotent. Memoryviews of the burst must not be used afterwards.
+        """
+        self._check_open()
+        self._release()
+
+    cdef uint32_t _refill(self) noexcept nogil:
+        cdef uint32_t free = self.c.size - <uint16_t>(self.head - self.rel), i, slot
+        cdef memif_desc_t *d
+        if free == 0:
+            return 0
+        for i in range(free):
+            slot = <uint16_t>(self.head + i) & self.c.mask
+            d = &self.c.descs[slot]
+            d.flags = 0
+            d.region = self.c.br
+            d.length = self.c.bs
+            d.offset = self.c.table[slot]
+            d.metadata = 0
+        self.head += free
+        memif_store_release(<uint16_t *>(self.c.hdr + 6), self.head)
+        return free
+
+    def refill(self):
+        """Slave only: publish an empty descriptor for every free slot; return how many."""
+        self._check_open()
+        if not self.slave:
+            raise LocalProtocolError("refill() is for role='slave' (the buffer owner)")
+        self._set_hdr()
+        return self._refill()
+
+    @property
+    def mask_interrupts(self):
+        """MASK_INT of the ring: True = 'I poll, do not signal me'. We are the receiver."""
+        return bool(memif_load_relaxed(<uint16_t *>(self.ring._hdr() + 4)) & MASK_INT)
+
+    @mask_interrupts.setter
+    def mask_interrupts(self, bint value):
+        self._check_open()
+        cdef uint16_t *flags = <uint16_t *>(self.ring._hdr() + 4)
+        if value:
+            memif_flags_or(flags, MASK_INT)
+        else:
+            memif_flags_and(flags, <uint16_t>~MASK_INT)
+
+    def drain_eventfd(self):
+        """Read (and reset) the eventfd counter without blocking; 0 if nothing or no fd."""
+        cdef uint64_t value = 0
+        cdef ssize_t r
+        cdef pollfd p
+        if self.fd < 0:
+            return 0
+        if not self.fd_nonblock:
+            p.fd = self.fd
+            p.events = POLLIN
+            p.revents = 0
+            if poll(&p, 1, 0) <= 0:
+                return 0
+        r = read(self.fd, &value, 8)
+        if r == 8:
+            return value
+        if r < 0 and errno == EAGAIN:
+            return 0
+        if r < 0:
+            raise OSError(errno, os.strerror(errno))
+        return 0
+
+    def close(self):
+        """Stop using the ring (idempotent): no shared memory is touched afterwards."""
+        self.closed = True
+        self.c.n = 0
+
+    def __repr__(self):
+        return (f"<RxRing role={self.role} size={self.c.size} packets={self.packets} "
+                f"errors={self.errors}>")
+
+
+# ---------------------------------------------------------------------------------------------
+# transmit
+
+
+cdef int _tx_snap(tx_ctx *c, uint32_t d) noexcept nogil:
+    """Master: copy and validate the peer's empty descriptor at burst position d."""
+    cdef uint32_t slot = <uint16_t>(c.pos + d) & c.mask
+    cdef memif_desc_t desc
+    memif_desc_snapshot(&c.descs[slot], &desc)
+    if desc.region >= c.nregions:
+        return _set_err(&c.err, ERR_REGION, slot, desc.region, 0, 0, 0)
+    if desc.length == 0:
+        return _set_err(&c.err, ERR_CAP_ZERO, slot, 0, 0, 0, 0)
+    if <uint64_t>desc.offset + desc.length > c.rsize[desc.region]:
+        return _set_err(&c.err, ERR_CAP_BOUNDS, slot, desc.offset, desc.length, desc.region,
+                        c.rsize[desc.region])
+    c.snap_region[d] = desc.region
+    c.snap_off[d] = desc.offset
+    c.snap_cap[d] = desc.length
+    return 0
+
+
+cdef int _tx_plan(tx_ctx *c) noexcept nogil:
+    """How many of the c.npk packets fit whole in c.free descriptors (c.n, c.ndesc)."""
+    cdef uint32_t n = 0, d = 0, start, rc
+    cdef uint64_t length, need, rem, take
+    c.nsnap = 0
+    while n < c.npk:
+        length = c.src_len[n]
+        if c.slave:
+            need = 1 if length == 0 else (length + c.bs - 1) // c.bs
+            if need > c.size:
+                return _set_err(&c.err, ERR_PKT_TOO_BIG, 0, n, length, need, c.size)
+            if d + need > c.free:
+                break
+            d += <uint32_t>need
+        else:
+            start = d
+            rem = length
+            while True:
+                if d >= c.free:
+                    d = start
+                    break
+                if d >= c.nsnap:
+                    rc = _tx_snap(c, d)
+                    if rc:
+                        return rc
+                    c.nsnap = d + 1
+                take = rem if rem < c.snap_cap[d] else c.snap_cap[d]
+                rem -= take
+                d += 1
+                if rem == 0:
+                    break
+            if d == start:
+                break
+        n += 1
+    c.n = n
+    c.ndesc = d
+    return 0
+
+
+cdef void _tx_write(tx_ctx *c) noexcept nogil:
+    """Copy the c.n planned packets and write their descriptors (not published yet)."""
+    cdef uint32_t p, d = 0, slot, off
+    cdef uint64_t rem, take, cap, nbytes = 0
+    cdef uint16_t region
+    cdef const char *src
+    cdef memif_desc_t *desc
+    for p in range(c.n):
+        src = c.src[p]
+        rem = c.src_len[p]
+        nbytes += rem
+        while True:
+            slot = <uint16_t>(c.pos + d) & c.mask
+            if c.slave:
+                region = c.br
+                off = c.table[slot]
+                cap = c.bs
+            else:
+                region = c.snap_region[d]
+                off = c.snap_off[d]
+                cap = c.snap_cap[d]
+            take = rem if rem < cap else cap
+            memcpy(c.base[region] + off, src, take)
+            src += take
+            rem -= take
+            desc = &c.descs[slot]
+            desc.flags = NEXT if rem else 0
+            desc.length = <uint32_t>take
+            if c.slave:
+                desc.region = region
+                desc.offset = off
+                desc.metadata = 0
+            d += 1
+            if rem == 0:
+                break
+    c.nbytes = nbytes
+
+
+cdef bint _is_format(Py_buffer *pb, char code, Py_ssize_t itemsize):
+    cdef const char *f = pb.format
+    if pb.itemsize != itemsize or f == NULL:
+        return False
+    if f[0] == b'=' or f[0] == b'<' or f[0] == b'@':
+        f += 1
+    return f[0] == code and f[1] == 0
+
+
+@cython.final
+cdef class TxRing:
+    """Transmit side of one ring.
+
+    ``role="slave"``: the ring is S2M; the slave owns one ``buffer_size`` buffer per slot
+    (``buffer_offsets`` in ``buffer_region``). Free slots = ``size - (head - tail)``.
+
+    ``role="master"``: the ring is M2S; the slave published empty descriptors in
+    ``[tail, head)``; each one's ``length`` is its capacity (validated, never assumed).
+
+    Every call publishes at most one counter store and writes the eventfd at most once,
+    unless the receiver set MASK_INT. At most ``max_burst`` packets go per call. A packet
+    larger than a buffer is split over NEXT-chained descriptors; a packet goes whole or not
+    at all, and a burst stops at the first packet that does not fit. Not thread-safe.
+    """
+
+    cdef readonly Ring ring
+    cdef RegionTable regions
+    cdef bint slave
+    cdef bint closed
+    cdef int fd
+    cdef uint32_t max_burst
+    cdef uint32_t alloc_n
+    cdef tx_ctx c
+    cdef Py_buffer *pybufs
+    cdef object _table_arr
+    cdef readonly uint64_t packets
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t errors
+
+    def __init__(self, Ring ring not None, *, str role, int eventfd=-1, buffer_size=2048,
+                 buffer_region=1, buffer_offsets=None, max_burst=256):
+        if self.ring is not None:
+            raise LocalProtocolError("TxRing is already initialised")
+        if role not in ("slave", "master"):
+            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+        if not 1 <= max_burst <= 65536:
+            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        cdef RegionTable regions = ring.regions
+        regions._check()
+        self.slave = role == "slave"
+        if self.slave:
+            self._table_arr = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
+            self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)
+            self.c.br = buffer_region
+            self.c.bs = buffer_size
+        elif buffer_offsets is not None:
+            raise ValueError("buffer_offsets is only used with role='slave'")
+        self.regions = regions
+        self.fd = eventfd
+        self.max_burst = max_burst
+        self.c.size = ring.size
+        self.c.mask = ring.mask
+        self.c.slave = self.slave
+        self.c.base = regions.base
+        self.c.rsize = regions.sizes
+        self.c.nregions = regions.n
+        self.c.src = <const char **>_xmalloc(max_burst * sizeof(char *))
+        self.c.src_len = <uint64_t *>_xmalloc(max_burst * sizeof(uint64_t))
+        self.pybufs = <Py_buffer *>_xmalloc(max_burst * sizeof(Py_buffer))
+        if not self.slave:
+            self.c.snap_region = <uint16_t *>_xmalloc(ring.size * sizeof(uint16_t))
+            self.c.snap_off = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
+            self.c.snap_cap = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
+        cdef char *hdr = ring._hdr()
+        if self.slave:
+            self.c.pos = memif_load_acquire(<uint16_t *>(hdr + 6))
+        else:
+            self.c.pos = memif_load_acquire(<uint16_t *>(hdr + ring.cacheline))
+        self.ring = ring
+
+    def __dealloc__(self):
+        PyMem_Free(self.c.src)
+        PyMem_Free(self.c.src_len)
+        PyMem_Free(self.pybufs)
+        PyMem_Free(self.c.snap_region)
+        PyMem_Free(self.c.snap_off)
+        PyMem_Free(self.c.snap_cap)
+
+    @property
+    def role(self):
+        return "slave" if self.slave else "master"
+
+    @property
+    def buffer_offsets(self):
+        """Copy of the slave's per-slot buffer offsets (None for the master)."""
+        return None if self._table_arr is None else self._table_arr.copy()
+
+    cdef int _check_ready(self) except -1:
+        if self.closed:
+            raise LocalProtocolError("tx ring is closed")
+        if self.alloc_n:
+            raise LocalProtocolError("alloc() pending: commit() first")
+        return 0
+
+    cdef uint32_t _free(self) except? 0xFFFFFFFF:
+        cdef char *hdr = self.ring._hdr()
+        cdef uint16_t cur, used
+        self.c.descs = <memif_desc_t *>(hdr + 2 * self.ring.cacheline)
+        if self.slave:
+            cur = memif_load_acquire(<uint16_t *>(hdr + self.ring.cacheline))
+            used = self.c.pos - cur
+            if used > self.c.size:
+                self.errors += 1
+                raise PeerProtocolError(
+                    f"tail {cur} out of range: head {self.c.pos}, ring size {self.c.size}")
+            self.c.free = self.c.size - used
+            return self.c.free
+        cur = memif_load_acquire(<uint16_t *>(hdr + 6))
+        used = cur - self.c.pos
+        if used > self.c.size:
+            self.errors += 1
+            raise PeerProtocolError(f"head moved by {used} > ring size {self.c.size}")
+        self.c.free = used
+        return used
+
+    def free_slots(self):
+        """Descriptors we may fill now (validated acquire load of the peer's counter)."""
+        if self.closed:
+            raise LocalProtocolError("tx ring is closed")
+        return self._free()
+
+    cdef int _publish(self, uint32_t ndesc) except -1:
+        cdef char *hdr = self.ring._hdr()
+        if ndesc == 0:
+            return 0
+        self.c.pos += ndesc
+        if self.slave:
+            memif_store_release(<uint16_t *>(hdr + 6), self.c.pos)
+        else:
+            memif_store_release(<uint16_t *>(hdr + self.ring.cacheline), self.c.pos)
+        if self.fd >= 0 and not (memif_load_relaxed(<uint16_t *>(hdr + 4)) & MASK_INT):
+            if not _signal(self.fd):
+                self.errors += 1
+        return 0
+
+    cdef int _run(self, uint32_t npk) except -1:
+        """Plan, copy and publish c.src[:npk]; leaves c.n = packets sent."""
+        cdef int rc
+        self.c.npk = npk
+        self.regions.busy += 1
+        with nogil:
+            rc = _tx_plan(&self.c)
+            if rc == 0:
+                _tx_write(&self.c)
+        self.regions.busy -= 1
+        if rc == ERR_PKT_TOO_BIG:
+            e = &self.c.err
+            raise LocalProtocolError(
+                f"packet {e.a}: {e.b} bytes need {e.c} descriptors, ring has {e.d}")
+        if rc:
+            self.errors += 1
+            raise PeerProtocolError(_err_message(&self.c.err))
+        self._publish(self.c.ndesc)
+        self.packets += self.c.n
+        self.bytes += self.c.nbytes
+        return 0
+
+    def tx_burst(self, packets):
+        """Copy bytes-like ``packets`` (a sequence) into the ring; return how many were sent.
+
+        Sends a prefix: stops at the first packet that does not fit whole, and after
+        ``max_burst`` packets. Raises ``PeerProtocolError`` (nothing sent) if a peer
+        descriptor is invalid, ``LocalProtocolError`` if a packet could never fit.
+        """
+        self._check_ready()
+        cdef uint32_t free = self._free()
+        cdef Py_ssize_t count = len(packets)
+        cdef uint32_t npk = self.max_burst, got = 0, i
+        if count < npk:
+            npk = <uint32_t>count
+        if free < npk:
+            npk = free
+        try:
+            for i in range(npk):
+                PyObject_GetBuffer(packets[i], &self.pybufs[i], PyBUF_SIMPLE)
+                got += 1
+                self.c.src[i] = <const char *>self.pybufs[i].buf
+                self.c.src_len[i] = <uint64_t>self.pybufs[i].len
+                if self.c.src_len[i] > U32_MAX:
+                    raise ValueError(f"packet {i} longer than 4 GiB")
+            self._run(npk)
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&self.pybufs[i])
+        return self.c.n
+
+    def tx_burst_array(self, data, lengths):
+        """Like :meth:`tx_burst` for packets stored as rows of a 2-D C-contiguous uint8 array.
+
+        ``lengths`` is a 1-D uint32 array, one entry per row, each ``<= data.shape[1]``.
+        """
+        self._check_ready()
+        cdef Py_buffer db, lb
+        cdef uint32_t npk, i, free
+        cdef Py_ssize_t rows, width
+        cdef const uint32_t *lens
+        cdef const char *rowp
+        PyObject_GetBuffer(data, &db, PyBUF_ND | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
+        try:
+            PyObject_GetBuffer(lengths, &lb, PyBUF_ND | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
+            try:
+                if db.ndim != 2 or not _is_format(&db, b'B', 1):
+                    raise ValueError("data must be a 2-D C-contiguous uint8 array")
+                if lb.ndim != 1 or not _is_format(&lb, b'I', 4):
+                    raise ValueError("lengths must be a 1-D contiguous uint32 array")
+                rows = db.shape[0]
+                width = db.shape[1]
+                if lb.shape[0] != rows:
+                    raise ValueError(f"{lb.shape[0]} lengths for {rows} packets")
+                lens = <const uint32_t *>lb.buf
+                for i in range(rows):
+                    if lens[i] > width:
+                        raise ValueError(f"lengths[{i}] = {lens[i]} > row width {width}")
+                free = self._free()
+                npk = self.max_burst
+                if rows < npk:
+                    npk = <uint32_t>rows
+                if free < npk:
+                    npk = free
+                rowp = <const char *>db.buf
+                for i in range(npk):
+                    self.c.src[i] = rowp
+                    self.c.src_len[i] = lens[i]
+                    rowp += width
+                self._run(npk)
+            finally:
+                PyBuffer_Release(&lb)
+        finally:
+            PyBuffer_Release(&db)
+        return self.c.n
+
+    def alloc(self, Py_ssize_t n):
+        """Up to ``n`` writable single-buffer memoryviews at the next free slots.
+
+        Capacity is ``buffer_size`` (slave) or the peer's descriptor length (master). Fill
+        them, then :meth:`commit`. Until then other transmit calls raise
+        ``LocalProtocolError``. Returns ``[]`` (and nothing is pending) when the ring is full.
+        """
+        self._check_ready()
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        cdef uint32_t free = self._free(), k = self.max_burst, i, slot
+        cdef int rc
+        if n < k:
+            k = <uint32_t>n
+        if free < k:
+            k = free
+        views = []
+        if self.slave:
+            for i in range(k):
+                slot = <uint16_t>(self.c.pos + i) & self.c.mask
+                views.append(self.regions._slice(self.c.br, self.c.table[slot], self.c.bs))
+        else:
+            for i in range(k):
+                rc = _tx_snap(&self.c, i)
+                if rc:
+                    self.errors += 1
+                    raise PeerProtocolError(_err_message(&self.c.err))
+            for i in range(k):
+                views.append(self.regions._slice(self.c.snap_region[i], self.c.snap_off[i],
+                                                 self.c.snap_cap[i]))
+        self.alloc_n = k
+        return views
+
+    def commit(self, lengths):
+        """Publish the first ``len(lengths)`` allocated buffers with these lengths.
+
+        Each length must be ``<=`` its buffer's capacity (else ``LocalProtocolError`` and the
+        allocation stays pending). The rest of the allocation is abandoned. Returns the count.
+        """
+        if self.closed:
+            raise LocalProtocolError("tx ring is closed")
+        cdef Py_ssize_t m = len(lengths)
+        cdef uint32_t i, slot, cap
+        cdef uint64_t nbytes = 0
+        cdef memif_desc_t *d
+        if m == 0 and self.alloc_n == 0:
+            return 0
+        if self.alloc_n == 0:
+            raise LocalProtocolError("commit() without alloc()")
+        if m > self.alloc_n:
+            raise LocalProtocolError(f"commit of {m} buffers, only {self.alloc_n} allocated")
+        lens = [int(x) for x in lengths]
+        for i in range(m):
+            cap = self.c.bs if self.slave else self.c.snap_cap[i]
+            if not 0 <= lens[i] <= cap:
+                raise LocalProtocolError(f"length {lens[i]} of buffer {i} > capacity {cap}")
+        cdef char *hdr = self.ring._hdr()
+        self.c.descs = <memif_desc_t *>(hdr + 2 * self.ring.cacheline)
+        for i in range(m):
+            slot = <uint16_t>(self.c.pos + i) & self.c.mask
+            d = &self.c.descs[slot]
+            d.flags = 0
+            d.length = lens[i]
+            nbytes += d.length
+            if self.slave:
+                d.region = self.c.br
+                d.offset = self.c.table[slot]
+                d.metadata = 0
+        self.alloc_n = 0
+        self._publish(<uint32_t>m)
+        self.packets += m
+        self.bytes += nbytes
+        return m
+
+    def forward(self, Burst burst not None):
+        """Slave only: send single-segment packets of ``burst`` without copying.
+
+        ``burst`` must come from a slave :class:`RxRing` on the same :class:`RegionTable`,
+        buffer region and buffer size. Each forwarded packet's buffer moves to a tx slot and
+        that slot's old (free) buffer moves to the rx slot, so buffer ownership stays a
+        permutation. Forwards the leading packets of the burst not forwarded yet, stopping at
+        the first chained packet, a full ring or ``max_burst``; returns how many. Forwarded
+        packets can no longer be read from the burst.
+        """
+        self._check_ready()
+        cdef RxRing rx = burst.rx
+        if not self.slave or not rx.slave:
+            raise LocalProtocolError("forward() needs a slave TxRing and a slave RxRing burst")
+        rx._check_open()
+        if rx.regions is not self.regions:
+            raise LocalProtocolError("forward() needs both rings on the same RegionTable")
+        if rx.c.br != self.c.br or rx.c.bs != self.c.bs:
+            raise LocalProtocolError("forward() needs the same buffer region and buffer size")
+        cdef uint32_t free = self._free(), k = 0, i = rx.fwd, f, rslot, tslot, off
+        cdef uint64_t nbytes = 0
+        cdef memif_desc_t *d
+        while i < rx.c.n and k < free and k < self.max_burst:
+            f = rx.c.first[i]
+            if rx.c.nsegs[i] != 1:
+                break
+            rslot = <uint16_t>(rx.bstart + f) & rx.c.mask
+            tslot = <uint16_t>(self.c.pos + k) & self.c.mask
+            off = rx.c.table[rslot]
+            d = &self.c.descs[tslot]
+            d.flags = 0
+            d.region = self.c.br
+            d.length = rx.c.seg_len[f]
+            d.offset = off
+            d.metadata = 0
+            rx.c.table[rslot] = self.c.table[tslot]
+            self.c.table[tslot] = off
+            nbytes += rx.c.seg_len[f]
+            k += 1
+            i += 1
+        rx.fwd = i
+        self._publish(k)
+        self.packets += k
+        self.bytes += nbytes
+        return k
+
+    def signal(self):
+        """Write the eventfd now (regardless of MASK_INT); no-op without an fd."""
+        if self.fd >= 0 and not _signal(self.fd):
+            raise OSError(errno, os.strerror(errno))
+
+    def close(self):
+        """Stop using the ring (idempotent): no shared memory is touched afterwards."""
+        self.closed = True
+        self.alloc_n = 0
+
+    def __repr__(self):
+        return (f"<TxRing role={self.role} size={self.c.size} packets={self.packets} "
+                f"errors={self.errors}>")
