@@ -1,0 +1,926 @@
+"""Pure-Python reference implementation of :mod:`memif_aio._ring` (same API, same semantics).
+
+This is the oracle of the differential tests and a readable statement of the ring rules; it is
+one to two orders of magnitude slower than the Cython core and is not meant for the data path.
+Every public call must give the same results, raise the same exceptions with the same reasons,
+and leave the same bytes in shared memory as the Cython module. The theory of operation (who
+owns head and tail, ordering, slot lifetime) is at the top of ``cython_ext/ring.pyx``; Python
+needs no explicit barriers here because the oracle is only ever run in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import LocalProtocolError, PeerProtocolError
+
+__all__ = [
+    "DESC_FLAG_NEXT",
+    "DESC_SIZE",
+    "MAX_LOG2_RING_SIZE",
+    "RING_COOKIE",
+    "RING_FLAG_MASK_INT",
+    "Burst",
+    "RegionTable",
+    "Ring",
+    "RxRing",
+    "TxRing",
+    "ring_bytes",
+]
+
+RING_COOKIE = 0x3E31F20
+DESC_FLAG_NEXT = 1
+RING_FLAG_MASK_INT = 1
+DESC_SIZE = 16
+MAX_LOG2_RING_SIZE = 14
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_DESC = struct.Struct("<HHIII")
+_ONE = (1).to_bytes(8, "little")
+_U32_MAX = 0xFFFFFFFF
+
+
+def ring_bytes(log2_size: int, cacheline: int = 64) -> int:
+    """Bytes taken by one ring: two header cache lines plus ``2**log2_size`` descriptors."""
+    _check_geometry(log2_size, cacheline)
+    return 2 * cacheline + (DESC_SIZE << log2_size)
+
+
+def _check_geometry(log2_size: int, cacheline: int) -> None:
+    if not 0 <= log2_size <= MAX_LOG2_RING_SIZE:
+        raise ValueError(f"log2 ring size {log2_size} not in 0..{MAX_LOG2_RING_SIZE}")
+    if cacheline not in (64, 128):
+        raise ValueError(f"cache line size {cacheline} is neither 64 nor 128")
+
+
+def _signal(fd: int) -> bool:
+    try:
+        os.write(fd, _ONE)
+    except BlockingIOError:
+        return True  # counter full: the reader is woken anyway
+    except OSError:
+        return False
+    return True
+
+
+def _buffer_table(ring: Ring, buffer_region: int, buffer_size: int, offsets) -> np.ndarray:
+    regions = ring.regions
+    if not 0 <= buffer_region < len(regions):
+        raise ValueError(f"buffer region {buffer_region} does not exist")
+    if not 0 < buffer_size <= _U32_MAX:
+        raise ValueError(f"buffer size {buffer_size} not in 1..2**32-1")
+    if offsets is None:
+        raise ValueError("role='slave' needs buffer_offsets (one buffer per ring slot)")
+    a = np.asarray(offsets)
+    if a.ndim != 1 or a.shape[0] != ring.size:
+        raise ValueError(f"buffer_offsets must have exactly {ring.size} entries")
+    if a.dtype.kind not in "iu":
+        raise ValueError("buffer_offsets must be integers")
+    a = a.astype(np.int64)
+    rsize = regions.size(buffer_region)
+    bad = (a < 0) | (a > _U32_MAX) | (a + buffer_size > rsize)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"buffer {i} at offset {int(a[i])} + {buffer_size} beyond region {buffer_region} "
+            f"({rsize} bytes)"
+        )
+    return np.ascontiguousarray(a, dtype=np.uint32)
+
+
+def _format_is(mv: memoryview, code: str, itemsize: int) -> bool:
+    fmt = mv.format.lstrip("=<@")
+    return mv.itemsize == itemsize and fmt == code
+
+
+class RegionTable:
+    """The shared-memory regions of one side of an interface, by region index."""
+
+    def __init__(self, buffers) -> None:
+        if hasattr(self, "_views"):
+            raise LocalProtocolError("RegionTable is already initialised")
+        buffers = list(buffers)
+        if len(buffers) > 65536:
+            raise ValueError(f"{len(buffers)} regions: memif region indices are u16")
+        views: list[memoryview] = []
+        try:
+            for i, buf in enumerate(buffers):
+                mv = memoryview(buf)
+                if mv.readonly:
+                    raise ValueError(f"region {i}: buffer is read-only")
+                if not mv.c_contiguous:
+                    raise ValueError(f"region {i}: buffer is not contiguous")
+                if mv.ndim != 1 or mv.format != "B":
+                    mv = mv.cast("B")
+                views.append(mv)
+        except BaseException:
+            for mv in views:
+                mv.release()
+            raise
+        self._views = views
+        self._sizes = [len(mv) for mv in views]
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def size(self, index: int) -> int:
+        if not 0 <= index < len(self._sizes):
+            raise IndexError(f"region {index} does not exist")
+        return self._sizes[index]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for mv in self._views:
+            mv.release()
+        self._views = []
+
+    def _view(self, region: int) -> memoryview:
+        if self._closed:
+            raise LocalProtocolError("region table is closed")
+        return self._views[region]
+
+    def _check(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("region table is closed")
+
+
+class Ring:
+    """One ring (header + descriptors) at ``offset`` in region ``region`` of ``regions``."""
+
+    def __init__(
+        self, regions: RegionTable, region: int, offset: int, log2_size: int, cacheline: int = 64
+    ) -> None:
+        if not isinstance(regions, RegionTable):
+            raise TypeError("regions must be a RegionTable")
+        regions._check()
+        if not 0 <= region < len(regions):
+            raise ValueError(f"region {region} does not exist")
+        _check_geometry(log2_size, cacheline)
+        if offset < 0 or offset % 4:
+            raise ValueError(f"ring offset {offset} is negative or not 4-byte aligned")
+        nbytes = ring_bytes(log2_size, cacheline)
+        if offset + nbytes > regions.size(region):
+            raise ValueError(
+                f"ring at offset {offset} ({nbytes} bytes) beyond region {region} "
+                f"({regions.size(region)} bytes)"
+            )
+        self._regions = regions
+        self._region = region
+        self._offset = offset
+        self._log2 = log2_size
+        self._cl = cacheline
+        self._size = 1 << log2_size
+        self._mask = self._size - 1
+
+    regions = property(lambda self: self._regions)
+    region = property(lambda self: self._region)
+    offset = property(lambda self: self._offset)
+    size = property(lambda self: self._size)
+    log2_size = property(lambda self: self._log2)
+    cacheline = property(lambda self: self._cl)
+
+    def _mem(self) -> memoryview:
+        return self._regions._view(self._region)
+
+    def _get16(self, at: int) -> int:
+        return _U16.unpack_from(self._mem(), self._offset + at)[0]
+
+    def _set16(self, at: int, value: int) -> None:
+        _U16.pack_into(self._mem(), self._offset + at, value)
+
+    @property
+    def cookie(self) -> int:
+        return _U32.unpack_from(self._mem(), self._offset)[0]
+
+    @cookie.setter
+    def cookie(self, value: int) -> None:
+        _U32.pack_into(self._mem(), self._offset, value)
+
+    flags = property(lambda self: self._get16(4), lambda self, v: self._set16(4, v))
+    head = property(lambda self: self._get16(6), lambda self, v: self._set16(6, v))
+    tail = property(lambda self: self._get16(self._cl), lambda self, v: self._set16(self._cl, v))
+
+    def initialize(self) -> None:
+        mem = self._mem()
+        nbytes = 2 * self._cl + DESC_SIZE * self._size
+        mem[self._offset : self._offset + nbytes] = bytes(nbytes)
+        _U32.pack_into(mem, self._offset, RING_COOKIE)
+
+    def check_cookie(self) -> None:
+        cookie = self.cookie
+        if cookie != RING_COOKIE:
+            raise PeerProtocolError(f"bad ring cookie 0x{cookie:08x}")
+
+    def reset(self) -> None:
+        self.head = 0
+        self.tail = 0
+
+    def _desc_at(self, slot: int) -> int:
+        if not 0 <= slot < self._size:
+            raise IndexError(f"slot {slot} not in 0..{self._size - 1}")
+        return self._offset + 2 * self._cl + DESC_SIZE * slot
+
+    def descriptor(self, slot: int) -> tuple[int, int, int, int, int]:
+        at = self._desc_at(slot)
+        return _DESC.unpack_from(self._mem(), at)
+
+    def set_descriptor(
+        self, slot: int, flags: int, region: int, length: int, offset: int, metadata: int = 0
+    ) -> None:
+        at = self._desc_at(slot)
+        _DESC.pack_into(self._mem(), at, flags, region, length, offset, metadata)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Ring region={self._region} offset={self._offset} size={self._size} "
+            f"cacheline={self._cl}>"
+        )
+
+
+class Burst:
+    """Packets of one ``RxRing.rx_burst()``; preallocated and reused by its ring."""
+
+    def __init__(self, rx: RxRing) -> None:
+        self._rx = rx
+        self._lengths_view = None
+        self._nsegs_view = None
+
+    def __len__(self) -> int:
+        return self._rx._n
+
+    @property
+    def lengths(self) -> np.ndarray:
+        if self._lengths_view is None:
+            self._lengths_view = self._rx._lengths_arr[: self._rx._n]
+        return self._lengths_view
+
+    @property
+    def nsegments(self) -> np.ndarray:
+        if self._nsegs_view is None:
+            self._nsegs_view = self._rx._nsegs_arr[: self._rx._n]
+        return self._nsegs_view
+
+    @property
+    def forwarded(self) -> int:
+        return self._rx._fwd
+
+    def _check_packet(self, i: int) -> int:
+        n = self._rx._n
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("packet index out of range")
+        self._rx._check_open()
+        self._rx._regions._check()
+        if i < self._rx._fwd:
+            raise LocalProtocolError(f"packet {i} was forwarded")
+        return i
+
+    def _segs(self, i: int):
+        rx = self._rx
+        f = rx._first[i]
+        return rx._segs[f : f + int(rx._nsegs_arr[i])]
+
+    def __getitem__(self, i: int):
+        i = self._check_packet(i)
+        segs = self._segs(i)
+        regions = self._rx._regions
+        if len(segs) == 1:
+            region, off, length = segs[0]
+            return regions._view(region)[off : off + length]
+        return b"".join(regions._view(r)[o : o + n] for r, o, n in segs)
+
+    def segments(self, i: int) -> list[memoryview]:
+        i = self._check_packet(i)
+        regions = self._rx._regions
+        return [regions._view(r)[o : o + n] for r, o, n in self._segs(i)]
+
+    def copy_into(self, i: int, out) -> int:
+        i = self._check_packet(i)
+        total = int(self._rx._lengths_arr[i])
+        with memoryview(out) as mv:
+            if mv.readonly:
+                raise BufferError("out is not writable")
+            if not mv.c_contiguous:
+                raise BufferError("out is not contiguous")
+            if mv.nbytes < total:
+                raise ValueError(f"buffer of {mv.nbytes} bytes < packet of {total} bytes")
+            with mv.cast("B") as dst:
+                at = 0
+                for r, o, n in self._segs(i):
+                    dst[at : at + n] = self._rx._regions._view(r)[o : o + n]
+                    at += n
+        return total
+
+    def release(self) -> None:
+        self._rx.release()
+
+    def __repr__(self) -> str:
+        return f"<Burst packets={self._rx._n}>"
+
+
+class RxRing:
+    """Receive side of one ring (see the Cython module for the full contract)."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        role: str,
+        eventfd: int = -1,
+        buffer_size: int = 2048,
+        buffer_region: int = 1,
+        buffer_offsets=None,
+        max_burst: int = 256,
+    ) -> None:
+        if not isinstance(ring, Ring):
+            raise TypeError("ring must be a Ring")
+        if role not in ("slave", "master"):
+            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+        if not 1 <= max_burst <= 65536:
+            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        regions = ring.regions
+        regions._check()
+        self._slave = role == "slave"
+        self._table = None
+        self._br = 0
+        self._bs = 0
+        if self._slave:
+            self._table = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
+            self._br = buffer_region
+            self._bs = buffer_size
+        elif buffer_offsets is not None:
+            raise ValueError("buffer_offsets is only used with role='slave'")
+        self._ring = ring
+        self._regions = regions
+        self._fd = eventfd
+        self._fd_nonblock = eventfd < 0 or not os.get_blocking(eventfd)
+        self._max_burst = max_burst
+        self._size = ring.size
+        self._mask = ring.size - 1
+        self._closed = False
+        self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees read-only views
+        self._nsegs_w = np.zeros(max_burst, np.uint32)
+        self._lengths_arr = self._lengths_w.view()
+        self._nsegs_arr = self._nsegs_w.view()
+        self._lengths_arr.flags.writeable = False
+        self._nsegs_arr.flags.writeable = False
+        self._first = [0] * max_burst
+        self._segs: list[tuple[int, int, int]] = [(0, 0, 0)] * ring.size
+        self._n = 0
+        self._fwd = 0
+        self._last = ring.tail
+        self._rel = self._last
+        self._bstart = self._last
+        self._head = ring.head
+        self.packets = 0
+        self.bytes = 0
+        self.errors = 0
+        if self._slave and (self._head - self._last) & 0xFFFF > ring.size:
+            raise ValueError("ring head/tail are inconsistent; reset() the ring first")
+        self._burst = Burst(self)
+
+    ring = property(lambda self: self._ring)
+    burst = property(lambda self: self._burst)
+    role = property(lambda self: "slave" if self._slave else "master")
+
+    @property
+    def buffer_offsets(self):
+        return None if self._table is None else self._table.copy()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("rx ring is closed")
+
+    def _peer_error(self, reason: str) -> PeerProtocolError:
+        self.errors += 1
+        return PeerProtocolError(reason)
+
+    def _available(self) -> int:
+        ring = self._ring
+        if self._slave:
+            avail = (ring.tail - self._last) & 0xFFFF
+            published = (self._head - self._last) & 0xFFFF
+            if avail > self._size:
+                raise self._peer_error(f"tail moved by {avail} > ring size {self._size}")
+            if avail > published:
+                raise self._peer_error(
+                    f"tail moved by {avail} beyond the {published} descriptors we published"
+                )
+        else:
+            avail = (ring.head - self._last) & 0xFFFF
+            if avail > self._size:
+                raise self._peer_error(f"head moved by {avail} > ring size {self._size}")
+        return avail
+
+    def pending(self) -> int:
+        self._check_open()
+        return self._available()
+
+    def rx_burst(self, max_packets: int | None = None) -> Burst:
+        maxp = self._max_burst
+        if max_packets is not None:
+            if max_packets < 0:
+                raise ValueError("max_packets must be >= 0")
+            maxp = min(maxp, max_packets)
+        self._check_open()
+        self._release()
+        avail = self._available()
+        try:
+            n, ndesc, nbytes = self._parse(avail, maxp)
+        except PeerProtocolError:
+            self._n = 0
+            self.errors += 1
+            raise
+        self._n = n
+        self._bstart = self._last
+        self._last = (self._last + ndesc) & 0xFFFF
+        self.packets += n
+        self.bytes += nbytes
+        return self._burst
+
+    def _parse(self, avail: int, maxp: int) -> tuple[int, int, int]:
+        ring = self._ring
+        mem = ring._mem()
+        descs = ring.offset + 2 * ring.cacheline
+        regions = self._regions
+        size, mask, last = self._size, self._mask, self._last
+        lengths = self._lengths_w
+        nsegs = self._nsegs_w
+        d = n = nbytes = 0
+        while n < maxp and d < avail:
+            start = d
+            total = 0
+            while True:
+                if d >= avail:
+                    if d - start >= size:
+                        raise PeerProtocolError(
+                            f"descriptor {(last + start) & mask}: NEXT chain longer than ring "
+                            f"({size} descriptors)"
+                        )
+                    d = start
+                    break
+                slot = (last + d) & mask
+                flags, region, length, off, _ = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
+                if self._slave:
+                    if length > self._bs:
+                        raise PeerProtocolError(
+                            f"descriptor {slot}: length {length} > buffer size {self._bs}"
+                        )
+                    region = self._br
+                    off = int(self._table[slot])
+                else:
+                    if region >= len(regions):
+                        raise PeerProtocolError(
+                            f"descriptor {slot}: region {region} does not exist"
+                        )
+                    rsize = regions.size(region)
+                    if off + length > rsize:
+                        raise PeerProtocolError(
+                            f"descriptor {slot}: offset {off} + length {length} beyond region "
+                            f"{region} ({rsize} bytes)"
+                        )
+                total += length
+                if total > _U32_MAX:
+                    raise PeerProtocolError(
+                        f"descriptor {slot}: packet longer than 4 GiB ({total} bytes)"
+                    )
+                self._segs[d] = (region, off, length)
+                d += 1
+                if not flags & DESC_FLAG_NEXT:
+                    self._first[n] = start
+                    nsegs[n] = d - start
+                    lengths[n] = total
+                    nbytes += total
+                    n += 1
+                    break
+            if d == start:
+                break
+        return n, d, nbytes
+
+    def _release(self) -> None:
+        self._n = 0
+        self._fwd = 0
+        self._burst._lengths_view = None
+        self._burst._nsegs_view = None
+        if self._slave:
+            self._rel = self._last
+            self._refill()
+        elif self._rel != self._last:
+            self._ring.tail = self._last
+            self._rel = self._last
+
+    def release(self) -> None:
+        self._check_open()
+        self._release()
+
+    def _refill(self) -> int:
+        ring = self._ring
+        mem = ring._mem()
+        free = self._size - ((self._head - self._rel) & 0xFFFF)
+        if free == 0:
+            return 0
+        descs = ring.offset + 2 * ring.cacheline
+        for i in range(free):
+            slot = (self._head + i) & self._mask
+            _DESC.pack_into(
+                mem, descs + DESC_SIZE * slot, 0, self._br, self._bs, int(self._table[slot]), 0
+            )
+        self._head = (self._head + free) & 0xFFFF
+        ring.head = self._head
+        return free
+
+    def refill(self) -> int:
+        self._check_open()
+        if not self._slave:
+            raise LocalProtocolError("refill() is for role='slave' (the buffer owner)")
+        return self._refill()
+
+    @property
+    def mask_interrupts(self) -> bool:
+        return bool(self._ring.flags & RING_FLAG_MASK_INT)
+
+    @mask_interrupts.setter
+    def mask_interrupts(self, value: bool) -> None:
+        self._check_open()
+        flags = self._ring.flags
+        if value:
+            self._ring.flags = flags | RING_FLAG_MASK_INT
+        else:
+            self._ring.flags = flags & ~RING_FLAG_MASK_INT & 0xFFFF
+
+    def drain_eventfd(self) -> int:
+        if self._fd < 0:
+            return 0
+        if not self._fd_nonblock and not select.select([self._fd], [], [], 0)[0]:
+            return 0
+        try:
+            data = os.read(self._fd, 8)
+        except BlockingIOError:
+            return 0
+        return int.from_bytes(data, "little") if len(data) == 8 else 0
+
+    def close(self) -> None:
+        self._closed = True
+        self._n = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<RxRing role={self.role} size={self._size} packets={self.packets} "
+            f"errors={self.errors}>"
+        )
+
+
+class TxRing:
+    """Transmit side of one ring (see the Cython module for the full contract)."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        role: str,
+        eventfd: int = -1,
+        buffer_size: int = 2048,
+        buffer_region: int = 1,
+        buffer_offsets=None,
+        max_burst: int = 256,
+    ) -> None:
+        if not isinstance(ring, Ring):
+            raise TypeError("ring must be a Ring")
+        if role not in ("slave", "master"):
+            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+        if not 1 <= max_burst <= 65536:
+            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        regions = ring.regions
+        regions._check()
+        self._slave = role == "slave"
+        self._table = None
+        self._br = 0
+        self._bs = 0
+        if self._slave:
+            self._table = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
+            self._br = buffer_region
+            self._bs = buffer_size
+        elif buffer_offsets is not None:
+            raise ValueError("buffer_offsets is only used with role='slave'")
+        self._ring = ring
+        self._regions = regions
+        self._fd = eventfd
+        self._max_burst = max_burst
+        self._size = ring.size
+        self._mask = ring.size - 1
+        self._closed = False
+        self._alloc_n = 0
+        self._snap: list[tuple[int, int, int]] = []
+        self._pos = ring.head if self._slave else ring.tail
+        self._free_n = 0
+        self.packets = 0
+        self.bytes = 0
+        self.errors = 0
+
+    ring = property(lambda self: self._ring)
+    role = property(lambda self: "slave" if self._slave else "master")
+
+    @property
+    def buffer_offsets(self):
+        return None if self._table is None else self._table.copy()
+
+    def _check_ready(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("tx ring is closed")
+        if self._alloc_n:
+            raise LocalProtocolError("alloc() pending: commit() first")
+
+    def _peer_error(self, reason: str) -> PeerProtocolError:
+        self.errors += 1
+        return PeerProtocolError(reason)
+
+    def _free(self) -> int:
+        ring = self._ring
+        if self._slave:
+            tail = ring.tail
+            used = (self._pos - tail) & 0xFFFF
+            if used > self._size:
+                raise self._peer_error(
+                    f"tail {tail} out of range: head {self._pos}, ring size {self._size}"
+                )
+            return self._size - used
+        used = (ring.head - self._pos) & 0xFFFF
+        if used > self._size:
+            raise self._peer_error(f"head moved by {used} > ring size {self._size}")
+        return used
+
+    def free_slots(self) -> int:
+        if self._closed:
+            raise LocalProtocolError("tx ring is closed")
+        return self._free()
+
+    def _publish(self, ndesc: int) -> None:
+        ring = self._ring
+        ring._mem()  # region table still open
+        if ndesc == 0:
+            return
+        self._pos = (self._pos + ndesc) & 0xFFFF
+        if self._slave:
+            ring.head = self._pos
+        else:
+            ring.tail = self._pos
+        if self._fd >= 0 and not ring.flags & RING_FLAG_MASK_INT and not _signal(self._fd):
+            self.errors += 1
+
+    def _snap_desc(self, mem: memoryview, d: int) -> tuple[int, int, int]:
+        """Master: validated (region, offset, capacity) of the peer's descriptor at pos + d."""
+        ring = self._ring
+        slot = (self._pos + d) & self._mask
+        _, region, cap, off, _ = _DESC.unpack_from(
+            mem, ring.offset + 2 * ring.cacheline + DESC_SIZE * slot
+        )
+        if region >= len(self._regions):
+            raise PeerProtocolError(f"descriptor {slot}: region {region} does not exist")
+        if cap == 0:
+            raise PeerProtocolError(f"descriptor {slot}: tx descriptor capacity 0")
+        rsize = self._regions.size(region)
+        if off + cap > rsize:
+            raise PeerProtocolError(
+                f"descriptor {slot}: offset {off} + capacity {cap} beyond region {region} "
+                f"({rsize} bytes)"
+            )
+        return region, off, cap
+
+    def _plan(self, lens: list[int], free: int) -> tuple[int, int]:
+        mem = self._ring._mem()
+        snap = self._snap = []
+        n = d = 0
+        while n < len(lens):
+            length = lens[n]
+            if self._slave:
+                need = 1 if length == 0 else -(-length // self._bs)
+                if need > self._size:
+                    raise LocalProtocolError(
+                        f"packet {n}: {length} bytes need {need} descriptors, ring has {self._size}"
+                    )
+                if d + need > free:
+                    break
+                d += need
+            else:
+                start, rem = d, length
+                while True:
+                    if d >= free:
+                        d = start
+                        break
+                    if d >= len(snap):
+                        snap.append(self._snap_desc(mem, d))
+                    rem -= min(rem, snap[d][2])
+                    d += 1
+                    if rem == 0:
+                        break
+                if d == start:
+                    break
+            n += 1
+        return n, d
+
+    def _write(self, srcs: list, n: int) -> int:
+        ring = self._ring
+        mem = ring._mem()
+        descs = ring.offset + 2 * ring.cacheline
+        d = nbytes = 0
+        for p in range(n):
+            src = srcs[p]
+            rem = len(src)
+            nbytes += rem
+            at = 0
+            while True:
+                slot = (self._pos + d) & self._mask
+                if self._slave:
+                    region, off, cap = self._br, int(self._table[slot]), self._bs
+                else:
+                    region, off, cap = self._snap[d]
+                take = min(rem, cap)
+                self._regions._view(region)[off : off + take] = src[at : at + take]
+                at += take
+                rem -= take
+                flags = DESC_FLAG_NEXT if rem else 0
+                at_desc = descs + DESC_SIZE * slot
+                if self._slave:
+                    _DESC.pack_into(mem, at_desc, flags, region, take, off, 0)
+                else:
+                    _U16.pack_into(mem, at_desc, flags)
+                    _U32.pack_into(mem, at_desc + 4, take)
+                d += 1
+                if rem == 0:
+                    break
+        return nbytes
+
+    def _run(self, srcs: list) -> int:
+        free = self._free_n
+        try:
+            n, ndesc = self._plan([len(s) for s in srcs], free)
+        except PeerProtocolError:
+            self.errors += 1
+            raise
+        nbytes = self._write(srcs, n)
+        self._publish(ndesc)
+        self.packets += n
+        self.bytes += nbytes
+        return n
+
+    def tx_burst(self, packets: Sequence) -> int:
+        self._check_ready()
+        free = self._free_n = self._free()
+        npk = min(self._max_burst, len(packets), free)
+        srcs = []
+        for i in range(npk):
+            mv = memoryview(packets[i])
+            if not mv.c_contiguous:
+                raise BufferError("packet buffer is not contiguous")
+            mv = mv.cast("B") if (mv.ndim != 1 or mv.format != "B") else mv
+            if mv.nbytes > _U32_MAX:
+                raise ValueError(f"packet {i} longer than 4 GiB")
+            srcs.append(mv)
+        return self._run(srcs)
+
+    def tx_burst_array(self, data, lengths) -> int:
+        self._check_ready()
+        dmv = memoryview(data)
+        lmv = memoryview(lengths)
+        if not dmv.c_contiguous or not lmv.c_contiguous:
+            raise ValueError("ndarray is not C-contiguous")
+        if dmv.ndim != 2 or not _format_is(dmv, "B", 1):
+            raise ValueError("data must be a 2-D C-contiguous uint8 array")
+        if lmv.ndim != 1 or not _format_is(lmv, "I", 4):
+            raise ValueError("lengths must be a 1-D contiguous uint32 array")
+        rows, width = dmv.shape
+        if lmv.shape[0] != rows:
+            raise ValueError(f"{lmv.shape[0]} lengths for {rows} packets")
+        lens = lmv.tolist()
+        for i, length in enumerate(lens):
+            if length > width:
+                raise ValueError(f"lengths[{i}] = {length} > row width {width}")
+        free = self._free_n = self._free()
+        npk = min(self._max_burst, rows, free)
+        flat = dmv.cast("B")
+        srcs = [flat[i * width : i * width + lens[i]] for i in range(npk)]
+        return self._run(srcs)
+
+    def alloc(self, n: int) -> list[memoryview]:
+        self._check_ready()
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        free = self._free()
+        k = min(n, free, self._max_burst)
+        if self._slave:
+            views = []
+            for i in range(k):
+                slot = (self._pos + i) & self._mask
+                off = int(self._table[slot])
+                views.append(self._regions._view(self._br)[off : off + self._bs])
+        else:
+            mem = self._ring._mem()
+            try:
+                snap = [self._snap_desc(mem, i) for i in range(k)]
+            except PeerProtocolError:
+                self.errors += 1
+                raise
+            self._snap = snap
+            views = [self._regions._view(r)[o : o + c] for r, o, c in snap]
+        self._alloc_n = k
+        return views
+
+    def commit(self, lengths: Sequence[int]) -> int:
+        if self._closed:
+            raise LocalProtocolError("tx ring is closed")
+        m = len(lengths)
+        if m == 0 and self._alloc_n == 0:
+            return 0
+        if self._alloc_n == 0:
+            raise LocalProtocolError("commit() without alloc()")
+        if m > self._alloc_n:
+            raise LocalProtocolError(f"commit of {m} buffers, only {self._alloc_n} allocated")
+        lens = [int(x) for x in lengths]
+        for i in range(m):
+            cap = self._bs if self._slave else self._snap[i][2]
+            if not 0 <= lens[i] <= cap:
+                raise LocalProtocolError(f"length {lens[i]} of buffer {i} > capacity {cap}")
+        ring = self._ring
+        mem = ring._mem()
+        descs = ring.offset + 2 * ring.cacheline
+        for i in range(m):
+            slot = (self._pos + i) & self._mask
+            at = descs + DESC_SIZE * slot
+            if self._slave:
+                _DESC.pack_into(mem, at, 0, self._br, lens[i], int(self._table[slot]), 0)
+            else:
+                _U16.pack_into(mem, at, 0)
+                _U32.pack_into(mem, at + 4, lens[i])
+        self._alloc_n = 0
+        self._publish(m)
+        self.packets += m
+        self.bytes += sum(lens)
+        return m
+
+    def forward(self, burst: Burst) -> int:
+        self._check_ready()
+        if not isinstance(burst, Burst):
+            raise TypeError("burst must be a Burst")
+        rx = burst._rx
+        if not self._slave or not rx._slave:
+            raise LocalProtocolError("forward() needs a slave TxRing and a slave RxRing burst")
+        rx._check_open()
+        if rx._regions is not self._regions:
+            raise LocalProtocolError("forward() needs both rings on the same RegionTable")
+        if rx._br != self._br or rx._bs != self._bs:
+            raise LocalProtocolError("forward() needs the same buffer region and buffer size")
+        free = self._free()
+        ring = self._ring
+        mem = ring._mem()
+        descs = ring.offset + 2 * ring.cacheline
+        k, i, nbytes = 0, rx._fwd, 0
+        while i < rx._n and k < free and k < self._max_burst:
+            f = rx._first[i]
+            if rx._nsegs_arr[i] != 1:
+                break
+            rslot = (rx._bstart + f) & rx._mask
+            tslot = (self._pos + k) & self._mask
+            off = int(rx._table[rslot])
+            length = rx._segs[f][2]
+            _DESC.pack_into(mem, descs + DESC_SIZE * tslot, 0, self._br, length, off, 0)
+            rx._table[rslot] = self._table[tslot]
+            self._table[tslot] = off
+            nbytes += length
+            k += 1
+            i += 1
+        rx._fwd = i
+        self._publish(k)
+        self.packets += k
+        self.bytes += nbytes
+        return k
+
+    def signal(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.write(self._fd, _ONE)
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._alloc_n = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<TxRing role={self.role} size={self._size} packets={self.packets} "
+            f"errors={self.errors}>"
+        )
