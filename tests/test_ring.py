@@ -1,0 +1,764 @@
+"""Ring hot path: wire layout, round trips, wraparound, hostile peers, interrupts, zero-copy.
+
+Every test runs against the Cython core (``memif_aio._ring``) and the pure-Python oracle
+(``memif_aio._ring_py``). A :class:`Link` is one memif link inside one process: the slave's
+and the master's objects are built over *separate* mmaps of the same memfds, as two processes
+would have them.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import mmap
+import os
+import random
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from memif_aio.errors import LocalProtocolError, PeerProtocolError
+
+IMPLS = {"cython": "memif_aio._ring", "python": "memif_aio._ring_py"}
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def R(request):
+    return importlib.import_module(IMPLS[request.param])
+
+
+@pytest.fixture
+def cy():
+    return importlib.import_module(IMPLS["cython"])
+
+
+class Link:
+    """A slave and a master over the same two memfds: region 0 = rings, region 1 = buffers.
+
+    Region 1 holds ``size`` buffers for S2M then ``size`` for M2S (libmemif's layout). The slave
+    initialises both rings, presets head = tail = ``start`` and refills its receive ring.
+    """
+
+    def __init__(
+        self,
+        R,
+        *,
+        log2=6,
+        cacheline=64,
+        buffer_size=2048,
+        start=0,
+        eventfds=False,
+        max_burst=256,
+    ):
+        self.R = R
+        self.size = size = 1 << log2
+        self.bs = buffer_size
+        rb = R.ring_bytes(log2, cacheline)
+        self.fds = [os.memfd_create("memif-rings"), os.memfd_create("memif-buffers")]
+        self.sizes = [2 * rb, 2 * size * buffer_size]
+        for fd, n in zip(self.fds, self.sizes, strict=True):
+            os.ftruncate(fd, n)
+        self.smaps = [mmap.mmap(fd, n) for fd, n in zip(self.fds, self.sizes, strict=True)]
+        self.mmaps = [mmap.mmap(fd, n) for fd, n in zip(self.fds, self.sizes, strict=True)]
+        self.efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)] if eventfds else []
+        efd = self.efds or [-1, -1]
+        self.S = R.RegionTable(self.smaps)
+        self.M = R.RegionTable(self.mmaps)
+        self.s_s2m = R.Ring(self.S, 0, 0, log2, cacheline)
+        self.s_m2s = R.Ring(self.S, 0, rb, log2, cacheline)
+        for ring in (self.s_s2m, self.s_m2s):
+            ring.initialize()
+            ring.head = ring.tail = start
+        self.m_s2m = R.Ring(self.M, 0, 0, log2, cacheline)
+        self.m_m2s = R.Ring(self.M, 0, rb, log2, cacheline)
+        for ring in (self.m_s2m, self.m_m2s):
+            ring.check_cookie()
+        offs = np.arange(size, dtype=np.uint64) * buffer_size
+        common = dict(buffer_size=buffer_size, buffer_region=1, max_burst=max_burst)
+        self.stx = R.TxRing(self.s_s2m, role="slave", eventfd=efd[0], buffer_offsets=offs, **common)
+        self.srx = R.RxRing(
+            self.s_m2s,
+            role="slave",
+            eventfd=efd[1],
+            buffer_offsets=offs + size * buffer_size,
+            **common,
+        )
+        self.mrx = R.RxRing(self.m_s2m, role="master", eventfd=efd[0], max_burst=max_burst)
+        self.mtx = R.TxRing(self.m_m2s, role="master", eventfd=efd[1], max_burst=max_burst)
+        self.queues = [self.stx, self.srx, self.mrx, self.mtx]
+        self.srx.refill()
+
+    def memory(self) -> bytes:
+        return b"".join(bytes(m) for m in self.smaps)
+
+    def close(self):
+        for q in self.queues:
+            q.close()
+        self.S.close()
+        self.M.close()
+        gc.collect()  # memoryviews a test kept in a cycle would block mmap.close()
+        for m in self.smaps + self.mmaps:
+            m.close()
+        for fd in self.fds + self.efds:
+            os.close(fd)
+
+
+@pytest.fixture
+def make_link():
+    links = []
+
+    def make(R, **kw):
+        link = Link(R, **kw)
+        links.append(link)
+        return link
+
+    yield make
+    for link in links:
+        link.close()
+
+
+def payloads(rng: random.Random, count: int, max_len: int = 9000) -> list[bytes]:
+    return [rng.randbytes(rng.randint(0, max_len)) for _ in range(count)]
+
+
+def pump(tx, rx, packets, *, max_packets=None, chunk=300):
+    """Send ``packets`` through tx -> rx; return what arrived, as bytes, in order."""
+    out: list[bytes] = []
+    sent = 0
+    for _ in range(100 * len(packets) + 10):
+        if sent < len(packets):
+            sent += tx.tx_burst(packets[sent : sent + chunk])
+        burst = rx.rx_burst(max_packets)
+        out.extend(bytes(burst[i]) for i in range(len(burst)))
+        if len(out) == len(packets):
+            break
+    rx.release()
+    return out
+
+
+def raw_u16(m: mmap.mmap, at: int) -> int:
+    return struct.unpack_from("<H", m, at)[0]
+
+
+# ---------------------------------------------------------------------------------- layout
+
+
+def test_struct_sizes_and_header_layout(R, make_link):
+    assert R.RING_COOKIE == 0x3E31F20
+    assert R.DESC_FLAG_NEXT == 1 and R.RING_FLAG_MASK_INT == 1
+    assert R.ring_bytes(0) == 128 + 16
+    assert R.ring_bytes(10) == 128 + 16 * 1024 == 16512
+    assert R.ring_bytes(10, 128) == 256 + 16 * 1024
+    for cl in (64, 128):
+        link = make_link(R, log2=4, cacheline=cl)
+        ring, m = link.s_s2m, link.smaps[0]
+        assert struct.unpack_from("<I", m, 0)[0] == R.RING_COOKIE
+        ring.head, ring.tail, ring.flags = 0x1234, 0xBEEF, 0x0001
+        assert raw_u16(m, 4) == 1 and raw_u16(m, 6) == 0x1234 and raw_u16(m, cl) == 0xBEEF
+        ring.set_descriptor(3, 1, 0x0102, 0x03040506, 0x0708090A, 0x0B0C0D0E)
+        at = 2 * cl + 16 * 3
+        assert struct.unpack_from("<HHIII", m, at) == (
+            1,
+            0x0102,
+            0x03040506,
+            0x0708090A,
+            0x0B0C0D0E,
+        )
+        assert link.m_s2m.descriptor(3) == (1, 0x0102, 0x03040506, 0x0708090A, 0x0B0C0D0E)
+        assert (link.m_s2m.head, link.m_s2m.tail) == (0x1234, 0xBEEF)
+        assert ring.size == 16 and ring.log2_size == 4 and ring.cacheline == cl
+        # The second ring starts right after the first one.
+        assert link.s_m2s.offset == R.ring_bytes(4, cl)
+
+
+def test_geometry_validation(R):
+    with pytest.raises(ValueError):
+        R.ring_bytes(15)
+    with pytest.raises(ValueError):
+        R.ring_bytes(4, 32)
+    buf = bytearray(4096)
+    regions = R.RegionTable([buf])
+    assert len(regions) == 1 and regions.size(0) == 4096
+    R.Ring(regions, 0, 4096 - R.ring_bytes(5), 5)
+    for args in [(1, 0, 4), (0, 0, 15), (0, 4096 - 100, 4), (0, 2, 4), (0, -4, 4)]:
+        with pytest.raises(ValueError):
+            R.Ring(regions, *args)
+    with pytest.raises(ValueError):
+        R.Ring(regions, 0, 0, 4, 96)
+    with pytest.raises(ValueError):
+        R.RegionTable([b"read-only bytes"])
+    regions.close()
+    with pytest.raises(LocalProtocolError):
+        R.Ring(regions, 0, 0, 4)
+
+
+def test_cookie_initialize_reset(R, make_link):
+    link = make_link(R, log2=3)
+    link.s_s2m.set_descriptor(2, 1, 1, 1, 1, 1)
+    link.s_s2m.head = 5
+    link.s_s2m.initialize()
+    assert link.m_s2m.descriptor(2) == (0, 0, 0, 0, 0)
+    assert (link.m_s2m.cookie, link.m_s2m.flags, link.m_s2m.head, link.m_s2m.tail) == (
+        R.RING_COOKIE,
+        0,
+        0,
+        0,
+    )
+    link.s_s2m.head, link.s_s2m.tail = 7, 3
+    link.m_s2m.reset()
+    assert (link.s_s2m.head, link.s_s2m.tail) == (0, 0)
+    link.s_s2m.cookie = 0xDEADBEEF
+    with pytest.raises(PeerProtocolError, match="bad ring cookie 0xdeadbeef"):
+        link.m_s2m.check_cookie()
+
+
+def test_buffer_table_validation(R, make_link):
+    link = make_link(R, log2=3, buffer_size=256)
+    offs = np.arange(8) * 256
+    with pytest.raises(ValueError, match="buffer_offsets"):
+        R.TxRing(link.s_s2m, role="slave", buffer_size=256)
+    with pytest.raises(ValueError, match="exactly 8"):
+        R.TxRing(link.s_s2m, role="slave", buffer_size=256, buffer_offsets=offs[:4])
+    with pytest.raises(ValueError, match="beyond region 1"):
+        R.RxRing(link.s_m2s, role="slave", buffer_size=256, buffer_offsets=offs + link.sizes[1])
+    with pytest.raises(ValueError, match="beyond region 1"):
+        R.RxRing(link.s_m2s, role="slave", buffer_size=256, buffer_offsets=offs - 256)
+    with pytest.raises(ValueError, match="buffer region"):
+        R.RxRing(link.s_m2s, role="slave", buffer_region=2, buffer_offsets=offs)
+    with pytest.raises(ValueError, match="role"):
+        R.RxRing(link.s_m2s, role="server")
+    with pytest.raises(ValueError, match="only used"):
+        R.RxRing(link.m_s2m, role="master", buffer_offsets=offs)
+
+
+# ------------------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_round_trip_random_sizes(R, make_link, direction):
+    rng = random.Random(f"{direction}-1")
+    link = make_link(R, log2=7, buffer_size=2048)
+    tx, rx = (link.stx, link.mrx) if direction == "s2m" else (link.mtx, link.srx)
+    packets = payloads(rng, 400)
+    assert pump(tx, rx, packets, max_packets=37) == packets
+    assert tx.packets == rx.packets == len(packets)
+    assert tx.bytes == rx.bytes == sum(map(len, packets))
+    assert tx.errors == rx.errors == 0
+
+
+@pytest.mark.parametrize("start", [65530, 65535, 65536 - 64])
+def test_wraparound_of_u16_counters(R, make_link, start):
+    rng = random.Random(start)
+    link = make_link(R, log2=6, buffer_size=512, start=start)
+    for tx, rx in ((link.stx, link.mrx), (link.mtx, link.srx)):
+        packets = payloads(rng, 300, 3000)
+        assert pump(tx, rx, packets) == packets
+    assert link.s_s2m.head == link.s_s2m.tail
+    assert link.s_s2m.head < start  # it did wrap
+
+
+def test_long_run_wraps_many_times(cy, make_link):
+    link = make_link(cy, log2=10, buffer_size=128)
+    n = 70_000
+    data = np.arange(n * 64, dtype=np.uint64).astype(np.uint8).reshape(n, 64)
+    lengths = (np.arange(n) % 65).astype(np.uint32)
+    for tx, rx in ((link.stx, link.mrx), (link.mtx, link.srx)):
+        got = 0
+        while got < n:
+            sent = tx.tx_burst_array(data[got : got + 256], lengths[got : got + 256])
+            burst = rx.rx_burst()
+            assert len(burst) == sent
+            assert np.array_equal(burst.lengths, lengths[got : got + sent])
+            for i in (0, sent - 1):
+                L = int(lengths[got + i])
+                assert bytes(burst[i]) == data[got + i, :L].tobytes()
+            got += sent
+        rx.release()
+    assert link.mrx.packets == link.srx.packets == n
+
+
+def test_zero_length_packets(R, make_link):
+    link = make_link(R, log2=3)
+    for tx, rx in ((link.stx, link.mrx), (link.mtx, link.srx)):
+        assert tx.tx_burst([b"", b"x", b""]) == 3
+        burst = rx.rx_burst()
+        assert list(burst.lengths) == [0, 1, 0]
+        assert [bytes(burst[i]) for i in range(3)] == [b"", b"x", b""]
+        rx.release()
+
+
+def test_tx_burst_array(R, make_link):
+    link = make_link(R, log2=5, buffer_size=256)
+    data = np.frombuffer(random.Random(3).randbytes(10 * 700), np.uint8).reshape(10, 700).copy()
+    lengths = np.array([0, 1, 255, 256, 257, 700, 512, 513, 5, 699], np.uint32)
+    for tx, rx in ((link.stx, link.mrx), (link.mtx, link.srx)):
+        assert tx.tx_burst_array(data, lengths) == 10
+        burst = rx.rx_burst()
+        assert [bytes(burst[i]) for i in range(10)] == [
+            data[i, : lengths[i]].tobytes() for i in range(10)
+        ]
+        assert list(burst.nsegments) == [1, 1, 1, 1, 2, 3, 2, 3, 1, 3]
+        rx.release()
+    with pytest.raises(ValueError, match="row width"):
+        link.stx.tx_burst_array(data, np.full(10, 701, np.uint32))
+    with pytest.raises(ValueError):
+        link.stx.tx_burst_array(data.astype(np.uint16), lengths)
+    with pytest.raises(ValueError):
+        link.stx.tx_burst_array(data, lengths.astype(np.int64))
+    with pytest.raises(ValueError):
+        link.stx.tx_burst_array(data, lengths[:5])
+    with pytest.raises((ValueError, BufferError)):
+        link.stx.tx_burst_array(data[:, ::2], lengths)
+
+
+def test_tx_stops_at_first_packet_that_does_not_fit(R, make_link):
+    link = make_link(R, log2=3, buffer_size=100)
+    # 8 slots: 3 + 3 descriptors fit, the next 3-descriptor packet does not, nor does b"x".
+    pk = [b"a" * 250, b"b" * 201, b"c" * 300, b"x"]
+    assert link.stx.tx_burst(pk) == 2
+    assert link.stx.free_slots() == 2
+    assert link.mtx.tx_burst(pk) == 2
+    assert link.mtx.free_slots() == 2
+    with pytest.raises(LocalProtocolError, match="ring has 8"):
+        link.stx.tx_burst([b"z" * 801])
+
+
+def test_max_burst_and_max_packets(R, make_link):
+    link = make_link(R, log2=6, max_burst=10)
+    assert link.stx.tx_burst([b"p"] * 40) == 10
+    assert link.stx.tx_burst([b"q"] * 40) == 10
+    assert len(link.mrx.rx_burst(3)) == 3
+    assert link.mrx.pending() == 17
+    assert len(link.mrx.rx_burst(0)) == 0
+    assert len(link.mrx.rx_burst()) == 10
+    assert len(link.mrx.rx_burst(100)) == 7
+    assert len(link.mrx.rx_burst()) == 0
+    assert link.mrx.pending() == 0
+
+
+def test_burst_api(R, make_link):
+    link = make_link(R, log2=4, buffer_size=64)
+    pk = [b"A" * 10, bytes(range(150)), b"C" * 64]
+    link.stx.tx_burst(pk)
+    burst = link.mrx.rx_burst()
+    assert burst is link.mrx.burst
+    assert len(burst) == 3
+    assert burst.lengths.dtype == np.uint32 and list(burst.lengths) == [10, 150, 64]
+    assert list(burst.nsegments) == [1, 3, 1]
+    assert not burst.lengths.flags.writeable
+    view = burst[0]
+    assert isinstance(view, memoryview) and bytes(view) == pk[0]
+    assert bytes(burst[-2]) == pk[1] and isinstance(burst[1], bytes)
+    assert bytes(burst[-1]) == pk[2]
+    with pytest.raises(IndexError):
+        burst[3]
+    with pytest.raises(IndexError):
+        burst[-4]
+    segs = burst.segments(1)
+    assert [len(s) for s in segs] == [64, 64, 22] and b"".join(segs) == pk[1]
+    out = bytearray(200)
+    assert burst.copy_into(1, out) == 150 and out[:150] == pk[1]
+    with pytest.raises(ValueError):
+        burst.copy_into(1, bytearray(149))
+    # Zero-copy: the view shows the shared buffer itself.
+    slot_off = link.stx.buffer_offsets[0]
+    link.smaps[1][slot_off] = ord("Z")
+    assert view[0] == ord("Z")
+    del view, segs
+    burst.release()
+    assert len(burst) == 0 and link.m_s2m.tail == 5
+    burst.release()  # idempotent
+    assert link.m_s2m.tail == 5
+
+
+def test_release_returns_slots_once_per_burst(R, make_link):
+    link = make_link(R, log2=4)
+    link.stx.tx_burst([b"x"] * 10)
+    link.mrx.rx_burst(4)
+    assert link.m_s2m.tail == 0  # held by the burst
+    link.mrx.rx_burst(4)  # releases the first 4
+    assert link.m_s2m.tail == 4
+    assert link.stx.free_slots() == 16 - 6
+    link.mrx.release()
+    assert link.stx.free_slots() == 16 - 2
+    # Slave receive: released slots are refilled (head moves), held ones are not.
+    link.mtx.tx_burst([b"y"] * 10)
+    head0 = link.m_m2s.head
+    link.srx.rx_burst(6)
+    assert link.m_m2s.head == head0
+    link.srx.release()
+    assert link.m_m2s.head == (head0 + 6) & 0xFFFF
+    assert link.mtx.free_slots() == 16 - 10 + 6
+
+
+# -------------------------------------------------------------------------------- chains
+
+
+def test_partial_chain_waits_for_the_rest(R, make_link):
+    link = make_link(R, log2=4, buffer_size=64)
+    ring = link.s_s2m  # we play the slave by hand
+    ring.set_descriptor(0, 0, 1, 5, 0)
+    ring.set_descriptor(1, R.DESC_FLAG_NEXT, 1, 64, 64)
+    ring.set_descriptor(2, R.DESC_FLAG_NEXT, 1, 64, 128)
+    ring.set_descriptor(3, 0, 1, 7, 192)
+    ring.head = 3  # the chain 1..3 is cut after 2 descriptors
+    burst = link.mrx.rx_burst()
+    assert list(burst.lengths) == [5]
+    assert len(link.mrx.rx_burst()) == 0
+    assert link.m_s2m.tail == 1  # the partial chain stays unconsumed
+    ring.head = 4
+    burst = link.mrx.rx_burst()
+    assert list(burst.lengths) == [135] and list(burst.nsegments) == [3]
+    link.mrx.release()
+    assert link.m_s2m.tail == 4
+
+
+def test_partial_chain_on_slave_receive(R, make_link):
+    link = make_link(R, log2=3, buffer_size=64)
+    ring = link.m_m2s  # the master writes by hand into the slave's refilled descriptors
+    ring.set_descriptor(0, R.DESC_FLAG_NEXT, 1, 64, 0)
+    ring.tail = 1
+    assert len(link.srx.rx_burst()) == 0
+    ring.set_descriptor(1, 0, 1, 3, 0)
+    ring.tail = 2
+    assert list(link.srx.rx_burst().lengths) == [67]
+
+
+# ---------------------------------------------------------------------------- hostile peer
+
+
+def _expect_peer_error(rx_or_tx, call, match):
+    before = rx_or_tx.errors
+    for _ in range(2):  # stays broken, stays safe
+        with pytest.raises(PeerProtocolError, match=match):
+            call()
+    assert rx_or_tx.errors == before + 2
+
+
+def test_master_rx_rejects_bad_descriptors(R, make_link):
+    link = make_link(R, log2=6, buffer_size=2048)
+    ring = link.s_s2m
+    rsize = link.sizes[1]
+    cases = [
+        ((0, 5, 10, 0), "descriptor 0: region 5 does not exist"),
+        (
+            (0, 1, 9000, rsize - 100),
+            f"descriptor 0: offset {rsize - 100} \\+ length 9000 beyond region 1 "
+            f"\\({rsize} bytes\\)",
+        ),
+        ((0, 1, 0xFFFFFFFF, 0xFFFFFFFF), "beyond region 1"),  # 64-bit sum, no wrap
+        ((0, 0, 1, link.sizes[0]), "beyond region 0"),
+    ]
+    for (flags, region, length, offset), match in cases:
+        ring.set_descriptor(0, flags, region, length, offset)
+        ring.head = 1
+        _expect_peer_error(link.mrx, link.mrx.rx_burst, match)
+        assert len(link.mrx.burst) == 0 and link.m_s2m.tail == 0
+    ring.set_descriptor(0, 0, 1, 10, 0)  # repaired: the ring works again
+    assert list(link.mrx.rx_burst().lengths) == [10]
+
+
+def test_master_rx_rejects_counter_jumps_and_endless_chains(R, make_link):
+    link = make_link(R, log2=6)
+    ring = link.s_s2m
+    ring.head = 3000
+    _expect_peer_error(link.mrx, link.mrx.rx_burst, "head moved by 3000 > ring size 64")
+    _expect_peer_error(link.mrx, link.mrx.pending, "head moved by 3000")
+    for slot in range(64):
+        ring.set_descriptor(slot, R.DESC_FLAG_NEXT, 1, 1, 0)
+    ring.head = 64
+    _expect_peer_error(link.mrx, link.mrx.rx_burst, "NEXT chain longer than ring")
+    ring.set_descriptor(63, 0, 1, 1, 0)
+    burst = link.mrx.rx_burst()
+    assert list(burst.lengths) == [64] and list(burst.nsegments) == [64]
+    # A chain that is merely unfinished, and shorter than the ring, is not an error.
+    link.mrx.release()
+    for slot in range(64):
+        ring.set_descriptor(slot, R.DESC_FLAG_NEXT, 1, 1, 0)
+    ring.head = 64 + 63
+    assert len(link.mrx.rx_burst()) == 0
+
+
+def test_master_rx_chain_longer_than_4gib(R, make_link):
+    link = make_link(R, log2=3, buffer_size=1 << 27)  # sparse 2 GiB buffer region
+    region_size = link.sizes[1]
+    ring = link.s_s2m
+    count = (1 << 32) // region_size + 1
+    assert count <= 8
+    for slot in range(count):
+        ring.set_descriptor(slot, R.DESC_FLAG_NEXT if slot < count - 1 else 0, 1, region_size, 0)
+    ring.head = count
+    _expect_peer_error(link.mrx, link.mrx.rx_burst, "longer than 4 GiB")
+
+
+def test_slave_rx_rejects_overlong_descriptor_and_tail_jumps(R, make_link):
+    link = make_link(R, log2=4, buffer_size=256)
+    ring = link.m_m2s
+    ring.set_descriptor(0, 0, 1, 257, 0)
+    ring.tail = 1
+    _expect_peer_error(link.srx, link.srx.rx_burst, "descriptor 0: length 257 > buffer size 256")
+    ring.tail = 40
+    _expect_peer_error(link.srx, link.srx.rx_burst, "tail moved by 40 > ring size 16")
+    ring.tail = 0
+    assert len(link.srx.rx_burst()) == 0  # usable again once the peer behaves
+    link2 = make_link(R, log2=4, buffer_size=256)
+    link2.s_m2s.head = 0  # the slave published only 0 descriptors...
+    srx = R.RxRing(link2.s_m2s, role="slave", buffer_size=256, buffer_offsets=np.arange(16) * 256)
+    link2.queues.append(srx)
+    link2.m_m2s.tail = 3  # ...but the master claims to have filled 3
+    _expect_peer_error(srx, srx.pending, "tail moved by 3 beyond the 0 descriptors we published")
+
+
+def test_slave_rx_ignores_peer_region_and_offset(R, make_link):
+    link = make_link(R, log2=3, buffer_size=64)
+    link.mtx.tx_burst([b"hello"])
+    link.m_m2s.set_descriptor(0, 0, 9, 5, 0xFFFFFF00)  # hostile rewrite after filling
+    burst = link.srx.rx_burst()
+    assert bytes(burst[0]) == b"hello"
+
+
+def test_master_tx_rejects_bad_empty_descriptors(R, make_link):
+    link = make_link(R, log2=4, buffer_size=64)
+    ring = link.s_m2s  # the slave's refilled descriptors, rewritten hostilely
+    rsize = link.sizes[1]
+    cases = [
+        ((0, 0, 0, 0), "descriptor 2: tx descriptor capacity 0"),
+        ((0, 7, 64, 0), "descriptor 2: region 7 does not exist"),
+        ((0, 1, 64, rsize - 63), f"offset {rsize - 63} \\+ capacity 64 beyond region 1"),
+    ]
+    good = ring.descriptor(2)
+    for fields, match in cases:
+        ring.set_descriptor(2, *fields)
+        before = link.memory()
+        _expect_peer_error(link.mtx, lambda: link.mtx.tx_burst([b"a", b"b", b"c"]), match)
+        _expect_peer_error(link.mtx, lambda: link.mtx.alloc(3), match)
+        assert link.memory() == before  # nothing written, nothing published
+    ring.set_descriptor(2, *good)
+    assert link.mtx.tx_burst([b"a", b"b", b"c"]) == 3
+    # Only descriptors actually needed are checked.
+    ring.set_descriptor(5, 0, 0, 0, 0)
+    assert link.mtx.tx_burst([b"d", b"e"]) == 2
+
+
+def test_master_tx_rejects_head_jump(R, make_link):
+    link = make_link(R, log2=4)
+    link.s_m2s.head = 1000
+    _expect_peer_error(link.mtx, link.mtx.free_slots, "head moved by 1000 > ring size 16")
+    _expect_peer_error(link.mtx, lambda: link.mtx.tx_burst([b"x"]), "head moved")
+
+
+def test_slave_tx_rejects_tail_out_of_range(R, make_link):
+    link = make_link(R, log2=4)
+    link.stx.tx_burst([b"x"] * 3)
+    link.m_s2m.tail = 100
+    _expect_peer_error(link.stx, lambda: link.stx.tx_burst([b"y"]), "tail 100 out of range")
+    link.m_s2m.tail = 3
+    assert link.stx.free_slots() == 16
+
+
+def test_master_tx_honours_peer_capacity(R, make_link):
+    link = make_link(R, log2=4, buffer_size=100)
+    assert link.mtx.tx_burst([b"q" * 250]) == 1
+    assert [link.m_m2s.descriptor(s)[2] for s in range(3)] == [100, 100, 50]
+    assert [link.m_m2s.descriptor(s)[0] for s in range(3)] == [1, 1, 0]
+    # A peer that advertises smaller buffers gets more, smaller segments.
+    link.s_m2s.set_descriptor(3, 0, 1, 10, link.srx.buffer_offsets[3])
+    link.s_m2s.set_descriptor(4, 0, 1, 10, link.srx.buffer_offsets[4])
+    assert link.mtx.tx_burst([b"r" * 30]) == 1
+    assert [link.m_m2s.descriptor(s)[2] for s in (3, 4, 5)] == [10, 10, 10]
+
+
+# ------------------------------------------------------------------------------ interrupts
+
+
+def test_eventfd_once_per_burst_and_mask_int(R, make_link):
+    link = make_link(R, log2=8, eventfds=True)
+    for tx, rx in ((link.stx, link.mrx), (link.mtx, link.srx)):
+        assert rx.drain_eventfd() == 0
+        assert tx.tx_burst([b"x"] * 100) == 100
+        assert rx.drain_eventfd() == 1  # one write for 100 packets
+        tx.tx_burst([b"x"] * 3)
+        tx.tx_burst([b"x"] * 3)
+        assert rx.drain_eventfd() == 2
+        assert tx.tx_burst([]) == 0
+        assert rx.drain_eventfd() == 0  # nothing published, nothing signalled
+        rx.mask_interrupts = True
+        assert rx.mask_interrupts and rx.ring.flags & R.RING_FLAG_MASK_INT
+        tx.tx_burst([b"y"] * 5)
+        assert rx.drain_eventfd() == 0
+        tx.signal()  # explicit kick ignores the mask
+        assert rx.drain_eventfd() == 1
+        rx.mask_interrupts = False
+        assert not rx.mask_interrupts and rx.ring.flags == 0
+        bufs = tx.alloc(2)
+        tx.commit([1, 1])
+        assert rx.drain_eventfd() == 1
+        del bufs
+        while len(rx.rx_burst()):
+            pass
+        rx.release()
+        # Receiving and releasing never signals.
+        assert rx.drain_eventfd() == 0
+
+
+def test_drain_blocking_eventfd_does_not_block(R, make_link):
+    link = make_link(R, log2=3)
+    efd = os.eventfd(0)  # blocking
+    link.efds.append(efd)
+    rx = R.RxRing(link.m_s2m, role="master", eventfd=efd)
+    link.queues.append(rx)
+    assert rx.drain_eventfd() == 0
+    os.eventfd_write(efd, 3)
+    assert rx.drain_eventfd() == 3
+
+
+# ---------------------------------------------------------------------------- alloc/commit
+
+
+@pytest.mark.parametrize("side", ["slave", "master"])
+def test_alloc_commit(R, make_link, side):
+    link = make_link(R, log2=3, buffer_size=128)
+    tx, rx = (link.stx, link.mrx) if side == "slave" else (link.mtx, link.srx)
+    bufs = tx.alloc(5)
+    assert len(bufs) == 5 and all(len(b) == 128 for b in bufs)
+    with pytest.raises(LocalProtocolError, match="pending"):
+        tx.alloc(1)
+    with pytest.raises(LocalProtocolError, match="pending"):
+        tx.tx_burst([b"x"])
+    for i, b in enumerate(bufs[:3]):
+        b[: i + 1] = bytes([65 + i]) * (i + 1)
+    with pytest.raises(LocalProtocolError, match="capacity"):
+        tx.commit([1, 129])
+    with pytest.raises(LocalProtocolError, match="only 5 allocated"):
+        tx.commit([1] * 6)
+    assert tx.commit([1, 2, 3]) == 3  # the other two are abandoned
+    del bufs
+    burst = rx.rx_burst()
+    assert [bytes(burst[i]) for i in range(3)] == [b"A", b"BB", b"CCC"]
+    rx.release()
+    with pytest.raises(LocalProtocolError, match="without alloc"):
+        tx.commit([1])
+    assert tx.commit([]) == 0
+    assert len(tx.alloc(100)) == 8  # capped by the free slots
+    tx.commit([])
+    assert tx.alloc(0) == [] and tx.tx_burst([b"ok"]) == 1  # an empty alloc is not pending
+
+
+# ---------------------------------------------------------------------------------- forward
+
+
+def test_forward_zero_copy(R, make_link):
+    link = make_link(R, log2=4, buffer_size=64)
+    every_buffer = sorted(
+        np.concatenate([link.stx.buffer_offsets, link.srx.buffer_offsets]).tolist()
+    )
+    rng = random.Random(9)
+    for round_ in range(12):
+        packets = payloads(rng, rng.randint(1, 12), 150)
+        sent = link.mtx.tx_burst(packets)
+        burst = link.srx.rx_burst()
+        assert len(burst) == sent
+        before_tx = link.stx.buffer_offsets
+        k = link.stx.forward(burst)
+        single = 0
+        while single < sent and burst.nsegments[single] == 1:
+            single += 1
+        assert k == min(single, link.stx.free_slots() + k)
+        assert burst.forwarded == k
+        if k:
+            with pytest.raises(LocalProtocolError, match="forwarded"):
+                burst[0]
+        assert link.stx.forward(burst) == 0  # never twice
+        got = link.mrx.rx_burst()
+        assert [bytes(got[i]) for i in range(len(got))] == packets[:k]
+        # The tx descriptors point at what were rx buffers: no copy happened.
+        if k:
+            assert got.segments(0)[0].nbytes == len(packets[0])
+            assert link.m_s2m.descriptor((link.m_s2m.head - k) & 15)[3] not in before_tx
+        link.mrx.release()
+        link.srx.release()
+        owned = sorted(np.concatenate([link.stx.buffer_offsets, link.srx.buffer_offsets]).tolist())
+        assert owned == every_buffer, f"round {round_}: buffer ownership is not a permutation"
+    assert link.stx.packets > 0
+
+
+def test_forward_checks(R, make_link):
+    link = make_link(R, log2=3, buffer_size=64)
+    link.stx.tx_burst([b"x"])
+    with pytest.raises(LocalProtocolError):
+        link.mtx.forward(link.mrx.rx_burst())
+    other = make_link(R, log2=3, buffer_size=64)
+    other.mtx.tx_burst([b"y"])
+    with pytest.raises(LocalProtocolError, match="same RegionTable"):
+        link.stx.forward(other.srx.rx_burst())
+
+
+# ---------------------------------------------------------------------------------- closing
+
+
+def test_close_region_table_is_safe(R, make_link):
+    link = make_link(R, log2=3)
+    link.stx.tx_burst([b"abc"])
+    burst = link.mrx.rx_burst()
+    view = burst[0]
+    link.M.close()
+    link.M.close()  # idempotent
+    assert link.M.closed
+    for call in (
+        lambda: burst[0],
+        link.mrx.rx_burst,
+        link.mrx.release,
+        link.mrx.pending,
+        lambda: link.mtx.tx_burst([b"x"]),
+        link.mtx.free_slots,
+        lambda: link.m_s2m.head,
+        link.m_m2s.check_cookie,
+    ):
+        with pytest.raises(LocalProtocolError, match="closed"):
+            call()
+    # A view the application kept still pins the mapping: closing it is refused, not a crash.
+    with pytest.raises(BufferError):
+        link.mmaps[1].close()
+    assert bytes(view) == b"abc"
+    del view
+    gc.collect()
+    link.mmaps[1].close()
+    link.mrx.close()
+    with pytest.raises(LocalProtocolError, match="rx ring is closed"):
+        link.mrx.rx_burst()
+    link.stx.close()
+    with pytest.raises(LocalProtocolError, match="tx ring is closed"):
+        link.stx.tx_burst([b"x"])
+
+
+# ----------------------------------------------------------------- allocation (Cython only)
+
+
+def test_steady_state_does_not_allocate(cy, make_link):
+    link = make_link(cy, log2=10, buffer_size=2048)
+    data = np.zeros((256, 64), np.uint8)
+    lengths = np.full(256, 64, np.uint32)
+    pairs = ((link.stx, link.mrx), (link.mtx, link.srx))
+
+    def run(n):
+        for _ in range(n):
+            for tx, rx in pairs:
+                tx.tx_burst_array(data, lengths)
+                rx.rx_burst()
+                rx.release()
+
+    run(50)
+    tracemalloc.start()
+    try:
+        run(50)
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        run(2000)  # 2000 bursts x 256 packets x 2 directions = 1,024,000 packets
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert link.mrx.packets + link.srx.packets >= 1_024_000
+    assert current - base < 2048, (base, current)
+    assert peak - base < 16384, (base, peak)
