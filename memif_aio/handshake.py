@@ -463,6 +463,7 @@ class MasterHandshake(_Handshake):
         self._fd_size = fd_size
         self._pending: _PendingSetup | None = None
         self._setup: LinkSetup | None = None
+        self.requested_id: int | None = None  # from INIT, even when refused
         self.state = State.WAIT_INIT
 
     @property
@@ -490,6 +491,7 @@ class MasterHandshake(_Handshake):
         return handler(message, *fds)
 
     def _on_init(self, init: p.Init) -> list[Action]:
+        self.requested_id = init.id
         if init.version != p.VERSION:
             return self._reject(f"{VERSION_MISMATCH}: {init.version:#06x}, ours {p.VERSION:#06x}")
         config = self._lookup(init.id)

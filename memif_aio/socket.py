@@ -150,7 +150,13 @@ class Session:
             self._memory.close()
             self._memory = None
         if closed.error is not None and not self.machine.connected:
-            log.warning("memif %s: handshake failed: %s", self.peer or "peer", closed.reason)
+            peer = self.peer
+            if (
+                isinstance(self.machine, hs.MasterHandshake)
+                and self.machine.requested_id is not None
+            ):
+                peer = f"{peer} id {self.machine.requested_id}"
+            log.warning("memif %s: handshake failed: %s", peer, closed.reason)
         self._on_closed(self, closed)
         if not self.done.done():
             self.done.set_result(closed)
@@ -322,7 +328,7 @@ class Socket:
                 self._master_link_up,
                 self._master_closed,
                 on_claim=self._claim,
-                peer=f"{self.path} (new peer)",
+                peer=self.path,
             )
             self._pending.add(session)
             session.start()
@@ -337,7 +343,6 @@ class Socket:
 
     def _claim(self, session: Session, interface_id: int) -> None:
         self._pending.discard(session)
-        session.peer = f"{self.path} id {interface_id}"
         self._interfaces[interface_id]._attach(session)
 
     def _master_link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
@@ -345,10 +350,17 @@ class Socket:
 
     def _master_closed(self, session: Session, closed: hs.Closed) -> None:
         self._pending.discard(session)
-        interface_id = session.machine.interface_id  # type: ignore[union-attr]
+        machine = session.machine
+        assert isinstance(machine, hs.MasterHandshake)
+        interface_id = machine.requested_id
         interface = self._interfaces.get(interface_id) if interface_id is not None else None
-        if interface is not None and interface._session is session:
+        if interface is None:
+            return
+        if interface._session is session:
             interface._session_closed(session, closed)
+        elif interface._session is None:
+            # A refused slave (wrong secret, mode...): the owner of the id should hear why.
+            interface.last_disconnect_reason = closed.reason
 
     # -- slave side -----------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ def _fail_on_loop_errors():
 @pytest.fixture
 def abstract_path() -> str:
     """A fresh abstract socket name, unique per test."""
-    return f"@memif_aio-test-{uuid.uuid4().hex[:12]}"
+    return f"@/tmp/memif_aio-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

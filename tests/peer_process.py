@@ -1,0 +1,72 @@
+"""A memif_aio peer in its own process, for tests: prints one JSON line per event.
+
+    python tests/peer_process.py --role master --socket @x --id 0 [--secret s] ...
+
+Events: {"event": "ready"}, {"event": "connected", "details": {...}},
+{"event": "disconnected", "reason": "..."}; it exits cleanly when stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+
+import memif_aio
+
+
+def emit(event: str, **fields) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    sock = memif_aio.Socket(args.socket, reconnect_interval=args.reconnect_interval)
+    iface = await sock.create_interface(
+        id=args.id,
+        role=args.role,
+        secret=args.secret,
+        rx_queues=args.queues,
+        tx_queues=args.queues,
+        ring_size=args.ring_size,
+        buffer_size=args.buffer_size,
+        name=args.name,
+    )
+    emit("ready")
+    loop = asyncio.get_running_loop()
+    stdin_closed = loop.run_in_executor(None, sys.stdin.read)
+
+    async def report() -> None:
+        while True:
+            await iface.wait_connected()
+            emit("connected", details=dataclasses.asdict(iface.details()))
+            reason = await iface.wait_disconnected()
+            emit("disconnected", reason=reason)
+
+    reporter = asyncio.create_task(report())
+    await stdin_closed
+    reporter.cancel()
+    await sock.close()
+    emit("closed")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--role", default="master")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--id", type=int, default=0)
+    parser.add_argument("--secret")
+    parser.add_argument("--queues", type=int, default=1)
+    parser.add_argument("--ring-size", type=int, default=1024)
+    parser.add_argument("--buffer-size", type=int, default=2048)
+    parser.add_argument("--name")
+    parser.add_argument("--reconnect-interval", type=float, default=0.2)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))

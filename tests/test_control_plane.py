@@ -1,0 +1,185 @@
+"""Control plane end to end: real sockets, real processes, real shared memory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+import pytest
+
+import memif_aio
+from helpers import PeerProcess
+from memif_aio import HandshakeError, SecretMismatch
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def memif_mappings() -> list[str]:
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if "memif region" in line]
+
+
+def negotiated(details: dict) -> dict:
+    return {
+        "id": details["id"],
+        "mode": details["mode"],
+        "rx": [(q["index"], q["ring_size"]) for q in details["rx_queues"]],
+        "tx": [(q["index"], q["ring_size"]) for q in details["tx_queues"]],
+    }
+
+
+@pytest.mark.parametrize("local_role", ["master", "slave"])
+async def test_two_processes_connect_and_agree(abstract_path, local_role):
+    remote_role = "slave" if local_role == "master" else "master"
+    async with memif_aio.Socket(abstract_path, app_name="local-app") as sock:
+        iface = await sock.create_interface(
+            id=3,
+            role=local_role,
+            secret="pw",
+            rx_queues=2,
+            tx_queues=2,
+            ring_size=256,
+            name="local-if",
+        )
+        peer = await PeerProcess.start(
+            "--role",
+            remote_role,
+            "--socket",
+            abstract_path,
+            "--id",
+            "3",
+            "--secret",
+            "pw",
+            "--queues",
+            "2",
+            "--ring-size",
+            "256",
+            "--name",
+            "remote-if",
+        )
+        try:
+            remote = (await peer.expect("connected"))["details"]
+            await iface.wait_connected(timeout=10)
+            local = dataclasses.asdict(iface.details())
+        finally:
+            assert await peer.stop() == 0
+    assert local["link_up"] and remote["link_up"]
+    assert local["remote_name"] == "remote-if" and remote["remote_name"] == "local-if"
+    assert remote["remote_app_name"] == "local-app"
+    # one side's rx queues are the other's tx queues
+    assert negotiated(local)["rx"] == negotiated(remote)["tx"] == [(0, 256), (1, 256)]
+    assert negotiated(local)["tx"] == negotiated(remote)["rx"] == [(0, 256), (1, 256)]
+    assert local["id"] == remote["id"] == 3 and local["mode"] == remote["mode"] == "ethernet"
+
+
+async def test_four_interfaces_on_one_master_socket_and_id_in_use(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        ifaces = [await sock.create_interface(id=i, role="master") for i in range(4)]
+        peers = [
+            await PeerProcess.start(
+                "--role", "slave", "--socket", abstract_path, "--id", str(i), "--name", f"slave{i}"
+            )
+            for i in range(4)
+        ]
+        try:
+            for i, peer in enumerate(peers):
+                details = (await peer.expect("connected"))["details"]
+                assert details["remote_name"] == f"memif{i}"
+            for i, iface in enumerate(ifaces):
+                await iface.wait_connected(timeout=10)
+                assert iface.details().remote_name == f"slave{i}"
+            # A second slave for id 2 is refused with a reason, and id 2 stays up.
+            with pytest.raises(HandshakeError, match="already connected"):
+                async with memif_aio.connect(abstract_path, id=2, timeout=10):
+                    pass
+            assert ifaces[2].connected
+        finally:
+            for peer in peers:
+                assert await peer.stop() == 0
+
+
+async def test_unknown_id_and_wrong_secret_are_refused_with_reason(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master", secret="right")
+        with pytest.raises(HandshakeError, match="unknown interface id 9"):
+            async with memif_aio.connect(abstract_path, id=9, timeout=10):
+                pass
+        with pytest.raises(SecretMismatch, match="secret mismatch"):
+            async with memif_aio.connect(abstract_path, id=0, secret="wrong", timeout=10):
+                pass
+        assert "secret mismatch" in master.details().last_disconnect_reason
+        async with memif_aio.connect(abstract_path, id=0, secret="right", timeout=10) as slave:
+            assert slave.connected
+
+
+async def test_slave_waits_for_master_and_reconnects_after_master_restart(fs_path):
+    async with memif_aio.Socket(fs_path, reconnect_interval=0.2) as sock:
+        slave = await sock.create_interface(id=0, role="slave")
+        await asyncio.sleep(0.5)
+        assert not slave.connected
+        master = await PeerProcess.start("--role", "master", "--socket", fs_path)
+        await master.expect("connected")
+        await slave.wait_connected(timeout=10)
+        await master.kill()  # SIGKILL: the socket file stays behind, stale
+        reason = await asyncio.wait_for(slave.wait_disconnected(), 5)
+        assert "closed" in reason
+        assert os.path.exists(fs_path)
+        master = await PeerProcess.start("--role", "master", "--socket", fs_path)
+        try:
+            await master.expect("connected")
+            await slave.wait_connected(timeout=10)
+        finally:
+            assert await master.stop() == 0
+        await asyncio.wait_for(slave.wait_disconnected(), 5)
+        assert slave.details().last_disconnect_reason == "interface closed"
+
+
+async def test_live_socket_is_not_stolen(fs_path, abstract_path):
+    for path in (fs_path, abstract_path):
+        async with memif_aio.Socket(path) as first:
+            await first.create_interface(id=0, role="master")
+            second = memif_aio.Socket(path)
+            with pytest.raises(OSError, match="address in use"):
+                await second.create_interface(id=0, role="master")
+            await second.close()
+    assert not os.path.exists(fs_path)
+
+
+async def test_filesystem_socket_is_owner_only(fs_path):
+    async with memif_aio.Socket(fs_path) as sock:
+        await sock.create_interface(id=0, role="master")
+        assert os.stat(fs_path).st_mode & 0o777 == 0o600
+
+
+async def test_close_releases_every_fd_and_mapping(abstract_path):
+    fds_before, maps_before = open_fds(), memif_mappings()
+    async with memif_aio.Socket(abstract_path) as master_sock:
+        await master_sock.create_interface(id=0, role="master", rx_queues=2, tx_queues=2)
+        async with memif_aio.connect(abstract_path, rx_queues=2, tx_queues=2) as slave:
+            assert len(memif_mappings()) == len(maps_before) + 4  # 2 regions, both sides
+            assert len(open_fds()) > len(fds_before)
+            assert slave.connected
+    await asyncio.sleep(0)
+    assert memif_mappings() == maps_before
+    assert open_fds() == fds_before
+
+
+async def test_close_during_handshake_releases_everything(abstract_path):
+    """A master that never answers: the slave is closed mid-handshake."""
+    fds_before = open_fds()
+    import socket as pysocket
+
+    listener = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_SEQPACKET)
+    listener.bind("\0" + abstract_path[1:])
+    listener.listen()
+    try:
+        async with memif_aio.Socket(abstract_path) as sock:
+            slave = await sock.create_interface(id=0, role="slave")
+            await asyncio.sleep(0.2)
+            assert slave.state is memif_aio.LinkState.CONNECTING
+    finally:
+        listener.close()
+    assert open_fds() == fds_before
