@@ -18,7 +18,7 @@ build: $(STAMP) memif_aio/.built
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "setuptools>=68" wheel "Cython>=3.0" "numpy>=1.26" "uvloop>=0.19" \
+	$(PY) -m pip install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26" "uvloop>=0.19" \
 		"pytest>=8" "pytest-asyncio>=1.5,<2" "pytest-timeout>=2.3" "hypothesis>=6.100" "ruff>=0.5"
 	touch $@
 

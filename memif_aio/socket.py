@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import handshake as hs
 from .control import ControlChannel, new_seqpacket_socket, unix_address
-from .errors import ConfigError, MemifError
+from .errors import ConfigError, DisconnectedError, MemifError
 from .memory import SharedMemory, create_slave_memory, map_master_memory
 from .protocol import encode
 
@@ -149,7 +149,7 @@ class Session:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
-        if closed.error is not None and not self.machine.connected:
+        if closed.error is not None and not isinstance(closed.error, DisconnectedError):
             peer = self.peer
             if (
                 isinstance(self.machine, hs.MasterHandshake)
