@@ -811,7 +811,7 @@ class TxRing:
                 raise ValueError(f"lengths[{i}] = {length} > row width {width}")
         free = self._free_n = self._free()
         npk = min(self._max_burst, rows, free)
-        flat = dmv.cast("B")
+        flat = dmv.cast("B") if dmv.nbytes else memoryview(b"")  # cast refuses zero shapes
         srcs = [flat[i * width : i * width + lens[i]] for i in range(npk)]
         return self._run(srcs)
 

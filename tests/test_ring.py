@@ -762,3 +762,166 @@ def test_steady_state_does_not_allocate(cy, make_link):
     assert link.mrx.packets + link.srx.packets >= 1_024_000
     assert current - base < 2048, (base, current)
     assert peak - base < 16384, (base, peak)
+
+
+# ------------------------------------------------------------- differential (hypothesis)
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SIZES = st.lists(st.integers(0, 700), min_size=1, max_size=10)
+_RX = st.sampled_from(["mrx", "srx"])
+_TX_OP = st.tuples(st.sampled_from(["stx", "mtx", "stx_array", "mtx_array"]), _SIZES)
+_RX_OP = st.tuples(st.just("rx"), _RX, st.none() | st.integers(0, 12))
+_OTHER_OP = st.one_of(
+    st.tuples(st.just("release"), _RX),
+    st.tuples(st.just("refill")),
+    st.tuples(st.just("alloc"), st.sampled_from(["stx", "mtx"]), st.integers(0, 12), _SIZES),
+    st.tuples(st.just("forward")),
+    st.tuples(st.just("mask"), _RX, st.booleans()),
+    st.tuples(st.just("query")),
+)
+# Weighted: mostly the data path (tx 40%, rx 35%), the rest spread over the other calls.
+_BENIGN = st.integers(0, 99).flatmap(
+    lambda k: _TX_OP if k < 40 else _RX_OP if k < 75 else _OTHER_OP
+)
+_HOSTILE = st.one_of(
+    st.tuples(
+        st.just("desc"),
+        st.sampled_from(["s2m", "m2s"]),
+        st.integers(0, 15),
+        st.sampled_from([0, 1]),
+        st.sampled_from([0, 1, 2, 7]),
+        st.sampled_from([0, 1, 64, 200, 256, 257, 5000, 0xFFFFFFFF]),
+        st.sampled_from([0, 64, 256, 4096, 8000, 0xFFFFFFF0]),
+    ),
+    st.tuples(
+        st.just("counter"),
+        st.sampled_from(["s2m", "m2s"]),
+        st.sampled_from(["head", "tail"]),
+        st.integers(-3, 20) | st.integers(0, 65535),
+    ),
+)
+
+
+def _packet(n: int) -> bytes:
+    return random.Random(n).randbytes(n)
+
+
+def _apply(link: Link, op):
+    kind = op[0]
+    if kind in ("stx", "mtx"):
+        return getattr(link, kind).tx_burst([_packet(n) for n in op[1]])
+    if kind in ("stx_array", "mtx_array"):
+        width = max(op[1], default=0)
+        data = np.zeros((len(op[1]), width), np.uint8)
+        for i, n in enumerate(op[1]):
+            data[i, :n] = np.frombuffer(_packet(n), np.uint8)
+        lengths = np.array(op[1], np.uint32)
+        return getattr(link, kind[:3]).tx_burst_array(data, lengths)
+    if kind == "rx":
+        burst = getattr(link, op[1]).rx_burst(op[2])
+        out = []
+        for i in range(len(burst)):
+            try:
+                out.append(bytes(burst[i]))
+            except LocalProtocolError as e:
+                out.append(str(e))
+        return len(burst), burst.lengths.tolist(), burst.nsegments.tolist(), out
+    if kind == "release":
+        return getattr(link, op[1]).release()
+    if kind == "refill":
+        return link.srx.refill()
+    if kind == "alloc":
+        tx = getattr(link, op[1])
+        views = tx.alloc(op[2])
+        caps = [len(v) for v in views]
+        lens = [min(n, c) for n, c in zip(op[3], caps, strict=False)]
+        for v, n in zip(views, lens, strict=False):
+            v[:n] = _packet(n)
+        del views
+        return caps, tx.commit(lens)
+    if kind == "forward":
+        return link.stx.forward(link.srx.burst)
+    if kind == "mask":
+        getattr(link, op[1]).mask_interrupts = op[2]
+        return getattr(link, op[1]).mask_interrupts
+    if kind == "query":
+        return [
+            _outcome(link.mrx.pending),
+            _outcome(link.srx.pending),
+            _outcome(link.stx.free_slots),
+            _outcome(link.mtx.free_slots),
+        ]
+    ring = link.s_s2m if op[1] == "s2m" else link.s_m2s
+    if kind == "desc":
+        slot = op[2] & (link.size - 1)
+        return ring.set_descriptor(slot, *op[3:])
+    if kind == "counter":
+        value = getattr(ring, op[2]) + op[3] if op[3] < 21 else op[3]
+        setattr(ring, op[2], value & 0xFFFF)
+        return None
+    raise AssertionError(op)
+
+
+def _outcome(call, *args):
+    try:
+        return "ok", call(*args)
+    except (PeerProtocolError, LocalProtocolError, ValueError) as e:
+        return "error", type(e).__name__, str(e)
+
+
+def _differential(geometry, ops):
+    log2, cacheline, bs, start, max_burst = geometry
+    cy_mod = importlib.import_module(IMPLS["cython"])
+    py_mod = importlib.import_module(IMPLS["python"])
+    kw = dict(log2=log2, cacheline=cacheline, buffer_size=bs, start=start, max_burst=max_burst)
+    a, b = Link(cy_mod, **kw), Link(py_mod, **kw)
+    try:
+        assert a.memory() == b.memory()
+        for step, op in enumerate(ops):
+            ra, rb = _outcome(_apply, a, op), _outcome(_apply, b, op)
+            assert ra == rb, f"step {step} {op}: cython {ra} != python {rb}"
+            if ra[0] == "error":
+                event(ra[1])
+            elif op[0] == "rx" and ra[1][0]:
+                event("chained packet received" if max(ra[1][2]) > 1 else "packets received")
+            elif op[0] == "forward" and ra[1]:
+                event("forwarded")
+            assert a.memory() == b.memory(), f"step {step} {op}: shared memory differs"
+        for qa, qb in zip(a.queues, b.queues, strict=True):
+            assert (qa.packets, qa.bytes, qa.errors) == (qb.packets, qb.bytes, qb.errors)
+        assert a.srx.buffer_offsets.tolist() == b.srx.buffer_offsets.tolist()
+        assert a.stx.buffer_offsets.tolist() == b.stx.buffer_offsets.tolist()
+    finally:
+        a.close()
+        b.close()
+
+
+_GEOMETRY = st.tuples(
+    st.integers(1, 4),
+    st.sampled_from([64, 128]),
+    st.sampled_from([64, 200, 256]),
+    st.sampled_from([0, 65530, 65535]) | st.integers(0, 65535),
+    st.integers(1, 16),
+)
+_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_SETTINGS
+@given(_GEOMETRY, st.lists(_BENIGN, min_size=5, max_size=60))
+def test_differential_benign(geometry, ops):
+    _differential(geometry, ops)
+
+
+@_SETTINGS
+@given(
+    _GEOMETRY,
+    st.lists(
+        st.integers(0, 99).flatmap(lambda k: _HOSTILE if k < 12 else _BENIGN),
+        min_size=5,
+        max_size=60,
+    ),
+)
+def test_differential_hostile(geometry, ops):
+    _differential(geometry, ops)
