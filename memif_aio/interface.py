@@ -16,15 +16,33 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import _ring
 from . import handshake as hs
-from .errors import ConfigError, DisconnectedError, HandshakeError, HandshakeTimeout
-from .memory import SharedMemory
+from .errors import (
+    ConfigError,
+    DisconnectedError,
+    HandshakeError,
+    HandshakeTimeout,
+    PeerProtocolError,
+)
+from .memory import RingMemory, SharedMemory
 from .protocol import SECRET_SIZE, Mode, encode_string
+from .queues import RxQueue, TxQueue
 
 if TYPE_CHECKING:
     from .socket import Session, Socket
 
 log = logging.getLogger("memif_aio")
+
+_COUNTER_NAMES = (
+    "rx_packets",
+    "rx_bytes",
+    "rx_errors",
+    "tx_packets",
+    "tx_bytes",
+    "tx_errors",
+    "tx_drops",
+)
 
 
 class LinkState(str, enum.Enum):
@@ -126,6 +144,9 @@ class Interface:
         self._closing = False
         self._changed = asyncio.Event()  # pulsed on every state change and refusal
         self._refusal: HandshakeError | None = None
+        self.rx_queues: list[RxQueue] = []
+        self.tx_queues: list[TxQueue] = []
+        self._closed_counters: dict[str, int] = {}  # totals of queues of earlier links
 
     def __repr__(self) -> str:
         return f"<Interface {self.name} id={self.id} {self.role.value} {self.state.value}>"
@@ -240,6 +261,7 @@ class Interface:
     def _link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
         self._setup = setup
         self._memory = memory
+        self._build_queues(memory)
         self._set_state(LinkState.CONNECTED)
         log.info(
             "memif %s id %d: connected to %s (%s)",
@@ -255,6 +277,7 @@ class Interface:
         self.last_disconnect_reason = closed.reason
         if isinstance(closed.error, HandshakeError):
             self._refusal = closed.error
+        self._close_queues(closed.reason)
         if self._memory is not None:
             self._memory.close()
             self._memory = None
@@ -263,6 +286,56 @@ class Interface:
             log.info("memif %s id %d: disconnected: %s", self.socket.path, self.id, closed.reason)
         if self.state is not LinkState.CLOSED:
             self._set_state(LinkState.DISCONNECTED)
+
+    def _build_queues(self, memory: SharedMemory) -> None:
+        slave = self.role is hs.Role.SLAVE
+        rx_rings, tx_rings = (memory.m2s, memory.s2m) if slave else (memory.s2m, memory.m2s)
+
+        def ring_options(ring: RingMemory) -> dict:
+            options: dict = {"role": self.role.value, "eventfd": ring.spec.eventfd}
+            if slave:
+                options.update(
+                    buffer_size=self.buffer_size,
+                    buffer_region=ring.buffer_region,
+                    buffer_offsets=ring.buffer_offsets,
+                )
+            return options
+
+        self.rx_queues = [
+            RxQueue(
+                r.spec.index,
+                _ring.RxRing(r.ring, **ring_options(r)),
+                r.spec.eventfd,
+                self._peer_error,
+            )
+            for r in rx_rings
+        ]
+        self.tx_queues = [
+            TxQueue(r.spec.index, _ring.TxRing(r.ring, **ring_options(r)), self._peer_error)
+            for r in tx_rings
+        ]
+
+    def _close_queues(self, reason: str) -> None:
+        for queue in (*self.rx_queues, *self.tx_queues):
+            queue._close(reason)
+        self._closed_counters = self.stats()
+        self.rx_queues, self.tx_queues = [], []
+
+    def _peer_error(self, exc: PeerProtocolError) -> None:
+        log.warning("memif %s id %d: %s", self.socket.path, self.id, exc.reason)
+        if self._session is not None:
+            self._session.close(exc.reason)
+
+    def stats(self) -> dict[str, int]:
+        """Counters over the interface's life (all links): ``rx_packets``, ``rx_bytes``,
+        ``rx_errors``, ``tx_packets``, ``tx_bytes``, ``tx_errors``, ``tx_drops``."""
+        totals = dict.fromkeys(_COUNTER_NAMES, 0)
+        totals.update(self._closed_counters)
+        for prefix, queues in (("rx", self.rx_queues), ("tx", self.tx_queues)):
+            for queue in queues:
+                for name, value in queue.stats().items():
+                    totals[f"{prefix}_{name}"] += value
+        return totals
 
     def _set_state(self, state: LinkState) -> None:
         self.state = state

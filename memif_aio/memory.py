@@ -151,6 +151,7 @@ def map_master_memory(setup: LinkSetup) -> SharedMemory:
                 memory.regions, spec.region, spec.offset, spec.log2_size, setup.cacheline
             )
             ring.check_cookie()
+            ring.reset()  # both sides start from head == tail == 0 at CONNECT
             (memory.s2m if spec.s2m else memory.m2s).append(RingMemory(spec, ring))
     except (OSError, ValueError) as exc:
         _release(memory, maps, fds)

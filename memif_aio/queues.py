@@ -1,0 +1,271 @@
+"""Queues: the asyncio face of the rings.
+
+An :class:`RxQueue` waits on its ring's interrupt eventfd (registered with the loop, so an idle
+queue costs nothing) or, in polling mode, sets ``MASK_INT`` and is driven by its consumer. A
+:class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
+waits for room by re-checking on a short, growing timer: backpressure, never a silent drop.
+
+A queue belongs to the thread running its event loop and to one consumer task at a time. Queues
+live as long as one connection: when the link goes down they are closed and every waiter gets
+:class:`~memif_aio.DisconnectedError`; the next link-up builds new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from . import _ring
+from .errors import DisconnectedError, MemifError, PeerProtocolError
+
+DEFAULT_BURST = 256
+_SPIN_CHECKS = 16  # re-checks of a full tx ring that only yield to the loop
+_MAX_BACKOFF = 0.001  # then sleeps growing from 20 us to this
+
+ErrorHandler = Callable[[PeerProtocolError], None]
+
+
+class _Queue:
+    def __init__(self, index: int, on_peer_error: ErrorHandler) -> None:
+        self.index = index
+        self._on_peer_error = on_peer_error
+        self._closed_reason: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    def _check_open(self) -> None:
+        if self._closed_reason is not None:
+            raise DisconnectedError(self._closed_reason)
+
+    def _peer_error(self, exc: PeerProtocolError) -> None:
+        # The interface disconnects with this reason; the caller sees the exception too.
+        self._on_peer_error(exc)
+
+
+class RxQueue(_Queue):
+    """Receive side of one ring.
+
+    - ``async for pkt in rxq``: one zero-copy ``memoryview`` per packet (chained packets come
+      joined, as ``bytes``), valid until the loop advances; ``bytes(pkt)`` keeps it.
+    - ``await rxq.recv()``: one packet as ``bytes`` (a copy you own).
+    - ``async for burst in rxq.bursts(max_packets=256)``: :class:`~memif_aio._ring.Burst`
+      objects (``len()``, ``burst[i]``, ``burst.lengths`` numpy view, ``burst.segments(i)``),
+      valid until the next burst is taken or ``burst.release()``.
+    - ``rxq.recv_burst_nowait()``: the same without waiting, for busy-poll loops.
+    """
+
+    def __init__(self, index: int, ring: _ring.RxRing, eventfd: int, on_peer_error: ErrorHandler):
+        super().__init__(index, on_peer_error)
+        self._ring = ring
+        self._eventfd = eventfd
+        self._loop = asyncio.get_running_loop()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._polling = False
+        self._loop.add_reader(eventfd, self._interrupt)
+        if ring.role == "slave":
+            ring.refill()  # the master can send as soon as the link is up
+
+    # -- modes ----------------------------------------------------------------------------------
+
+    @property
+    def polling(self) -> bool:
+        return self._polling
+
+    @polling.setter
+    def polling(self, value: bool) -> None:
+        """Polling mode: ask the peer not to signal us (``MASK_INT``); waiters busy-poll."""
+        self._check_open()
+        if value == self._polling:
+            return
+        self._polling = value
+        self._ring.mask_interrupts = value
+        if value:
+            self._loop.remove_reader(self._eventfd)
+        else:
+            self._loop.add_reader(self._eventfd, self._interrupt)
+
+    def _interrupt(self) -> None:
+        # fd callback: never raises; it only drains the eventfd and wakes the consumer.
+        self._ring.drain_eventfd()
+        waiter, self._wakeup = self._wakeup, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- receive --------------------------------------------------------------------------------
+
+    def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> _ring.Burst:
+        """Take what is there now (possibly nothing); releases the previous burst."""
+        self._check_open()
+        try:
+            return self._ring.rx_burst(max_packets)
+        except PeerProtocolError as exc:
+            self._peer_error(exc)
+            raise
+
+    async def recv_burst(self, max_packets: int = DEFAULT_BURST) -> _ring.Burst:
+        """Wait for at least one packet and return the burst."""
+        while True:
+            burst = self.recv_burst_nowait(max_packets)
+            if len(burst):
+                return burst
+            await self._wait()
+
+    async def _wait(self) -> None:
+        if self._polling:
+            await asyncio.sleep(0)
+            return
+        # No lost wake-up: the eventfd is level-triggered and drained only in _interrupt, so a
+        # signal sent after our empty check leaves it readable until we are waiting.
+        self._wakeup = self._loop.create_future()
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+        self._check_open()
+
+    async def bursts(self, max_packets: int = DEFAULT_BURST) -> AsyncIterator[_ring.Burst]:
+        """Yield bursts as they arrive, until the link goes down."""
+        while True:
+            yield await self.recv_burst(max_packets)
+
+    async def recv(self) -> bytes:
+        """One packet, copied (chained segments joined)."""
+        burst = await self.recv_burst(1)
+        packet = bytes(burst[0])
+        burst.release()
+        return packet
+
+    async def __aiter__(self) -> AsyncIterator[memoryview | bytes]:
+        recv_burst = self.recv_burst
+        while True:
+            burst = await recv_burst(DEFAULT_BURST)
+            for i in range(len(burst)):
+                yield burst[i]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Give the current burst's buffers back to the ring."""
+        if not self.closed:
+            self._ring.release()
+
+    def stats(self) -> dict[str, int]:
+        r = self._ring
+        return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors}
+
+    def _close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self._closed_reason = reason
+        if not self._polling:
+            self._loop.remove_reader(self._eventfd)
+        self._ring.close()
+        waiter, self._wakeup = self._wakeup, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(DisconnectedError(reason))
+
+
+class TxQueue(_Queue):
+    """Transmit side of one ring.
+
+    - ``await txq.send(data)``: copy one packet in (chained across buffers when larger than one);
+      waits while the ring is full.
+    - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, or a 2-D uint8 numpy
+      array plus ``lengths``; returns when all are in the ring.
+    - ``bufs = await txq.alloc(n)`` then ``txq.commit(lengths)``: build packets in place.
+    - ``txq.forward(burst)`` (slave): hand received buffers over without copying.
+    """
+
+    def __init__(self, index: int, ring: _ring.TxRing, on_peer_error: ErrorHandler) -> None:
+        super().__init__(index, on_peer_error)
+        self._ring = ring
+        self.drops = 0
+
+    @property
+    def free_slots(self) -> int:
+        self._check_open()
+        return self._ring.free_slots()
+
+    def _guard(self, call: Callable[..., int], *args: Any) -> int:
+        self._check_open()
+        try:
+            return call(*args)
+        except PeerProtocolError as exc:
+            self._peer_error(exc)
+            raise
+
+    def send_nowait(self, data: Any) -> bool:
+        """Send one packet if it fits now; False when the ring is full."""
+        return self._guard(self._ring.tx_burst, (data,)) == 1
+
+    def send_burst_nowait(self, packets: Sequence[Any]) -> int:
+        """Send as many leading packets as fit now; return how many."""
+        return self._guard(self._ring.tx_burst, packets)
+
+    async def send(self, data: Any) -> None:
+        """Send one packet, waiting for room."""
+        attempt = 0
+        while not self.send_nowait(data):
+            attempt = await self._wait_for_room(attempt)
+
+    async def send_burst(self, packets: Any, lengths: Any = None) -> int:
+        """Send every packet in order, waiting for room as needed; return the count."""
+        total = len(packets)
+        sent = attempt = 0
+        while sent < total:
+            if lengths is None:
+                chunk = packets[sent:] if sent else packets
+                n = self._guard(self._ring.tx_burst, chunk)
+            else:
+                n = self._guard(self._ring.tx_burst_array, packets[sent:], lengths[sent:])
+            if n:
+                sent += n
+                attempt = 0
+            else:
+                attempt = await self._wait_for_room(attempt)
+        return sent
+
+    async def alloc(self, n: int) -> list[memoryview]:
+        """Up to ``n`` writable buffers (at least one; waits for room)."""
+        attempt = 0
+        while True:
+            buffers = self._guard(self._ring.alloc, n)
+            if buffers:
+                return buffers
+            attempt = await self._wait_for_room(attempt)
+
+    def commit(self, lengths: Sequence[int]) -> int:
+        """Publish the first ``len(lengths)`` allocated buffers with these lengths."""
+        return self._guard(self._ring.commit, lengths)
+
+    def forward(self, burst: _ring.Burst) -> int:
+        """Zero-copy (slave role): move received packets of ``burst`` to this ring."""
+        return self._guard(self._ring.forward, burst)
+
+    async def _wait_for_room(self, attempt: int) -> int:
+        # Nothing in memif signals freed slots: re-check, first by yielding, then on a timer.
+        self._check_open()
+        if attempt < _SPIN_CHECKS:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(min(_MAX_BACKOFF, 20e-6 * (1 << min(attempt - _SPIN_CHECKS, 6))))
+        self._check_open()
+        return attempt + 1
+
+    def stats(self) -> dict[str, int]:
+        r = self._ring
+        return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors, "drops": self.drops}
+
+    def _close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self._closed_reason = reason
+        if self._ring.role == "slave":
+            # Descriptors we published that the master never consumed are lost with the link.
+            with contextlib.suppress(MemifError):
+                self.drops += self._ring.ring.size - self._ring.free_slots()
+        self._ring.close()
