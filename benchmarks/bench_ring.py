@@ -1,0 +1,117 @@
+"""Loopback benchmark of the ring core: Cython (memif_aio._ring) vs pure Python (_ring_py).
+
+One process plays both ends over one memfd pair (slave and master views mapped separately):
+slave TxRing -> master RxRing (S2M) and master TxRing -> slave RxRing (M2S). Each iteration
+transmits one burst, receives it and releases it (the slave's release refills its ring), so
+the figure is the cost of both ends together, per packet. No eventfds: this measures the ring
+work, not syscalls.
+
+    python benchmarks/bench_ring.py [--size 64] [--burst 256] [--seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import mmap
+import os
+import time
+
+import numpy as np
+
+IMPLS = {"cython": "memif_aio._ring", "python": "memif_aio._ring_py"}
+
+
+class Loopback:
+    """Slave and master ends of one memif link over shared memfds, in this process."""
+
+    def __init__(self, R, log2: int, buffer_size: int, burst: int) -> None:
+        size = 1 << log2
+        rb = R.ring_bytes(log2)
+        self.fds = [os.memfd_create("bench-rings"), os.memfd_create("bench-buffers")]
+        sizes = [2 * rb, 2 * size * buffer_size]
+        for fd, n in zip(self.fds, sizes, strict=True):
+            os.ftruncate(fd, n)
+        self.maps = [mmap.mmap(fd, n) for fd, n in zip(self.fds, sizes, strict=True)]
+        self.maps += [mmap.mmap(fd, n) for fd, n in zip(self.fds, sizes, strict=True)]
+        self.slave = R.RegionTable(self.maps[:2])
+        self.master = R.RegionTable(self.maps[2:])
+        s2m, m2s = R.Ring(self.slave, 0, 0, log2), R.Ring(self.slave, 0, rb, log2)
+        for ring in (s2m, m2s):
+            ring.initialize()
+        offs = np.arange(size, dtype=np.uint64) * buffer_size
+        kw = dict(buffer_size=buffer_size, max_burst=burst)
+        self.stx = R.TxRing(s2m, role="slave", buffer_offsets=offs, **kw)
+        self.srx = R.RxRing(m2s, role="slave", buffer_offsets=offs + size * buffer_size, **kw)
+        self.mrx = R.RxRing(R.Ring(self.master, 0, 0, log2), role="master", max_burst=burst)
+        self.mtx = R.TxRing(R.Ring(self.master, 0, rb, log2), role="master", max_burst=burst)
+        self.srx.refill()
+
+    def close(self) -> None:
+        for q in (self.stx, self.srx, self.mrx, self.mtx):
+            q.close()
+        self.slave.close()
+        self.master.close()
+        for m in self.maps:
+            m.close()
+        for fd in self.fds:
+            os.close(fd)
+
+
+def measure(tx, rx, send, seconds: float) -> float:
+    """Mpps of send+receive+release over about ``seconds``."""
+    packets = 0
+    rounds = 1
+    start = time.perf_counter()
+    while True:
+        for _ in range(rounds):
+            send(tx)
+            packets += len(rx.rx_burst())
+            rx.release()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return packets / elapsed / 1e6
+        rounds = min(rounds * 2, 4096)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64, help="packet size in bytes")
+    ap.add_argument("--burst", type=int, default=256, help="packets per burst")
+    ap.add_argument("--log2", type=int, default=10, help="log2 of the ring size")
+    ap.add_argument("--buffer-size", type=int, default=2048)
+    ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    args = ap.parse_args()
+
+    data = np.random.default_rng(1).integers(0, 256, (args.burst, args.size), np.uint8)
+    lengths = np.full(args.burst, args.size, np.uint32)
+    packets = [bytes(row) for row in data]
+    apis = {
+        "tx_burst_array": lambda tx: tx.tx_burst_array(data, lengths),
+        "tx_burst(list)": lambda tx: tx.tx_burst(packets),
+    }
+    print(
+        f"{args.size}-byte packets, bursts of {args.burst}, ring {1 << args.log2}, "
+        f"buffers {args.buffer_size} B; Mpps (tx + rx + release, one process)"
+    )
+    print(f"{'direction':<10}{'tx API':<17}{'cython':>10}{'python':>10}{'ratio':>9}")
+    results = {}
+    for name, module in IMPLS.items():
+        R = importlib.import_module(module)
+        link = Loopback(R, args.log2, args.buffer_size, args.burst)
+        try:
+            seconds = args.seconds if name == "cython" else args.seconds / 2
+            for api, send in apis.items():
+                results[name, "S2M", api] = measure(link.stx, link.mrx, send, seconds)
+                results[name, "M2S", api] = measure(link.mtx, link.srx, send, seconds)
+            assert link.mrx.errors == link.srx.errors == 0
+        finally:
+            link.close()
+    for direction in ("S2M", "M2S"):
+        for api in apis:
+            cy, py = results["cython", direction, api], results["python", direction, api]
+            print(f"{direction:<10}{api:<17}{cy:>10.2f}{py:>10.3f}{cy / py:>8.0f}x")
+
+
+if __name__ == "__main__":
+    main()
