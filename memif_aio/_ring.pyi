@@ -1,0 +1,184 @@
+"""Type stub of the Cython ring core (cython_ext/ring.pyx); memif_aio._ring_py has the same API.
+
+Shared-memory layout (MEMIF-PROTOCOL.md): ring header = cookie u32 @0, flags u16 @4, head u16 @6,
+tail u16 @CL, descriptors @2*CL; descriptor = u16 flags, u16 region, u32 length, u32 offset,
+u32 metadata. head and tail are free-running u16 counters. The slave owns every head, the
+master every tail. Peer violations raise ``PeerProtocolError``, API misuse
+``LocalProtocolError``, bad arguments ``ValueError``. None of these objects is thread-safe.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer
+
+RING_COOKIE: int
+DESC_FLAG_NEXT: int
+RING_FLAG_MASK_INT: int
+DESC_SIZE: int
+MAX_LOG2_RING_SIZE: int
+
+def ring_bytes(log2_size: int, cacheline: int = 64) -> int:
+    """``2 * cacheline + 16 << log2_size``; ValueError unless 0 <= log2 <= 14, CL in (64, 128)."""
+
+class RegionTable:
+    """Regions of one side, by index. Holds a buffer export on each buffer until close().
+
+    Packet and alloc() memoryviews are slices of those exports: while one is alive,
+    ``mmap.close()`` raises BufferError instead of leaving a dangling view.
+    """
+
+    def __init__(self, buffers: Sequence[Buffer]) -> None: ...
+    def __len__(self) -> int: ...
+    def size(self, index: int) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None:
+        """Release the exports (idempotent); rings on this table then raise LocalProtocolError."""
+
+class Ring:
+    """Raw view of one ring; ValueError unless it exists and fits inside its region."""
+
+    def __init__(
+        self, regions: RegionTable, region: int, offset: int, log2_size: int, cacheline: int = 64
+    ) -> None: ...
+    @property
+    def regions(self) -> RegionTable: ...
+    @property
+    def region(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def log2_size(self) -> int: ...
+    @property
+    def cacheline(self) -> int: ...
+    cookie: int
+    flags: int
+    head: int
+    tail: int
+    def initialize(self) -> None:
+        """Creator (slave): zero header and descriptors, write the cookie."""
+    def check_cookie(self) -> None:
+        """PeerProtocolError("bad ring cookie 0x...") unless the cookie is right."""
+    def reset(self) -> None:
+        """head = tail = 0 (both sides, at CONNECT)."""
+    def descriptor(self, slot: int) -> tuple[int, int, int, int, int]:
+        """(flags, region, length, offset, metadata) of ``slot``."""
+    def set_descriptor(
+        self, slot: int, flags: int, region: int, length: int, offset: int, metadata: int = 0
+    ) -> None: ...
+
+class Burst:
+    """Packets of the last rx_burst(); reused. Valid until the next rx_burst()/release().
+
+    ``len()`` is 0 after release. Views point into shared memory: do not use them after release.
+    """
+
+    def __len__(self) -> int: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.uint32]:
+        """Read-only view of the packet lengths over a buffer allocated once per ring."""
+    @property
+    def nsegments(self) -> npt.NDArray[np.uint32]:
+        """Read-only view: descriptors per packet (1 unless chained)."""
+    @property
+    def forwarded(self) -> int:
+        """Leading packets taken by TxRing.forward(); indexing them raises LocalProtocolError."""
+    def __getitem__(self, i: int) -> memoryview | bytes:
+        """Zero-copy writable memoryview (one segment) or joined bytes copy (chained)."""
+    def segments(self, i: int) -> list[memoryview]: ...
+    def copy_into(self, i: int, out: Buffer) -> int:
+        """Copy packet ``i`` into ``out``; ValueError if it is too small. Returns the length."""
+    def release(self) -> None: ...
+
+class RxRing:
+    """Receive side. slave: M2S ring, own buffers, refill; master: S2M ring, tail store.
+
+    Build it once head/tail are in their connected state: our own counter is cached.
+    The slave reads each slot from the buffer it refilled it with (descriptor region/offset
+    written by the master are ignored); call refill() once after CONNECT.
+    """
+
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        role: Literal["slave", "master"],
+        eventfd: int = -1,
+        buffer_size: int = 2048,
+        buffer_region: int = 1,
+        buffer_offsets: npt.ArrayLike | None = None,
+        max_burst: int = 256,
+    ) -> None: ...
+    @property
+    def ring(self) -> Ring: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def burst(self) -> Burst: ...
+    @property
+    def buffer_offsets(self) -> npt.NDArray[np.uint32] | None:
+        """Copy of the slave's per-slot buffer offsets."""
+    packets: int
+    bytes: int
+    errors: int
+    def rx_burst(self, max_packets: int | None = None) -> Burst:
+        """Release the previous burst, then read up to max_packets (<= max_burst) whole packets."""
+    def release(self) -> None:
+        """Give the burst's slots back (master: one tail store; slave: refill). Idempotent."""
+    def refill(self) -> int:
+        """Slave: publish every free slot as an empty descriptor (one head store)."""
+    def pending(self) -> int:
+        """Descriptors the peer published that we have not read."""
+    mask_interrupts: bool
+    def drain_eventfd(self) -> int:
+        """Read and reset the eventfd counter without blocking (0 if nothing or fd -1)."""
+    def close(self) -> None:
+        """Stop using the ring; shared memory is not touched afterwards."""
+
+class TxRing:
+    """Transmit side. slave: S2M ring, own buffers; master: M2S ring, peer's empty descriptors.
+
+    Each call: at most max_burst packets, one counter store, at most one eventfd write, none
+    while the receiver has set MASK_INT. Packets go whole or not at all, in order; a call stops
+    at the first packet that does not fit. Large packets are NEXT-chained over several buffers.
+    """
+
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        role: Literal["slave", "master"],
+        eventfd: int = -1,
+        buffer_size: int = 2048,
+        buffer_region: int = 1,
+        buffer_offsets: npt.ArrayLike | None = None,
+        max_burst: int = 256,
+    ) -> None: ...
+    @property
+    def ring(self) -> Ring: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def buffer_offsets(self) -> npt.NDArray[np.uint32] | None: ...
+    packets: int
+    bytes: int
+    errors: int
+    def free_slots(self) -> int: ...
+    def tx_burst(self, packets: Sequence[Buffer]) -> int:
+        """Copy packets in; return how many were sent (a prefix of ``packets``)."""
+    def tx_burst_array(self, data: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32]) -> int:
+        """Rows of a 2-D C-contiguous uint8 array, ``lengths[i] <= data.shape[1]``."""
+    def alloc(self, n: int) -> list[memoryview]:
+        """Up to n writable buffers at the next free slots; pending until commit()."""
+    def commit(self, lengths: Sequence[int]) -> int:
+        """Publish the first len(lengths) allocated buffers; the rest is abandoned."""
+    def forward(self, burst: Burst) -> int:
+        """Slave only, zero-copy: swap buffers of the burst's leading single-segment packets."""
+    def signal(self) -> None:
+        """Write the eventfd now, regardless of MASK_INT."""
+    def close(self) -> None: ...
