@@ -733,7 +733,7 @@ cdef class RxRing:
         return self.burst
 
     cdef int _release(self) except -1:
-        cdef char *hdr
+        cdef uint16_t slot
         self.c.n = 0
         self.fwd = 0
         self.burst._lengths_view = None
@@ -743,8 +743,15 @@ cdef class RxRing:
             self._set_hdr()
             self._refill()
         elif self.rel != self.c.last:
-            hdr = self.ring._hdr()
-            memif_store_release(<uint16_t *>(hdr + self.ring.cacheline), self.c.last)
+            self._set_hdr()
+            # Clear the flags of the slots we hand back: DPDK's copy-mode tx never resets them
+            # on a packet's first descriptor, so a stale NEXT from an earlier lap would glue
+            # two packets together. The slots are ours until the tail store below.
+            slot = self.rel
+            while slot != self.c.last:
+                self.c.descs[slot & self.c.mask].flags = 0
+                slot += 1
+            memif_store_release(<uint16_t *>(self.c.hdr + self.ring.cacheline), self.c.last)
             self.rel = self.c.last
         return 0
 

@@ -42,6 +42,7 @@ MAX_LOG2_RING_SIZE = 14
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _DESC = struct.Struct("<HHIII")
+_FLAGS = struct.Struct("<H")
 _ONE = (1).to_bytes(8, "little")
 _U32_MAX = 0xFFFFFFFF
 
@@ -520,7 +521,15 @@ class RxRing:
             self._rel = self._last
             self._refill()
         elif self._rel != self._last:
-            self._ring.tail = self._last
+            # Clear flags of returned slots (DPDK leaves a stale NEXT on a packet's first one).
+            ring = self._ring
+            mem = ring._mem()
+            descs = ring.offset + 2 * ring.cacheline
+            slot = self._rel
+            while slot != self._last:
+                _FLAGS.pack_into(mem, descs + DESC_SIZE * (slot & self._mask), 0)
+                slot = (slot + 1) & 0xFFFF
+            ring.tail = self._last
             self._rel = self._last
 
     def release(self) -> None:

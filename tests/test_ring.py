@@ -925,3 +925,23 @@ def test_differential_benign(geometry, ops):
 )
 def test_differential_hostile(geometry, ops):
     _differential(geometry, ops)
+
+
+def test_master_rx_clears_flags_of_returned_slots(R, make_link):
+    """A slave that never resets a packet's first descriptor flags (DPDK's copy-mode tx does
+    only `flags |= NEXT`) must not see its stale NEXT glue packets together on the next lap."""
+    link = make_link(R, log2=2, buffer_size=2048)
+    ring = link.s_s2m
+    # Lap 1: one packet chained over all 4 slots (NEXT on slots 0..2).
+    for slot in range(4):
+        ring.set_descriptor(slot, 1 if slot < 3 else 0, 1, 100, slot * 2048)
+    ring.head = 4
+    assert list(link.mrx.rx_burst().lengths) == [400]
+    link.mrx.release()
+    assert [ring.descriptor(s)[0] for s in range(4)] == [0, 0, 0, 0]
+    # Lap 2: a writer that only ORs NEXT in and leaves first-descriptor flags alone.
+    for slot in range(4):
+        flags, region, _, offset, meta = ring.descriptor(slot)
+        ring.set_descriptor(slot, flags, region, 10 + slot, offset, meta)
+    ring.head = 8
+    assert list(link.mrx.rx_burst().lengths) == [10, 11, 12, 13]
