@@ -2,6 +2,7 @@
 
     python tests/peer_process.py --role master --socket @x --id 0 [--secret s] ...
 
+With --echo it sends every packet back on the queue it came from.
 Events: {"event": "ready"}, {"event": "connected", "details": {...}},
 {"event": "disconnected", "reason": "..."}; it exits cleanly when stdin closes.
 """
@@ -44,9 +45,23 @@ async def main(args: argparse.Namespace) -> None:
             reason = await iface.wait_disconnected()
             emit("disconnected", reason=reason)
 
-    reporter = asyncio.create_task(report())
+    async def echo(index: int) -> None:
+        # Follows reconnects: each link-up brings new queues.
+        while True:
+            await iface.wait_connected()
+            rxq, txq = iface.rx_queues[index], iface.tx_queues[index]
+            try:
+                async for burst in rxq.bursts():
+                    await txq.send_burst([bytes(burst[i]) for i in range(len(burst))])
+            except memif_aio.DisconnectedError:
+                continue
+
+    tasks = [asyncio.create_task(report())]
+    if args.echo:
+        tasks += [asyncio.create_task(echo(i)) for i in range(args.queues)]
     await stdin_closed
-    reporter.cancel()
+    for task in tasks:
+        task.cancel()
     await sock.close()
     emit("closed")
 
@@ -63,6 +78,7 @@ if __name__ == "__main__":
     parser.add_argument("--name")
     parser.add_argument("--reconnect-interval", type=float, default=0.2)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--echo", action="store_true", help="send back every packet received")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop

@@ -1,0 +1,178 @@
+"""Data path between memif_aio processes, hostile descriptors, interrupts, allocations."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import tracemalloc
+
+import pytest
+from traffic import Pattern, echo_integrity
+
+import memif_aio
+from helpers import PeerProcess
+from memif_aio import DisconnectedError, PeerProtocolError
+
+
+@pytest.mark.parametrize("local_role", ["master", "slave"])
+async def test_four_queues_both_directions_between_processes(abstract_path, local_role):
+    remote_role = "slave" if local_role == "master" else "master"
+    async with memif_aio.Socket(abstract_path) as sock:
+        iface = await sock.create_interface(
+            id=0, role=local_role, rx_queues=4, tx_queues=4, buffer_size=2048
+        )
+        peer = await PeerProcess.start(
+            "--role", remote_role, "--socket", abstract_path, "--queues", "4", "--echo"
+        )
+        try:
+            await iface.wait_connected(timeout=15)
+            assert len(iface.rx_queues) == len(iface.tx_queues) == 4
+            counts = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        echo_integrity(
+                            iface.tx_queues[q],
+                            iface.rx_queues[q],
+                            50_000,
+                            Pattern(100 + q),
+                            window=128,
+                        )
+                        for q in range(4)
+                    )
+                ),
+                180,
+            )
+            assert counts == [50_000] * 4
+            stats = iface.stats()
+            assert stats["rx_packets"] == stats["tx_packets"] == 200_000
+            assert stats["rx_errors"] == stats["tx_errors"] == 0
+        finally:
+            assert await peer.stop() == 0
+
+
+async def test_interrupts_lose_no_wakeup(abstract_path):
+    """10 000 single packets with random gaps: each echo must wake us (no polling here)."""
+    rng = random.Random(7)
+    async with memif_aio.Socket(abstract_path) as sock:
+        iface = await sock.create_interface(id=0, role="master")
+        peer = await PeerProcess.start("--role", "slave", "--socket", abstract_path, "--echo")
+        try:
+            await iface.wait_connected(timeout=15)
+            rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
+            assert not rxq.polling
+            for i in range(10_000):
+                packet = i.to_bytes(4, "little") * 16
+                await txq.send(packet)
+                # A gap (blocking the loop) lets the echo's signal land before we wait; no gap
+                # makes us wait first. Both orders must wake us.
+                gap = rng.choice((0, 0, 5e-6, 30e-6, 150e-6))
+                if gap:
+                    time.sleep(gap)
+                assert await asyncio.wait_for(rxq.recv(), 2) == packet
+        finally:
+            assert await peer.stop() == 0
+
+
+async def test_descriptor_outside_region_disconnects_peer_and_we_survive(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.Socket(abstract_path, reconnect_interval=60) as bad_sock:
+            bad = await bad_sock.create_interface(id=0, role="slave")
+            await master.wait_connected(timeout=10)
+            await bad.wait_connected(timeout=10)
+            # The "peer" publishes a descriptor pointing past the end of its buffer region.
+            ring = bad._memory.s2m[0].ring
+            region_size = bad._memory.region_sizes[1]
+            ring.set_descriptor(0, 0, 1, 64, region_size - 10)
+            ring.head = 1
+            with pytest.raises(PeerProtocolError, match="beyond region 1"):
+                await asyncio.wait_for(master.rx_queues[0].recv(), 5)
+            reason = await asyncio.wait_for(bad.wait_disconnected(), 5)
+            assert "beyond region 1" in reason
+            assert not master.connected
+            assert "beyond region 1" in master.details().last_disconnect_reason
+            assert master.stats()["rx_errors"] >= 1
+        # A well-behaved peer is served afterwards.
+        async with memif_aio.connect(abstract_path, timeout=10) as good:
+            await master.wait_connected(timeout=10)
+            await good.tx_queues[0].send(b"fine")
+            assert await asyncio.wait_for(master.rx_queues[0].recv(), 5) == b"fine"
+
+
+async def test_queue_waiters_get_disconnected_error(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.connect(abstract_path, timeout=10) as slave:
+            await master.wait_connected(timeout=10)
+            waiter = asyncio.ensure_future(master.rx_queues[0].recv())
+            await asyncio.sleep(0.05)
+            await slave.close()
+            with pytest.raises(DisconnectedError):
+                await asyncio.wait_for(waiter, 5)
+
+
+async def test_chained_packets_and_segments(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.connect(abstract_path, buffer_size=1024, timeout=10) as slave:
+            await master.wait_connected(timeout=10)
+            data = bytes(range(256)) * 20  # 5120 bytes: 5 buffers of 1024
+            await slave.tx_queues[0].send(data)
+            burst = await master.rx_queues[0].recv_burst()
+            assert list(burst.nsegments) == [5] and list(burst.lengths) == [5120]
+            assert b"".join(bytes(s) for s in burst.segments(0)) == data
+            assert burst[0] == data
+            burst.release()
+            # master -> slave honours the slave's 1024-byte buffers
+            await master.tx_queues[0].send(data)
+            assert await slave.rx_queues[0].recv() == data
+
+
+async def test_alloc_commit_and_polling_mode(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.connect(abstract_path, timeout=10) as slave:
+            await master.wait_connected(timeout=10)
+            rxq = master.rx_queues[0]
+            rxq.polling = True
+            bufs = await slave.tx_queues[0].alloc(3)
+            assert len(bufs) == 3
+            for i, buf in enumerate(bufs):
+                buf[:5] = b"pkt-%d" % i
+            assert slave.tx_queues[0].commit([5, 5]) == 2
+            burst = await asyncio.wait_for(rxq.recv_burst(), 5)
+            assert [bytes(burst[i]) for i in range(len(burst))] == [b"pkt-0", b"pkt-1"]
+
+
+def test_burst_path_does_not_allocate_per_packet():
+    """tracemalloc over 1 000 000 packets through the queue burst API: bounded, not growing."""
+
+    async def run() -> tuple[int, int]:
+        path = f"@/tmp/memif_aio-alloc-{random.getrandbits(32):x}"
+        async with memif_aio.Socket(path) as sock:
+            master = await sock.create_interface(id=0, role="master")
+            async with memif_aio.connect(path, timeout=10) as slave:
+                await master.wait_connected(timeout=10)
+                txq, rxq = slave.tx_queues[0], master.rx_queues[0]
+                batch = [b"x" * 64] * 256
+
+                def move(packets: int) -> None:
+                    moved = 0
+                    while moved < packets:
+                        txq.send_burst_nowait(batch)
+                        moved += len(rxq.recv_burst_nowait(256))
+
+                move(100_000)  # warm up: caches, lazily built views
+                tracemalloc.start()
+                try:
+                    before = tracemalloc.get_traced_memory()[0]
+                    move(1_000_000)
+                    after, peak = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+                return after - before, peak - before
+
+    growth, peak = asyncio.run(run())
+    assert growth < 16 * 1024, f"grew by {growth} bytes over 1M packets"
+    assert peak < 64 * 1024, f"peak {peak} bytes above baseline"
