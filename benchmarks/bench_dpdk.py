@@ -121,7 +121,7 @@ async def rx(iface: memif_aio.Interface, api: str, size: int, seconds: float) ->
     count = 0
     stop = time.perf_counter() + 0.5  # warm-up
     if api == "burst":
-        async for burst in rxq.bursts():
+        async for _ in rxq.bursts():
             if time.perf_counter() > stop:
                 break
         start = time.perf_counter()
