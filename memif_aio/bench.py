@@ -1,0 +1,309 @@
+"""The benchmark matrix behind ``memif-aio bench`` and ``benchmarks/bench_dpdk.py``.
+
+Packet size x API (burst, per-packet) x loop (asyncio, uvloop) x peer (memif_aio in another
+process; ``dpdk-testpmd`` when installed), every throughput next to the C ceiling measured in
+the same run: testpmd ``txonly`` -> testpmd ``rxonly``. One CPU per side when there are two.
+Results go to JSON, a Markdown table and (with matplotlib) a PNG plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import perf
+from .interface import Interface
+from .testpmd import Testpmd, find_testpmd
+
+PEER_CPU, OUR_CPU = 0, 1
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    sizes: tuple[int, ...] = (64, 512, 1500)
+    apis: tuple[str, ...] = ("burst", "packet")
+    loops: tuple[str, ...] = ("asyncio", "uvloop")
+    duration: float = 2.0
+    latency_seconds: float = 1.0
+    use_testpmd: bool = True
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        return cls(sizes=(64, 1500), duration=0.5, latency_seconds=0.5)
+
+
+@dataclass
+class Row:
+    peer: str
+    scenario: str
+    size: int
+    api: str
+    loop: str
+    mpps: float
+    gbps: float
+    ceiling_mpps: float | None
+
+
+@dataclass
+class LatencyRow:
+    peer: str
+    loop: str
+    samples: int
+    p50_us: float
+    p99_us: float
+    p999_us: float
+
+
+@dataclass
+class Report:
+    ceilings_mpps: dict[int, float] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    latency: list[LatencyRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _run(loop: str, coroutine: Awaitable) -> object:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
+def _pin(cpu: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        if cpu < (os.cpu_count() or 1):
+            os.sched_setaffinity(0, {cpu})
+
+
+def _session(path: str, fn: Callable[[Interface], Awaitable[object]]) -> Callable:
+    async def run() -> object:
+        from . import connect
+
+        async with connect(path, timeout=20, app_name="memif-aio bench") as iface:
+            await asyncio.sleep(0.2)  # let the peer finish its side of the link-up
+            return await fn(iface)
+
+    return run
+
+
+@contextlib.contextmanager
+def memif_aio_echo_peer() -> Iterator[str]:
+    """``memif-aio echo`` as master in another process (on the peer CPU)."""
+    path = f"@/tmp/memif-aio-bench-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memif_aio", "echo", path, "--role", "master"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: _pin(PEER_CPU),
+    )
+    try:
+        assert proc.stdout is not None
+        if "ready" not in proc.stdout.readline():
+            raise RuntimeError("memif-aio echo did not start")
+        yield path
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ceiling(size: int, seconds: float) -> float:
+    """testpmd txonly (server) -> testpmd rxonly (client): packets per second."""
+    path = f"@/tmp/memif-aio-ceiling-{uuid.uuid4().hex[:8]}"
+    with Testpmd(
+        role="server", socket=path, forward_mode="txonly", txpkts=size, cpu=PEER_CPU
+    ) as tx:
+        tx.wait_listening()
+        with Testpmd(role="client", socket=path, forward_mode="rxonly", cpu=OUR_CPU) as rx:
+            rx.wait_for(r"Rx-pps:\s+[1-9]", 20)
+            return rx.rate("Rx-pps", max(seconds, 2.0))
+
+
+def run(config: BenchConfig, progress: Progress = lambda line: None) -> Report:
+    report = Report()
+    _pin(OUR_CPU)
+    testpmd = config.use_testpmd and find_testpmd() is not None
+    if config.use_testpmd and not testpmd:
+        report.notes.append("dpdk-testpmd not installed: no C ceiling, no testpmd peer")
+
+    def record(peer: str, scenario: str, size: int, api: str, loop: str, t: perf.Throughput):
+        ceiling_mpps = report.ceilings_mpps.get(size)
+        report.rows.append(Row(peer, scenario, size, api, loop, t.mpps, t.gbps, ceiling_mpps))
+        ratio = f" ({t.mpps / ceiling_mpps:.0%} of C)" if ceiling_mpps else ""
+        progress(
+            f"{peer:<9} {scenario:<4} {size:>5} B {api:<6} {loop:<7} {t.mpps:6.2f} Mpps{ratio}"
+        )
+
+    if testpmd:
+        for size in config.sizes:
+            report.ceilings_mpps[size] = ceiling(size, config.duration) / 1e6
+            progress(f"C ceiling {size:>5} B: {report.ceilings_mpps[size]:.2f} Mpps")
+
+    scenarios: list[tuple[str, str, Callable]] = [("echo", "io", perf.echo_throughput)]
+    if testpmd:
+        scenarios += [("rx", "txonly", perf.receive_rate), ("tx", "rxonly", perf.send_rate)]
+
+    with memif_aio_echo_peer() as path:
+        for size in config.sizes:
+            for api in config.apis:
+                for loop in config.loops:
+                    fn = _measure(perf.echo_throughput, size, api, config.duration)
+                    record("memif_aio", "echo", size, api, loop, _run(loop, _session(path, fn)()))
+        for loop in config.loops:
+            report.latency.append(_latency("memif_aio", loop, path, config.latency_seconds))
+            progress(_latency_line(report.latency[-1]))
+
+    if testpmd:
+        for scenario, mode, measure in scenarios:
+            for size in config.sizes:
+                path = f"@/tmp/memif-aio-bench-{uuid.uuid4().hex[:8]}"
+                with Testpmd(
+                    role="server", socket=path, forward_mode=mode, txpkts=size, cpu=PEER_CPU
+                ) as pmd:
+                    pmd.wait_listening()
+                    for api in config.apis:
+                        for loop in config.loops:
+                            fn = _measure(measure, size, api, config.duration)
+                            result = _run(loop, _session(path, fn)())
+                            record("testpmd", scenario, size, api, loop, result)
+                    if scenario == "echo" and size == config.sizes[0]:
+                        for loop in config.loops:
+                            row = _latency("testpmd", loop, path, config.latency_seconds)
+                            report.latency.append(row)
+                            progress(_latency_line(row))
+    return report
+
+
+def _measure(fn: Callable, size: int, api: str, seconds: float) -> Callable:
+    async def measure(iface: Interface) -> perf.Throughput:
+        return await fn(iface, size, api, seconds)
+
+    return measure
+
+
+def _latency(peer: str, loop: str, path: str, seconds: float) -> LatencyRow:
+    async def measure(iface: Interface) -> list[float]:
+        await perf.ping_pong(iface, 64, 0.1)  # warm-up
+        return await perf.ping_pong(iface, 64, seconds)
+
+    rtts = _run(loop, _session(path, measure)())
+    assert isinstance(rtts, list)
+    return LatencyRow(
+        peer,
+        loop,
+        len(rtts),
+        perf.percentile(rtts, 50),
+        perf.percentile(rtts, 99),
+        perf.percentile(rtts, 99.9),
+    )
+
+
+def _latency_line(row: LatencyRow) -> str:
+    return (
+        f"{row.peer:<9} rtt  {row.loop:<7} p50 {row.p50_us:.1f} us  p99 {row.p99_us:.1f} us"
+        f"  p99.9 {row.p999_us:.1f} us"
+    )
+
+
+def to_markdown(report: Report) -> str:
+    lines = []
+    if report.ceilings_mpps:
+        ceilings = ", ".join(f"{s} B: {c:.2f} Mpps" for s, c in report.ceilings_mpps.items())
+        lines += [f"C ceiling (testpmd txonly -> testpmd rxonly, same run): {ceilings}", ""]
+    lines += [
+        "| peer | scenario | size | API | loop | Mpps | Gbps | vs C |",
+        "|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for r in report.rows:
+        ratio = f"{r.mpps / r.ceiling_mpps:.0%}" if r.ceiling_mpps else "-"
+        lines.append(
+            f"| {r.peer} | {r.scenario} | {r.size} | {r.api} | {r.loop} | {r.mpps:.2f} "
+            f"| {r.gbps:.2f} | {ratio} |"
+        )
+    if report.latency:
+        lines += [
+            "",
+            "| RTT, 64 B ping-pong | loop | samples | p50 us | p99 us | p99.9 us |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in report.latency:
+            lines.append(
+                f"| {r.peer} | {r.loop} | {r.samples} | {r.p50_us:.1f} | {r.p99_us:.1f} "
+                f"| {r.p999_us:.1f} |"
+            )
+    lines += ["", *(f"Note: {n}" for n in report.notes)] if report.notes else []
+    return "\n".join(lines) + "\n"
+
+
+def write(report: Report, out_dir: Path) -> list[Path]:
+    """results.json, results.md and, when matplotlib is available, results.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    written[0].write_text(json.dumps(asdict(report), indent=2))
+    written[1].write_text(to_markdown(report))
+    try:
+        written.append(plot(report, out_dir / "results.png"))
+    except ImportError:
+        report.notes.append("matplotlib not installed: no plot")
+    return written
+
+
+def plot(report: Report, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.peer, r.scenario, r.size) for r in report.rows})
+    series = sorted({(r.api, r.loop) for r in report.rows})
+    fig, ax = plt.subplots(figsize=(max(8, len(groups) * 1.1), 4.5))
+    width = 0.8 / max(1, len(series))
+    for k, (api, loop) in enumerate(series):
+        values = [
+            next(
+                (
+                    r.mpps
+                    for r in report.rows
+                    if (r.peer, r.scenario, r.size, r.api, r.loop) == (*g, api, loop)
+                ),
+                0.0,
+            )
+            for g in groups
+        ]
+        ax.bar([i + k * width for i in range(len(groups))], values, width, label=f"{api}/{loop}")
+    for size, value in report.ceilings_mpps.items():
+        ax.axhline(value, linestyle="--", linewidth=0.8, color="grey")
+        ax.text(
+            len(groups) - 0.5, value, f"C ceiling {size} B", fontsize=7, va="bottom", ha="right"
+        )
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels([f"{p}\n{s} {z} B" for p, s, z in groups], fontsize=7)
+    ax.set_ylabel("Mpps")
+    ax.set_title("memif_aio throughput (one CPU per side)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def timed_run(config: BenchConfig, progress: Progress) -> tuple[Report, float]:
+    start = time.perf_counter()
+    report = run(config, progress)
+    return report, time.perf_counter() - start

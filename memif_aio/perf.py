@@ -1,0 +1,190 @@
+"""Traffic for demos and benchmarks: an echo service, echo throughput, ping-pong latency.
+
+Every figure is measured by the side that sends and receives, so it counts only packets that
+made the whole trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import DisconnectedError
+from .interface import Interface
+
+Progress = Callable[[str], None]
+
+
+async def echo_service(iface: Interface) -> None:
+    """Send every packet back on the queue it came from, across reconnects, until cancelled."""
+
+    async def echo_queue(index: int) -> None:
+        while True:
+            await iface.wait_connected()
+            rxq, txq = iface.rx_queues[index], iface.tx_queues[index]
+            try:
+                async for burst in rxq.bursts():
+                    await txq.send_burst([burst[i] for i in range(len(burst))])
+            except (DisconnectedError, IndexError):
+                await asyncio.sleep(0)
+
+    await iface.wait_connected()
+    await asyncio.gather(*(echo_queue(i) for i in range(len(iface.rx_queues))))
+
+
+@dataclass
+class Throughput:
+    size: int
+    api: str
+    packets: int
+    seconds: float
+
+    @property
+    def mpps(self) -> float:
+        return self.packets / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def gbps(self) -> float:
+        return self.mpps * self.size * 8 / 1e3
+
+
+async def echo_throughput(
+    iface: Interface,
+    size: int,
+    api: str = "burst",
+    seconds: float = 2.0,
+    window: int = 256,
+    progress: Progress | None = None,
+) -> Throughput:
+    """Keep ``window`` packets in flight through an echoing peer; count completed round trips.
+
+    ``api`` is ``"burst"`` (rx bursts, ``send_burst``) or ``"packet"`` (``async for`` and
+    ``await send`` per packet).
+    """
+    rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
+    packet = bytes(size)
+    refill = [packet] * window
+    await txq.send_burst(refill)
+    count = 0
+    start = time.perf_counter()
+    stop = start + seconds
+    next_report = start + 0.25
+    if api == "burst":
+        async for burst in rxq.bursts():
+            n = len(burst)
+            count += n
+            await txq.send_burst(refill[:n])
+            now = time.perf_counter()
+            if now >= next_report:
+                next_report = now + 0.25
+                if progress:
+                    progress(f"{Throughput(size, api, count, now - start).mpps:6.2f} Mpps")
+                if now >= stop:
+                    break
+    else:
+        send = txq.send
+        async for _ in rxq:
+            await send(packet)
+            count += 1
+            if count & 0x3FF == 0:
+                now = time.perf_counter()
+                if now >= next_report:
+                    next_report = now + 0.25
+                    if progress:
+                        progress(f"{Throughput(size, api, count, now - start).mpps:6.2f} Mpps")
+                    if now >= stop:
+                        break
+    elapsed = time.perf_counter() - start
+    await _drain(iface)
+    return Throughput(size, api, count, elapsed)
+
+
+async def _drain(iface: Interface, quiet: float = 0.05) -> None:
+    """Swallow what is still in flight so the next measurement starts clean."""
+    rxq = iface.rx_queues[0]
+    while True:
+        try:
+            await asyncio.wait_for(rxq.recv_burst(), quiet)
+        except asyncio.TimeoutError:
+            return
+
+
+async def ping_pong(
+    iface: Interface, size: int = 64, seconds: float = 1.0, progress: Progress | None = None
+) -> list[float]:
+    """One packet in flight at a time (interrupt mode); round-trip times in microseconds."""
+    rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
+    packet = bytes(size)
+    rtts: list[float] = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        sent = time.perf_counter_ns()
+        await txq.send(packet)
+        await rxq.recv_burst(1)
+        rtts.append((time.perf_counter_ns() - sent) / 1e3)
+        if progress and len(rtts) % 1000 == 0:
+            progress(f"{len(rtts)} round trips, p50 {percentile(rtts, 50):.1f} us")
+    rxq.release()
+    return rtts
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(0, math.ceil(p / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+async def receive_rate(
+    iface: Interface, size: int, api: str = "burst", seconds: float = 2.0, warmup: float = 0.3
+) -> Throughput:
+    """Count what a transmitting peer delivers to queue 0 for ``seconds``."""
+    rxq = iface.rx_queues[0]
+    count = 0
+    begin = time.perf_counter()
+    start = begin + warmup
+    stop = start + seconds
+    if api == "burst":
+        async for burst in rxq.bursts():
+            now = time.perf_counter()
+            if now >= start:
+                count += len(burst)
+            if now >= stop:
+                break
+    else:
+        async for _ in rxq:
+            count += 1
+            if count & 0x3FF == 0:
+                now = time.perf_counter()
+                if now < start:
+                    count = 0
+                elif now >= stop:
+                    break
+    return Throughput(size, api, count, time.perf_counter() - start)
+
+
+async def send_rate(
+    iface: Interface, size: int, api: str = "burst", seconds: float = 2.0
+) -> Throughput:
+    """Send to queue 0 as fast as the peer drains it (backpressure, nothing dropped)."""
+    txq = iface.tx_queues[0]
+    packet = bytes(size)
+    batch = [packet] * 256
+    count = 0
+    start = time.perf_counter()
+    stop = start + seconds
+    if api == "burst":
+        while time.perf_counter() < stop:
+            count += await txq.send_burst(batch)
+    else:
+        send = txq.send
+        while time.perf_counter() < stop:
+            for _ in range(1024):
+                await send(packet)
+            count += 1024
+    return Throughput(size, api, count, time.perf_counter() - start)

@@ -1,0 +1,130 @@
+"""Run DPDK's ``dpdk-testpmd`` with one ``net_memif`` port as a real peer (benchmarks, tests).
+
+Invocation facts from shared/INTEROP.md: two lcores mapped onto one CPU, no hugepages, a
+16 384-mbuf pool, a unique ``--file-prefix`` per instance, abstract sockets by default.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+
+LISTENING = r"Port 0: [0-9A-F:]{17}"  # printed once the port is configured (server listens)
+LINK_UP = r"memif_connect\(\): Connected"  # the PMD's own word that its link is up
+
+
+def find_testpmd() -> str | None:
+    return shutil.which("dpdk-testpmd")
+
+
+class Testpmd:
+    """``dpdk-testpmd`` in a subprocess; its output is collected by a thread."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        socket: str,
+        forward_mode: str = "io",
+        id: int = 0,
+        secret: str | None = None,
+        txpkts: int | None = None,
+        cpu: int = 0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        binary = find_testpmd()
+        if binary is None:
+            raise FileNotFoundError("dpdk-testpmd not found (Debian package dpdk-dev)")
+        abstract = socket.startswith("@")
+        vdev = f"net_memif0,role={role},id={id},socket={socket.lstrip('@')}"
+        vdev += ",socket-abstract=" + ("yes" if abstract else "no")
+        if secret is not None:
+            vdev += f",secret={secret}"
+        args = [
+            binary,
+            f"--lcores=0@{cpu},1@{cpu}",
+            "--no-huge",
+            "-m",
+            "1024",
+            "--no-pci",
+            "--log-level=pmd.net.memif:debug",
+            f"--file-prefix=memifaio{uuid.uuid4().hex[:10]}",
+            f"--vdev={vdev}",
+            "--",
+            "--no-mlockall",
+            "--total-num-mbufs=16384",
+            f"--forward-mode={forward_mode}",
+            "--stats-period",
+            "1",
+            *extra_args,
+        ]
+        if txpkts is not None:
+            args.append(f"--txpkts={txpkts}")
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        end = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if match := regex.search(line):
+                    return match
+            seen = len(self.lines)
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise TimeoutError(f"testpmd never printed {pattern!r}:\n{self.output()[-2000:]}")
+            time.sleep(0.02)
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        self.wait_for(LISTENING, timeout)
+        time.sleep(0.3)  # the memif listener is created right after the port is configured
+
+    def rate(self, key: str = "Rx-pps", seconds: float = 2.0) -> float:
+        """Median of testpmd's per-second ``key`` (``Rx-pps``/``Tx-pps``) over ``seconds``."""
+        start = len(self.lines)
+        time.sleep(seconds)
+        values = [
+            int(m.group(1))
+            for line in self.lines[start:]
+            if (m := re.search(rf"{key}:\s+(\d+)", line))
+        ]
+        return float(statistics.median(values)) if values else 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+
+    def __enter__(self) -> Testpmd:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
