@@ -19,6 +19,8 @@ over in ``LinkUp`` or asks for them to be closed (``CloseFds``).
 from __future__ import annotations
 
 import enum
+import errno
+import fcntl
 import hmac
 import os
 import stat
@@ -49,6 +51,9 @@ REGION_NOT_SEQUENTIAL = "region index not sequential"
 REGION_LIMIT = "region index beyond limit"
 REGION_TOO_SMALL = "region fd smaller than declared size"
 REGION_NOT_FILE = "region fd is not a regular file"
+REGION_NOT_MEMFD = "region fd is not a memfd"
+REGION_NOT_SEALABLE = "region fd cannot be sealed against shrinking"
+RING_NOT_EVENTFD = "ring fd is not a non-blocking eventfd"
 REGION_SIZE = "bad region size"
 RING_LIMIT = "ring index beyond limit"
 RING_DUPLICATE = "ring index repeated"
@@ -61,9 +66,13 @@ NO_REGIONS = "no regions"
 BAD_FRAME = "malformed message"
 TIMEOUT = "handshake timeout"
 PEER_UNSUPPORTED = "peer limits unusable"
+TOO_MANY_PENDING = "too many pending connections"
+PEER_CLOSED = "peer closed the control channel"  # EOF without DISCONNECT: not a refusal
 LOCAL_CLOSE = "interface closed"
 
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+SEAL_SEAL = 0x1  # F_SEAL_SEAL: no more seals can be added
+SEAL_SHRINK = 0x2  # F_SEAL_SHRINK
 MAX_REGION_SIZE = 1 << 40  # what we are willing to map from a peer
 
 
@@ -201,10 +210,41 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-def region_fd_size(fd: int) -> int:
-    """Size of a region fd, or -1 when it is not a regular file (not mappable as a region)."""
+@dataclass(frozen=True)
+class FdInfo:
+    """What a received fd is, as far as the rules care (see ``inspect_fd``).
+
+    ``kind``: ``"memfd"`` (shared memory that supports seals: memfd, or a hugetlbfs/tmpfs
+    file), ``"file"`` (another regular file: on disk, it can be truncated under our mapping),
+    ``"eventfd"``, or ``"other"``. ``seals`` are the F_GET_SEALS bits of a memfd; ``blocking``
+    is set for an eventfd opened without O_NONBLOCK (a write to it can block the loop).
+    """
+
+    kind: str
+    size: int = 0
+    seals: int = 0
+    blocking: bool = False
+
+
+def inspect_fd(fd: int) -> FdInfo:
+    """Classify ``fd`` without changing it: the query the master's rules are checked against."""
     st = os.fstat(fd)
-    return st.st_size if stat.S_ISREG(st.st_mode) else -1
+    if stat.S_ISREG(st.st_mode):
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return FdInfo("file", st.st_size)
+        return FdInfo("memfd", st.st_size, seals)
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if target == "anon_inode:[eventfd]":
+        blocking = not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        return FdInfo("eventfd", blocking=blocking)
+    return FdInfo("other")
 
 
 def _error_for(reason: str) -> HandshakeError:
@@ -261,7 +301,7 @@ class _Handshake:
         """The channel hit EOF or an error without a DISCONNECT."""
         if self.state is State.CLOSED:
             return []
-        return self._peer_disconnected("peer closed the control channel")
+        return self._peer_disconnected(PEER_CLOSED)
 
     def close(self, reason: str = LOCAL_CLOSE) -> list[Action]:
         """Local teardown: tell the peer why, then close."""
@@ -453,14 +493,14 @@ class MasterHandshake(_Handshake):
         is_taken: Callable[[int], bool],
         now: float = 0.0,
         timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-        fd_size: Callable[[int], int] = region_fd_size,
+        inspect_fd: Callable[[int], FdInfo] = inspect_fd,
         hello: p.Hello | None = None,
     ) -> None:
         super().__init__(now, timeout)
         self.hello = hello or p.Hello(name=app_name)
         self._lookup = lookup
         self._is_taken = is_taken
-        self._fd_size = fd_size
+        self._inspect_fd = inspect_fd
         self._pending: _PendingSetup | None = None
         self._setup: LinkSetup | None = None
         self.requested_id: int | None = None  # from INIT, even when refused
@@ -520,11 +560,17 @@ class MasterHandshake(_Handshake):
             return self._reject(f"{REGION_NOT_SEQUENTIAL}: {msg.index}")
         if not 0 < msg.size <= MAX_REGION_SIZE:
             return self._reject(f"{REGION_SIZE}: {msg.size}")
-        actual = self._fd_size(fd)
-        if actual < 0:
+        # A region must be shared memory that can be sealed against shrinking: a peer that
+        # truncates a file under our mapping would kill us with SIGBUS on the next access.
+        info = self._inspect_fd(fd)
+        if info.kind == "file":
+            return self._reject(REGION_NOT_MEMFD)
+        if info.kind != "memfd":
             return self._reject(REGION_NOT_FILE)
-        if actual < msg.size:
-            return self._reject(f"{REGION_TOO_SMALL}: {actual} < {msg.size}")
+        if info.seals & SEAL_SEAL and not info.seals & SEAL_SHRINK:
+            return self._reject(REGION_NOT_SEALABLE)
+        if info.size < msg.size:
+            return self._reject(f"{REGION_TOO_SMALL}: {info.size} < {msg.size}")
         pending.regions.append(RegionSpec(msg.index, msg.size, fd))
         return [Send(p.Ack())]
 
@@ -545,6 +591,10 @@ class MasterHandshake(_Handshake):
             return self._reject(f"{RING_SIZE}: {msg.log2_ring_size}")
         if msg.region >= len(pending.regions):
             return self._reject(f"{RING_REGION}: {msg.region}")
+        info = self._inspect_fd(fd)
+        if info.kind != "eventfd" or info.blocking:
+            # We write to it from the loop: anything else could block or fail there.
+            return self._reject(f"{RING_NOT_EVENTFD}: {direction} {msg.index}")
         end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
         if end > pending.regions[msg.region].size:
             return self._reject(f"{RING_OUTSIDE}: {direction} {msg.index}")

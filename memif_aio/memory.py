@@ -21,7 +21,15 @@ import numpy as np
 
 from . import _ring
 from .errors import PeerProtocolError
-from .handshake import LinkSetup, Negotiated, RegionSpec, RingSpec, ring_bytes
+from .handshake import (
+    REGION_NOT_SEALABLE,
+    REGION_TOO_SMALL,
+    LinkSetup,
+    Negotiated,
+    RegionSpec,
+    RingSpec,
+    ring_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,22 @@ def _memfd(name: str, size: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def seal_against_shrinking(fd: int, size: int) -> None:
+    """Make sure the peer can never shrink ``fd`` below ``size`` while we map it.
+
+    Seal first, then check the size: a size checked before sealing could shrink in between.
+    Raises ``PeerProtocolError`` with the handshake's reason when that cannot be guaranteed.
+    """
+    try:
+        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError as exc:
+        raise PeerProtocolError(f"{REGION_NOT_SEALABLE}: {exc.strerror}") from None
+    actual = os.fstat(fd).st_size
+    if actual < size:
+        raise PeerProtocolError(f"{REGION_TOO_SMALL}: {actual} < {size}")
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
@@ -144,6 +168,7 @@ def map_master_memory(setup: LinkSetup) -> SharedMemory:
     memory: SharedMemory | None = None
     try:
         for region in setup.regions:
+            seal_against_shrinking(region.fd, region.size)
             maps.append(_map(region.fd, region.size))
         memory = SharedMemory(fds, maps, setup.cacheline)
         for spec in setup.s2m_rings + setup.m2s_rings:

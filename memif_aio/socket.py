@@ -15,6 +15,7 @@ import logging
 import os
 import socket as _socket
 import stat
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ class Session:
         self._memory: SharedMemory | None = None  # ours until LinkUp hands it over
         self._timer: asyncio.TimerHandle | None = None
         self.closed: hs.Closed | None = None
+        self._was_up = False
         self.done = self._loop.create_future()
         self.channel = ControlChannel(sock, self._on_frame, self._on_channel_closed, self._loop)
 
@@ -69,6 +71,10 @@ class Session:
     def close(self, reason: str = hs.LOCAL_CLOSE) -> None:
         """Local teardown: DISCONNECT with ``reason``, then close everything."""
         self._apply(self.machine.close(reason))
+
+    def reject(self, reason: str) -> None:
+        """Refuse the peer for a reason found outside the machine (logged like any refusal)."""
+        self._apply(self.machine.fail(reason))
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -112,6 +118,7 @@ class Session:
             elif isinstance(action, hs.LinkUp):
                 memory, self._memory = self._memory, None
                 assert memory is not None
+                self._was_up = True
                 self._on_link_up(self, action.setup, memory)
             elif isinstance(action, hs.Closed):
                 self._finish(action)
@@ -140,6 +147,12 @@ class Session:
             return
         self._apply(machine.memory_mapped())
 
+    def _peer_label(self) -> str:
+        machine = self.machine
+        if isinstance(machine, hs.MasterHandshake) and machine.requested_id is not None:
+            return f"{self.peer} id {machine.requested_id}"
+        return self.peer
+
     def _finish(self, closed: hs.Closed) -> None:
         self.closed = closed
         if self._timer is not None:
@@ -150,13 +163,10 @@ class Session:
             self._memory.close()
             self._memory = None
         if closed.error is not None and not isinstance(closed.error, DisconnectedError):
-            peer = self.peer
-            if (
-                isinstance(self.machine, hs.MasterHandshake)
-                and self.machine.requested_id is not None
-            ):
-                peer = f"{peer} id {self.machine.requested_id}"
-            log.warning("memif %s: handshake failed: %s", peer, closed.reason)
+            # A refusal (ours or the peer's) is worth a warning; a peer that just left is not.
+            level = logging.INFO if closed.reason == hs.PEER_CLOSED else logging.WARNING
+            what = "link closed" if self._was_up else "handshake failed"
+            log.log(level, "memif %s: %s: %s", self._peer_label(), what, closed.reason)
         self._on_closed(self, closed)
         if not self.done.done():
             self.done.set_result(closed)
@@ -170,8 +180,17 @@ class Socket:
     role: that is how libmemif, VPP and DPDK use them.
 
     Filesystem sockets are created with ``socket_mode`` (0600: whoever can connect can exchange
-    packets) and optionally ``socket_group``; abstract sockets have no permissions at all.
+    packets) and optionally ``socket_group``; abstract sockets have no permissions at all:
+    anyone in the network namespace can connect, so use a secret or a filesystem socket.
+
+    A master keeps at most ``max_pending`` connections that have not yet said which interface
+    they want (INIT); beyond that the oldest is refused, so a flood of silent connections
+    cannot exhaust fds while an honest slave, which sends INIT at once, still gets through.
+    If the socket file is deleted under a running master, it is created again within
+    ``file_check_interval`` seconds; a file put there by someone else is left alone.
     """
+
+    file_check_interval = 1.0
 
     def __init__(
         self,
@@ -182,7 +201,10 @@ class Socket:
         socket_group: int | str | None = None,
         reconnect_interval: float = 2.0,
         handshake_timeout: float | None = hs.DEFAULT_HANDSHAKE_TIMEOUT,
+        max_pending: int = 64,
     ) -> None:
+        if max_pending < 1:
+            raise ConfigError(f"max_pending={max_pending} must be at least 1")
         self.path = path
         self.address = unix_address(path)
         self.app_name = app_name
@@ -190,12 +212,14 @@ class Socket:
         self.socket_group = socket_group
         self.reconnect_interval = reconnect_interval
         self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
         self.role: hs.Role | None = None
         self._interfaces: dict[int, Interface] = {}
         self._slave_interfaces: list[Interface] = []
         self._listener: _socket.socket | None = None
-        self._pending: set[Session] = set()  # accepted, INIT not yet routed
-        self._created_file = False
+        self._pending: dict[Session, None] = {}  # accepted, INIT not yet routed; oldest first
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we made
+        self._file_check: asyncio.TimerHandle | None = None
         self.closed = False
 
     @property
@@ -241,14 +265,32 @@ class Socket:
             await interface.close()
         for session in list(self._pending):
             session.close()
-        if self._listener is not None:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._listener.fileno())
-            self._listener.close()
-            self._listener = None
-        if self._created_file:
+        if self._file_check is not None:
+            self._file_check.cancel()
+            self._file_check = None
+        self._close_listener()
+        if self._owns_file():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+        self._file_id = None
+
+    def _close_listener(self) -> None:
+        if self._listener is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop may be closed already
+            self._listener_loop.remove_reader(self._listener.fileno())
+        self._listener.close()
+        self._listener = None
+
+    def _owns_file(self) -> bool:
+        """The socket file at ``path`` is still the one we created (not deleted, not replaced)."""
+        if self._file_id is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._file_id
 
     def _forget(self, interface: Interface) -> None:
         if self._interfaces.get(interface.id) is interface:
@@ -267,8 +309,39 @@ class Socket:
             sock.close()
             raise
         self._listener = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_ready)
+        self._listener_loop = asyncio.get_running_loop()
+        self._listener_loop.add_reader(sock.fileno(), self._accept_ready)
         log.info("memif socket %s listening", self.path)
+        if not self.abstract and self._file_check is None:
+            self._file_check = self._listener_loop.call_later(
+                self.file_check_interval, self._check_file
+            )
+
+    def _check_file(self) -> None:
+        """Timer: a deleted socket file is created again; a replaced one is left to its owner."""
+        self._file_check = None
+        if self.closed or self._listener is None or self._file_id is None:
+            return
+        if not self._owns_file():
+            if os.path.lexists(self.path):
+                log.warning(
+                    "memif socket %s was replaced by another file; no longer serving it",
+                    self.path,
+                )
+                self._file_id = None
+                return
+            log.warning("memif socket file %s was deleted; listening again", self.path)
+            self._accept_ready()  # whatever is still in the old backlog
+            self._close_listener()
+            try:
+                self._listen()
+            except OSError as exc:
+                log.warning("memif socket %s: cannot listen again: %s", self.path, exc)
+                self._file_id = None
+            return
+        self._file_check = self._listener_loop.call_later(
+            self.file_check_interval, self._check_file
+        )
 
     def _bind(self, sock: _socket.socket) -> None:
         try:
@@ -280,7 +353,8 @@ class Socket:
             os.unlink(self.path)
             sock.bind(self.address)
         if not self.abstract:
-            self._created_file = True
+            st = os.stat(self.path)
+            self._file_id = (st.st_dev, st.st_ino)
             os.chmod(self.path, self.socket_mode)
             if self.socket_group is not None:
                 os.chown(self.path, -1, _group_id(self.socket_group))
@@ -315,6 +389,10 @@ class Socket:
                 log.warning("memif socket %s: accept failed: %s", self.path, exc)
                 return
             conn.setblocking(False)
+            if len(self._pending) >= self.max_pending:
+                oldest = next(iter(self._pending))
+                oldest.reject(hs.TOO_MANY_PENDING)
+                self._pending.pop(oldest, None)
             machine = hs.MasterHandshake(
                 self.app_name,
                 self._lookup,
@@ -328,9 +406,9 @@ class Socket:
                 self._master_link_up,
                 self._master_closed,
                 on_claim=self._claim,
-                peer=self.path,
+                peer=f"{self.path} {_peer_credentials(conn)}",
             )
-            self._pending.add(session)
+            self._pending[session] = None
             session.start()
 
     def _lookup(self, interface_id: int) -> hs.MasterInterfaceConfig | None:
@@ -342,14 +420,14 @@ class Socket:
         return interface is not None and interface._session is not None
 
     def _claim(self, session: Session, interface_id: int) -> None:
-        self._pending.discard(session)
+        self._pending.pop(session, None)
         self._interfaces[interface_id]._attach(session)
 
     def _master_link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
         self._interfaces[setup.interface_id]._link_up(session, setup, memory)
 
     def _master_closed(self, session: Session, closed: hs.Closed) -> None:
-        self._pending.discard(session)
+        self._pending.pop(session, None)
         machine = session.machine
         assert isinstance(machine, hs.MasterHandshake)
         interface_id = machine.requested_id
@@ -372,6 +450,16 @@ class Socket:
             sock.close()
             raise
         return sock
+
+
+def _peer_credentials(conn: _socket.socket) -> str:
+    """``pid N uid U`` of the connecting process, for the log lines about it."""
+    try:
+        creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "pid ?"
+    pid, uid, _ = struct.unpack("3i", creds)
+    return f"pid {pid} uid {uid}"
 
 
 def _group_id(group: int | str) -> int:

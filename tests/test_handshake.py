@@ -14,6 +14,13 @@ from memif_aio.errors import HandshakeError, HandshakeTimeout, SecretMismatch
 _fd_numbers = itertools.count(1000)
 
 
+def fake_fd(sizes: dict[int, int], fd: int) -> hs.FdInfo:
+    """Fake fds: numbers with a size are memfds, the others eventfds."""
+    if sizes.get(fd):
+        return hs.FdInfo("memfd", sizes[fd], seals=hs.SEAL_SHRINK)
+    return hs.FdInfo("eventfd")
+
+
 class Pair:
     """A master and slave machine plus fake fds (numbers with sizes) and a frame pump."""
 
@@ -27,7 +34,7 @@ class Pair:
             "master-app",
             lambda i: self.master_cfg if i == self.master_cfg.interface_id else None,
             lambda i: i in self.claimed,
-            fd_size=lambda fd: self.fd_sizes.get(fd, -1),
+            inspect_fd=lambda fd: fake_fd(self.fd_sizes, fd),
             hello=p.Hello("master-app", max_region=max_region),
         )
         self.slave = hs.SlaveHandshake(self.slave_cfg)
@@ -206,7 +213,7 @@ def _master_after_init(cfg=None, sizes=None):
         "m",
         lambda i: cfg or hs.MasterInterfaceConfig(),
         lambda i: False,
-        fd_size=lambda fd: sizes.get(fd, -1),
+        inspect_fd=lambda fd: fake_fd(sizes, fd),
     )
     master.start()
     master.receive(p.Init())
@@ -342,3 +349,44 @@ def test_messages_after_link_up_are_refused():
     pair = Pair().run()
     closed = _rejection(pair.master.receive(p.AddRegion(2, 4096), (77,)))
     assert hs.OUT_OF_ORDER in closed.reason
+
+
+@pytest.mark.parametrize(
+    "region_fd, ring_fd, reason",
+    [
+        (hs.FdInfo("file", 4096), hs.FdInfo("eventfd"), hs.REGION_NOT_MEMFD),
+        (hs.FdInfo("other"), hs.FdInfo("eventfd"), hs.REGION_NOT_FILE),
+        (
+            hs.FdInfo("memfd", 4096, seals=hs.SEAL_SEAL),
+            hs.FdInfo("eventfd"),
+            hs.REGION_NOT_SEALABLE,
+        ),
+        (hs.FdInfo("memfd", 4096), hs.FdInfo("memfd", 4096), hs.RING_NOT_EVENTFD),
+        (hs.FdInfo("memfd", 4096), hs.FdInfo("eventfd", blocking=True), hs.RING_NOT_EVENTFD),
+    ],
+)
+def test_region_and_ring_fd_kinds(region_fd, ring_fd, reason):
+    infos = {10: region_fd, 20: ring_fd}
+    master = hs.MasterHandshake(
+        "m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, inspect_fd=infos.__getitem__
+    )
+    master.start()
+    master.receive(p.Init())
+    actions = master.receive(p.AddRegion(0, 4096), (10,))
+    if not any(isinstance(a, hs.Closed) for a in actions):
+        actions = master.receive(p.AddRing(1, 0, 0, 0, 1), (20,))
+    closed = _rejection(actions)
+    assert reason in closed.reason
+    assert sorted(fd for a in actions if isinstance(a, hs.CloseFds) for fd in a.fds) == sorted(
+        {10, 20} if reason == hs.RING_NOT_EVENTFD else {10}
+    )
+
+
+def test_unsealed_memfd_that_can_be_sealed_is_accepted():
+    infos = {10: hs.FdInfo("memfd", 4096, seals=0), 20: hs.FdInfo("eventfd")}
+    master = hs.MasterHandshake(
+        "m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, inspect_fd=infos.__getitem__
+    )
+    master.start()
+    master.receive(p.Init())
+    assert master.receive(p.AddRegion(0, 4096), (10,)) == [hs.Send(p.Ack())]
