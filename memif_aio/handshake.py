@@ -301,6 +301,11 @@ class _Handshake:
         """The channel hit EOF or an error without a DISCONNECT."""
         if self.state is State.CLOSED:
             return []
+        if self.state is State.WAIT_HELLO:
+            # The master never spoke: not a refusal but a lost connection (DPDK's server can
+            # close a fresh connection while it tears down the previous one). Retry it.
+            error = DisconnectedError(f"{PEER_CLOSED} before HELLO")
+            return self._finish(error.reason, error, by_peer=True, send=False)
         return self._peer_disconnected(PEER_CLOSED)
 
     def close(self, reason: str = LOCAL_CLOSE) -> list[Action]:

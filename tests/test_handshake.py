@@ -390,3 +390,13 @@ def test_unsealed_memfd_that_can_be_sealed_is_accepted():
     master.start()
     master.receive(p.Init())
     assert master.receive(p.AddRegion(0, 4096), (10,)) == [hs.Send(p.Ack())]
+
+
+def test_eof_before_hello_is_a_lost_connection_not_a_refusal():
+    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    closed = _rejection(slave.peer_closed())
+    assert closed.by_peer and "before HELLO" in closed.reason
+    assert not isinstance(closed.error, HandshakeError)
+    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave.receive(p.Hello())
+    assert isinstance(_rejection(slave.peer_closed()).error, HandshakeError)
