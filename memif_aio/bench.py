@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import perf
+from .errors import DisconnectedError
 from .interface import Interface
 from .testpmd import Testpmd, find_testpmd
 
@@ -72,12 +73,20 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def _run(loop: str, coroutine: Awaitable) -> object:
-    if loop == "uvloop":
-        import uvloop
+def _run(loop: str, make: Callable[[], Awaitable]) -> object:
+    """Run a fresh session on ``loop``; one retry if the link drops (a peer restarting, a
+    machine under load), so one hiccup does not cost the whole matrix."""
+    for attempt in (1, 2):
+        try:
+            if loop == "uvloop":
+                import uvloop
 
-        return uvloop.run(coroutine)
-    return asyncio.run(coroutine)
+                return uvloop.run(make())
+            return asyncio.run(make())
+        except DisconnectedError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _pin(cpu: int) -> None:
@@ -164,7 +173,7 @@ def run(config: BenchConfig, progress: Progress = lambda line: None) -> Report:
             for api in config.apis:
                 for loop in config.loops:
                     fn = _measure(perf.echo_throughput, size, api, config.duration)
-                    record("memif_aio", "echo", size, api, loop, _run(loop, _session(path, fn)()))
+                    record("memif_aio", "echo", size, api, loop, _run(loop, _session(path, fn)))
         for loop in config.loops:
             report.latency.append(_latency("memif_aio", loop, path, config.latency_seconds))
             progress(_latency_line(report.latency[-1]))
@@ -180,7 +189,7 @@ def run(config: BenchConfig, progress: Progress = lambda line: None) -> Report:
                     for api in config.apis:
                         for loop in config.loops:
                             fn = _measure(measure, size, api, config.duration)
-                            result = _run(loop, _session(path, fn)())
+                            result = _run(loop, _session(path, fn))
                             record("testpmd", scenario, size, api, loop, result)
                     if scenario == "echo" and size == config.sizes[0]:
                         for loop in config.loops:
@@ -202,7 +211,7 @@ def _latency(peer: str, loop: str, path: str, seconds: float) -> LatencyRow:
         await perf.ping_pong(iface, 64, 0.1)  # warm-up
         return await perf.ping_pong(iface, 64, seconds)
 
-    rtts = _run(loop, _session(path, measure)())
+    rtts = _run(loop, _session(path, measure))
     assert isinstance(rtts, list)
     return LatencyRow(
         peer,

@@ -23,6 +23,8 @@ def find_testpmd() -> str | None:
 
 
 class Testpmd:
+    __test__ = False  # not a pytest test class despite the name
+
     """``dpdk-testpmd`` in a subprocess; its output is collected by a thread."""
 
     def __init__(

@@ -1,0 +1,177 @@
+"""The memif-aio command, driven as a user would: subprocesses, output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+
+from memif_aio.testpmd import Testpmd
+
+CLI = [sys.executable, "-m", "memif_aio"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def service(*args: str):
+    """A long-running subcommand (echo/responder) until the block ends."""
+    proc = subprocess.Popen(
+        [*CLI, *args, "--until-stdin-closes"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), line + proc.stderr.read()
+        yield proc
+    finally:
+        proc.stdin.close()
+        assert proc.wait(15) == 0
+
+
+def test_help_lists_commands_with_examples():
+    out = run("--help").stdout
+    for command in ("demo", "bench", "probe", "echo", "responder", "ping"):
+        assert command in out
+    assert "example:" in run("ping", "--help").stdout
+
+
+def test_probe_reports_hello_and_ack(abstract_path):
+    with service("echo", abstract_path, "--id", "3", "--secret", "pw"):
+        ok = run("probe", abstract_path, "--id", "3", "--secret", "pw")
+        assert ok.returncode == 0, ok.stderr
+        assert "master 'memif-aio echo'" in ok.stdout and "accepted (ACK)" in ok.stdout
+        assert "ring size 16384" in ok.stdout
+        as_json = json.loads(
+            run("probe", abstract_path, "--id", "3", "--secret", "pw", "--json").stdout
+        )
+        assert as_json["accepted"] and as_json["hello"]["max_log2_ring_size"] == 14
+        wrong = run("probe", abstract_path, "--id", "3", "--secret", "nope")
+        assert wrong.returncode == 1 and "refused: secret mismatch" in wrong.stdout
+        unknown = run("probe", abstract_path, "--id", "9", "--secret", "pw")
+        assert unknown.returncode == 1 and "unknown interface id 9" in unknown.stdout
+
+
+def test_no_master_listening_is_exit_3(abstract_path, fs_path):
+    for path in (abstract_path, fs_path):
+        result = run("probe", path)
+        assert result.returncode == 3, result
+        assert (
+            result.stderr.startswith("memif-aio probe: ") and len(result.stderr.splitlines()) == 1
+        )
+    result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "--timeout", "1")
+    assert result.returncode == 3 and "cannot connect" in result.stderr
+
+
+def test_ping_against_our_responder_and_refusals(abstract_path):
+    with service("responder", abstract_path, "--ip", "10.9.0.1", "--secret", "pw"):
+        result = run(
+            "ping",
+            abstract_path,
+            "--secret",
+            "pw",
+            "--ip",
+            "10.9.0.2",
+            "10.9.0.1",
+            "-c",
+            "4",
+            "-i",
+            "0.05",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("bytes from 10.9.0.1: icmp_seq=") == 4
+        assert "4 packets transmitted, 4 received, 0% packet loss" in result.stdout
+        as_json = json.loads(
+            run(
+                "ping",
+                abstract_path,
+                "--secret",
+                "pw",
+                "--ip",
+                "10.9.0.2",
+                "10.9.0.1",
+                "-c",
+                "2",
+                "-i",
+                "0",
+                "--json",
+            ).stdout
+        )
+        assert as_json["received"] == 2 and as_json["rtt_ms"]["p50"] > 0
+        wrong = run("ping", abstract_path, "--secret", "bad", "--ip", "10.9.0.2", "10.9.0.1")
+        assert wrong.returncode == 1 and "refused: secret mismatch" in wrong.stderr
+        silent = run(
+            "ping",
+            abstract_path,
+            "--secret",
+            "pw",
+            "--ip",
+            "10.9.0.2",
+            "10.9.0.7",
+            "--timeout",
+            "1",
+        )
+        assert silent.returncode == 4 and "no ARP reply" in silent.stderr
+
+
+def test_id_in_use_is_refused(abstract_path):
+    with service("responder", abstract_path, "--ip", "10.9.0.1"):
+        with service("echo", abstract_path, "--role", "slave"):
+            result = run("ping", abstract_path, "--ip", "10.9.0.2", "10.9.0.1", "-c", "1")
+            assert result.returncode == 1
+            assert "refused: interface already connected" in result.stderr
+
+
+@pytest.mark.dpdk
+def test_ping_through_testpmd_icmpecho(testpmd_bin, abstract_path):
+    with Testpmd(role="server", socket=abstract_path, forward_mode="icmpecho") as pmd:
+        pmd.wait_listening()
+        result = run(
+            "ping", abstract_path, "--ip", "192.168.7.2", "192.168.7.1", "-c", "3", "-i", "0.05"
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "3 packets transmitted, 3 received" in result.stdout
+
+
+def test_demo_prints_the_table():
+    result = run("demo", "--seconds", "2", timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for line in ("burst         64B", "burst       1500B", "packet        64B", "RTT 64B"):
+        assert line in out, out
+    assert " 0 errors, 0 drops" in out
+
+
+def test_bench_writes_json_markdown_and_plot(tmp_path, testpmd_bin):
+    result = run(
+        "bench",
+        "--quick",
+        "--sizes",
+        "64",
+        "--duration",
+        "0.3",
+        "--out",
+        str(tmp_path),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "results.json").read_text())
+    peers = {(r["peer"], r["scenario"]) for r in report["rows"]}
+    assert peers == {
+        ("memif_aio", "echo"),
+        ("testpmd", "echo"),
+        ("testpmd", "rx"),
+        ("testpmd", "tx"),
+    }
+    assert report["ceilings_mpps"]["64"] > 0
+    assert all(r["mpps"] > 0 for r in report["rows"])
+    assert "| testpmd | rx | 64 | burst |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
