@@ -45,11 +45,15 @@ from cpython.buffer cimport (
     PyBUF_ND,
     PyBUF_SIMPLE,
     PyBUF_WRITABLE,
+    PyBuffer_FillInfo,
     PyBuffer_Release,
     PyObject_GetBuffer,
 )
+from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -68,6 +72,7 @@ cnp.import_array()
 
 
 cdef class RxRing
+cdef class _PacketBuffer
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -188,8 +193,10 @@ cdef class RegionTable:
     ``buffers`` are writable, contiguous buffer objects (normally ``mmap.mmap``); index in the
     list = memif region index. A buffer export is held on each until :meth:`close`, so the
     mappings cannot be closed while rings use them. Packet memoryviews handed out by bursts and
-    ``TxRing.alloc`` are slices of these exports: while the application keeps one alive,
-    ``mmap.close()`` raises ``BufferError`` instead of leaving it dangling.
+    ``TxRing.alloc`` are exported by small :class:`_PacketBuffer` objects counted in ``live``:
+    if :meth:`close` runs while one is alive, the table keeps its exports until the last view
+    is released, so ``mmap.close()`` raises ``BufferError`` and the mapping outlives the view
+    (it may show stale bytes, never unmapped memory).
     """
 
     cdef Py_ssize_t n
@@ -198,6 +205,8 @@ cdef class RegionTable:
     cdef Py_buffer *bufs
     cdef list _views
     cdef bint _closed
+    cdef bint _held         # bufs/_views exports still held
+    cdef Py_ssize_t live    # packet views alive (buffer exports of _PacketBuffer)
     cdef int busy
 
     def __init__(self, buffers):
@@ -223,6 +232,7 @@ cdef class RegionTable:
                     mv = mv.cast("B")
                 PyObject_GetBuffer(mv, &self.bufs[i], PyBUF_WRITABLE)
                 self.n = i + 1
+                self._held = True
                 self.base[i] = <char *>self.bufs[i].buf
                 self.sizes[i] = <uint64_t>self.bufs[i].len
                 self._views.append(mv)
@@ -232,7 +242,7 @@ cdef class RegionTable:
 
     def __dealloc__(self):
         cdef Py_ssize_t i
-        if not self._closed:
+        if self._held:
             for i in range(self.n):
                 PyBuffer_Release(&self.bufs[i])
         PyMem_Free(self.bufs)
@@ -253,14 +263,29 @@ cdef class RegionTable:
         """True once :meth:`close` ran; every ring built on this table then refuses work."""
         return self._closed
 
+    @property
+    def live_views(self):
+        """Packet memoryviews currently alive (each pins the mappings after close)."""
+        return self.live
+
     def close(self):
-        """Release the buffer exports (idempotent). Rings using this table stop working."""
-        cdef Py_ssize_t i
+        """Stop every ring on this table (idempotent) and release the buffer exports.
+
+        While packet views are alive the exports are kept and released with the last view.
+        """
         if self._closed:
             return
         if self.busy:
             raise LocalProtocolError("region table is in use by a burst in another thread")
         self._closed = True
+        if self.live == 0:
+            self._release_exports()
+
+    cdef void _release_exports(self) noexcept:
+        cdef Py_ssize_t i
+        if not self._held:
+            return
+        self._held = False
         for i in range(self.n):
             PyBuffer_Release(&self.bufs[i])
         for mv in self._views:
@@ -275,8 +300,33 @@ cdef class RegionTable:
             raise LocalProtocolError("region table is closed")
         return 0
 
-    cdef object _slice(self, uint16_t region, uint64_t offset, uint64_t length):
-        return self._views[region][offset:offset + length]
+    cdef inline object _slice(self, uint16_t region, uint64_t offset, uint64_t length):
+        # Callers validated region/offset/length against this table.
+        cdef _PacketBuffer pb = _PacketBuffer.__new__(_PacketBuffer)
+        pb.table = self
+        pb.buf = self.base[region] + offset
+        pb.len = <Py_ssize_t>length
+        return PyMemoryView_FromObject(pb)
+
+
+@cython.final
+@cython.freelist(32)
+cdef class _PacketBuffer:
+    """Exporter of one packet memoryview; counts itself on its RegionTable while exported."""
+
+    cdef RegionTable table
+    cdef char *buf
+    cdef Py_ssize_t len
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.buf, self.len, 0, flags)
+        self.table.live += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        cdef RegionTable t = self.table
+        t.live -= 1
+        if t.live == 0 and t._closed:
+            t._release_exports()
 
 
 @cython.final
@@ -456,6 +506,21 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
     return 0
 
 
+cdef object _packet(RxRing rx, uint32_t i):
+    """Packet i of rx's burst (already checked): a view (one segment) or joined bytes."""
+    cdef rx_ctx *c = &rx.c
+    cdef uint32_t f = c.first[i], k = c.nsegs[i], s
+    if k == 1:
+        return rx.regions._slice(c.seg_region[f], c.seg_offset[f], c.seg_len[f])
+    out = PyBytes_FromStringAndSize(NULL, c.lengths[i])
+    cdef char *dst = PyBytes_AS_STRING(out)
+    cdef char **base = rx.regions.base
+    for s in range(f, f + k):
+        memcpy(dst, base[c.seg_region[s]] + c.seg_offset[s], c.seg_len[s])
+        dst += c.seg_len[s]
+    return out
+
+
 @cython.final
 cdef class Burst:
     """Packets of one ``RxRing.rx_burst()``; preallocated and reused by its ring.
@@ -509,17 +574,7 @@ cdef class Burst:
 
     def __getitem__(self, Py_ssize_t i):
         self._check_packet(&i)
-        cdef rx_ctx *c = &self.rx.c
-        cdef uint32_t f = c.first[i], k = c.nsegs[i], s
-        if k == 1:
-            return self.rx.regions._slice(c.seg_region[f], c.seg_offset[f], c.seg_len[f])
-        out = PyBytes_FromStringAndSize(NULL, c.lengths[i])
-        cdef char *dst = PyBytes_AS_STRING(out)
-        cdef char **base = self.rx.regions.base
-        for s in range(f, f + k):
-            memcpy(dst, base[c.seg_region[s]] + c.seg_offset[s], c.seg_len[s])
-            dst += c.seg_len[s]
-        return out
+        return _packet(self.rx, <uint32_t>i)
 
     def segments(self, Py_ssize_t i):
         """Zero-copy memoryviews of the descriptors making up packet ``i``."""
@@ -713,6 +768,10 @@ cdef class RxRing:
             if max_packets < maxp:
                 maxp = max_packets
         self._check_open()
+        self._take(maxp)
+        return self.burst
+
+    cdef int _take(self, uint32_t maxp) except -1:
         self._release()
         self.c.avail = self._available()
         self.c.maxp = maxp
@@ -730,7 +789,7 @@ cdef class RxRing:
         self.c.last += self.c.ndesc
         self.packets += self.c.n
         self.bytes += self.c.nbytes
-        return self.burst
+        return 0
 
     cdef int _release(self) except -1:
         cdef uint16_t slot
@@ -832,6 +891,145 @@ cdef class RxRing:
     def __repr__(self):
         return (f"<RxRing role={self.role} size={self.c.size} packets={self.packets} "
                 f"errors={self.errors}>")
+
+
+# ---------------------------------------------------------------------------------------------
+# per-packet async iteration
+
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030A0000
+    typedef PySendResult (*memif_sendfunc)(PyObject *, PyObject *, PyObject **);
+    static int memif_set_am_send(PyTypeObject *t, void *fn) {
+        if (t->tp_as_async == NULL) return 0;
+        t->tp_as_async->am_send = (memif_sendfunc)fn;
+        PyType_Modified(t);
+        return 1;
+    }
+    #else
+    static int memif_set_am_send(PyTypeObject *t, void *fn) { (void)t; (void)fn; return 0; }
+    #endif
+    """
+    int memif_set_am_send(PyTypeObject *t, void *fn)
+
+
+@cython.final
+cdef class Completed:
+    """An awaitable that is already done: ``await`` gives ``value`` without suspending.
+
+    Reusable: the value is handed over (and dropped here) by each await. On CPython >= 3.10
+    the result goes through ``am_send``, so no StopIteration is created per await.
+    """
+
+    cdef object value
+
+    def __cinit__(self, value=None):
+        self.value = value
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        value = self.value
+        self.value = None
+        raise StopIteration(value)
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self):
+        pass
+
+
+cdef int _completed_send(PyObject *self, PyObject *arg, PyObject **result) noexcept:
+    cdef Completed r = <Completed>self
+    value = r.value
+    r.value = None
+    Py_INCREF(value)
+    result[0] = <PyObject *>value
+    return 0  # PYGEN_RETURN
+
+
+AM_SEND = bool(memif_set_am_send(<PyTypeObject *>Completed, <void *>_completed_send))
+
+#: ``await DONE`` is ``None`` at once; ``TxQueue.send`` returns it when the packet is staged.
+DONE = Completed(None)
+
+
+@cython.final
+cdef class PacketStream:
+    """``async for pkt in rxq``: one packet per step, no coroutine per packet.
+
+    While the current burst has packets, ``__anext__`` returns a reused :class:`Completed`.
+    When it is empty it takes a new burst at once (releasing the old one); only when that is
+    empty too does it return a coroutine that awaits ``wait()`` (the queue's wake-up logic,
+    which raises ``DisconnectedError`` once the link is down) and tries again.
+    ``on_peer_error(exc)`` is called before a ``PeerProtocolError`` propagates. Packets are
+    single-segment memoryviews (valid until the next step) or joined ``bytes`` (chains).
+    """
+
+    cdef RxRing rx
+    cdef object wait
+    cdef object on_peer_error
+    cdef uint32_t maxp
+    cdef uint32_t i
+    cdef Completed ready
+
+    def __cinit__(self, RxRing rx not None, wait, on_peer_error, uint32_t max_packets=0):
+        self.rx = rx
+        self.wait = wait
+        self.on_peer_error = on_peer_error
+        self.maxp = max_packets if 0 < max_packets < rx.max_burst else rx.max_burst
+        self.ready = Completed()
+
+    def __aiter__(self):
+        return self
+
+    cdef int _take(self) except -1:
+        try:
+            self.rx._take(self.maxp)
+        except PeerProtocolError as exc:
+            self.on_peer_error(exc)
+            raise
+        self.i = 0
+        return 0
+
+    cdef inline object _next(self):
+        cdef RxRing rx = self.rx
+        cdef uint32_t i = self.i
+        if i < rx.fwd:
+            raise LocalProtocolError(f"packet {i} was forwarded")
+        self.i = i + 1
+        return _packet(rx, i)
+
+    def __anext__(self):
+        cdef RxRing rx = self.rx
+        if not rx.closed and not rx.regions._closed:
+            if self.i >= rx.c.n:
+                self._take()
+            if self.i < rx.c.n:
+                self.ready.value = self._next()
+                return self.ready
+        return self._slow()
+
+    async def _slow(self):
+        cdef RxRing rx = self.rx
+        while True:
+            await self.wait()
+            if rx.closed or rx.regions._closed:
+                raise LocalProtocolError("rx ring is closed")
+            self._take()
+            if rx.c.n:
+                return self._next()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,6 +1163,10 @@ cdef class TxRing:
     cdef int fd
     cdef uint32_t max_burst
     cdef uint32_t alloc_n
+    cdef uint32_t sdesc     # staged: descriptors written after pos, not published yet
+    cdef uint32_t spk       # staged packets
+    cdef uint64_t sbytes    # staged bytes
+    cdef uint32_t sfree     # free descriptors after the staged ones, as last loaded
     cdef tx_ctx c
     cdef Py_buffer *pybufs
     cdef object _table_arr
@@ -1035,6 +1237,9 @@ cdef class TxRing:
             raise LocalProtocolError("tx ring is closed")
         if self.alloc_n:
             raise LocalProtocolError("alloc() pending: commit() first")
+        if self.sdesc:
+            self._flush()
+        self.sfree = 0
         return 0
 
     cdef uint32_t _free(self) except? 0xFFFFFFFF:
@@ -1059,10 +1264,115 @@ cdef class TxRing:
         return used
 
     def free_slots(self):
-        """Descriptors we may fill now (validated acquire load of the peer's counter)."""
+        """Descriptors we may fill now (validated acquire load of the peer's counter).
+
+        Publishes staged packets first (:meth:`flush`).
+        """
         if self.closed:
             raise LocalProtocolError("tx ring is closed")
+        if self.sdesc:
+            self._flush()
+        self.sfree = 0
         return self._free()
+
+    @property
+    def staged(self):
+        """Packets copied in by :meth:`stage` and not published yet."""
+        return self.spk
+
+    cdef uint32_t _flush(self) except? 0xFFFFFFFF:
+        cdef uint32_t n = self.spk
+        cdef uint64_t nbytes = self.sbytes
+        cdef uint32_t ndesc = self.sdesc
+        self.sdesc = 0
+        self.spk = 0
+        self.sbytes = 0
+        self._publish(ndesc)
+        self.packets += n
+        self.bytes += nbytes
+        return n
+
+    def flush(self):
+        """Publish every staged packet: one release store, at most one eventfd write (none
+        under MASK_INT). Returns how many packets went out (0 if nothing was staged)."""
+        if self.closed:
+            raise LocalProtocolError("tx ring is closed")
+        if self.sdesc == 0:
+            return 0
+        return self._flush()
+
+    def discard(self):
+        """Forget the staged packets without publishing them; return how many."""
+        cdef uint32_t n = self.spk
+        self.sdesc = 0
+        self.spk = 0
+        self.sbytes = 0
+        return n
+
+    cdef int _stage_one(self) except -1:
+        """Plan and copy c.src[0] at pos + sdesc within sfree; 1 if it went, 0 if no room."""
+        cdef int rc
+        cdef uint16_t pos = self.c.pos
+        cdef char *hdr = self.ring._hdr()
+        if self.sfree == 0:
+            return 0
+        self.c.descs = <memif_desc_t *>(hdr + 2 * self.ring.cacheline)
+        self.c.pos = pos + self.sdesc
+        self.c.free = self.sfree
+        self.c.npk = 1
+        rc = _tx_plan(&self.c)
+        if rc == 0 and self.c.n:
+            _tx_write(&self.c)
+        self.c.pos = pos
+        if rc == ERR_PKT_TOO_BIG:
+            e = &self.c.err
+            raise LocalProtocolError(
+                f"packet {e.a}: {e.b} bytes need {e.c} descriptors, ring has {e.d}")
+        if rc:
+            self.errors += 1
+            raise PeerProtocolError(_err_message(&self.c.err))
+        if self.c.n == 0:
+            return 0
+        self.sdesc += self.c.ndesc
+        self.sfree -= self.c.ndesc
+        self.spk += 1
+        self.sbytes += self.c.nbytes
+        return 1
+
+    def stage(self, data):
+        """Copy one bytes-like packet into the next free slot(s) without publishing it.
+
+        Chains over several buffers like :meth:`tx_burst`. Returns False (nothing staged)
+        when it does not fit now. Staged packets go out, in order, with :meth:`flush` or
+        before any other transmit call (``tx_burst``, ``alloc``, ``forward``, ``free_slots``
+        ...). ``LocalProtocolError`` if the packet could never fit, ``PeerProtocolError`` if
+        a peer descriptor is invalid.
+        """
+        if self.closed:
+            raise LocalProtocolError("tx ring is closed")
+        if self.alloc_n:
+            raise LocalProtocolError("alloc() pending: commit() first")
+        cdef Py_buffer pb
+        cdef int ok
+        cdef uint32_t free
+        PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
+        try:
+            if <uint64_t>pb.len > U32_MAX:
+                raise ValueError("packet 0 longer than 4 GiB")
+            self.c.src[0] = <const char *>pb.buf
+            self.c.src_len[0] = <uint64_t>pb.len
+            ok = self._stage_one()
+            if not ok:
+                free = self._free()
+                if free < self.sdesc:
+                    self.errors += 1
+                    raise PeerProtocolError(
+                        f"peer counter moved back over {self.sdesc} staged descriptors")
+                self.sfree = free - self.sdesc
+                ok = self._stage_one()
+        finally:
+            PyBuffer_Release(&pb)
+        return ok == 1
 
     cdef int _publish(self, uint32_t ndesc) except -1:
         cdef char *hdr = self.ring._hdr()
@@ -1300,9 +1610,12 @@ cdef class TxRing:
             raise OSError(errno, os.strerror(errno))
 
     def close(self):
-        """Stop using the ring (idempotent): no shared memory is touched afterwards."""
+        """Stop using the ring (idempotent): no shared memory is touched afterwards.
+
+        Staged packets are not published (see :meth:`discard`)."""
         self.closed = True
         self.alloc_n = 0
+        self.discard()
 
     def __repr__(self):
         return (f"<TxRing role={self.role} size={self.c.size} packets={self.packets} "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from . import _ring
@@ -50,7 +50,8 @@ class RxQueue(_Queue):
     """Receive side of one ring.
 
     - ``async for pkt in rxq``: one zero-copy ``memoryview`` per packet (chained packets come
-      joined, as ``bytes``), valid until the loop advances; ``bytes(pkt)`` keeps it.
+      joined, as ``bytes``), valid until the loop advances; ``bytes(pkt)`` keeps it. Backed
+      by :class:`~memif_aio._ring.PacketStream`: no coroutine per packet while a burst lasts.
     - ``await rxq.recv()``: one packet as ``bytes`` (a copy you own).
     - ``async for burst in rxq.bursts(max_packets=256)``: :class:`~memif_aio._ring.Burst`
       objects (``len()``, ``burst[i]``, ``burst.lengths`` numpy view, ``burst.segments(i)``),
@@ -115,6 +116,7 @@ class RxQueue(_Queue):
             await self._wait()
 
     async def _wait(self) -> None:
+        self._check_open()
         if self._polling:
             await asyncio.sleep(0)
             return
@@ -139,12 +141,8 @@ class RxQueue(_Queue):
         burst.release()
         return packet
 
-    async def __aiter__(self) -> AsyncIterator[memoryview | bytes]:
-        recv_burst = self.recv_burst
-        while True:
-            burst = await recv_burst(DEFAULT_BURST)
-            for i in range(len(burst)):
-                yield burst[i]
+    def __aiter__(self) -> _ring.PacketStream:
+        return _ring.PacketStream(self._ring, self._wait, self._peer_error, DEFAULT_BURST)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -173,16 +171,27 @@ class TxQueue(_Queue):
     """Transmit side of one ring.
 
     - ``await txq.send(data)``: copy one packet in (chained across buffers when larger than one);
-      waits while the ring is full.
+      waits while the ring is full. Packets are staged and published together once per loop
+      iteration (or every ``max_burst`` packets): one head store and one eventfd write for
+      the lot. ``txq.flush()`` publishes now.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, or a 2-D uint8 numpy
       array plus ``lengths``; returns when all are in the ring.
     - ``bufs = await txq.alloc(n)`` then ``txq.commit(lengths)``: build packets in place.
     - ``txq.forward(burst)`` (slave): hand received buffers over without copying.
     """
 
-    def __init__(self, index: int, ring: _ring.TxRing, on_peer_error: ErrorHandler) -> None:
+    def __init__(
+        self,
+        index: int,
+        ring: _ring.TxRing,
+        on_peer_error: ErrorHandler,
+        max_burst: int = DEFAULT_BURST,
+    ) -> None:
         super().__init__(index, on_peer_error)
         self._ring = ring
+        self._loop = asyncio.get_running_loop()
+        self._max_burst = max_burst
+        self._flush_scheduled = False
         self.drops = 0
 
     @property
@@ -206,11 +215,50 @@ class TxQueue(_Queue):
         """Send as many leading packets as fit now; return how many."""
         return self._guard(self._ring.tx_burst, packets)
 
-    async def send(self, data: Any) -> None:
-        """Send one packet, waiting for room."""
+    def send(self, data: Any) -> Awaitable[None]:
+        """Send one packet, waiting for room: ``await txq.send(data)``.
+
+        The packet is copied into the ring when this is called and published by the end of
+        the loop iteration (ordering with every other transmit call is kept). While it fits,
+        the awaitable returned is already complete; on a full ring it flushes and waits.
+        """
+        if self._closed_reason is None:
+            ring = self._ring
+            try:
+                staged = ring.stage(data)
+            except PeerProtocolError as exc:
+                self._peer_error(exc)
+                raise
+            if staged:
+                if ring.staged >= self._max_burst:
+                    ring.flush()
+                elif not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._scheduled_flush)
+                return _ring.DONE
+        return self._send_slow(data)
+
+    async def _send_slow(self, data: Any) -> None:
+        self._check_open()
+        self.flush()
         attempt = 0
-        while not self.send_nowait(data):
+        while True:
             attempt = await self._wait_for_room(attempt)
+            if self._guard(self._ring.stage, data):
+                self.flush()
+                return
+
+    def flush(self) -> int:
+        """Publish packets staged by :meth:`send` now; return how many."""
+        if self._closed_reason is not None:
+            return 0
+        return self._ring.flush()
+
+    def _scheduled_flush(self) -> None:
+        # Loop callback: never raises (the ring only publishes, nothing of the peer is read).
+        self._flush_scheduled = False
+        if self._closed_reason is None:
+            self._ring.flush()
 
     async def send_burst(self, packets: Any, lengths: Any = None) -> int:
         """Send every packet in order, waiting for room as needed; return the count."""
@@ -264,6 +312,7 @@ class TxQueue(_Queue):
         if self.closed:
             return
         self._closed_reason = reason
+        self.drops += self._ring.discard()  # staged, never published
         if self._ring.role == "slave":
             # Descriptors we published that the master never consumed are lost with the link.
             with contextlib.suppress(MemifError):
