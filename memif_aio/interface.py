@@ -322,9 +322,11 @@ class Interface:
         self.rx_queues, self.tx_queues = [], []
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
-        log.warning("memif %s id %d: %s", self.socket.path, self.id, exc.reason)
-        if self._session is not None:
-            self._session.close(exc.reason)
+        session = self._session
+        if session is None:
+            return  # the link is already down: reported once, when it broke
+        log.warning("memif %s: data path: %s", session.peer_label(), exc.reason)
+        session.close(exc.reason)
 
     def stats(self) -> dict[str, int]:
         """Counters over the interface's life (all links): ``rx_packets``, ``rx_bytes``,

@@ -147,7 +147,7 @@ class Session:
             return
         self._apply(machine.memory_mapped())
 
-    def _peer_label(self) -> str:
+    def peer_label(self) -> str:
         machine = self.machine
         if isinstance(machine, hs.MasterHandshake) and machine.requested_id is not None:
             return f"{self.peer} id {machine.requested_id}"
@@ -166,7 +166,7 @@ class Session:
             # A refusal (ours or the peer's) is worth a warning; a peer that just left is not.
             level = logging.INFO if closed.reason == hs.PEER_CLOSED else logging.WARNING
             what = "link closed" if self._was_up else "handshake failed"
-            log.log(level, "memif %s: %s: %s", self._peer_label(), what, closed.reason)
+            log.log(level, "memif %s: %s: %s", self.peer_label(), what, closed.reason)
         self._on_closed(self, closed)
         if not self.done.done():
             self.done.set_result(closed)
