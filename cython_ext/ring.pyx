@@ -72,6 +72,7 @@ cnp.import_array()
 
 
 cdef class RxRing
+cdef class TxRing
 cdef class _PacketBuffer
 
 cdef extern from "<poll.h>" nogil:
@@ -1032,6 +1033,59 @@ cdef class PacketStream:
                 return self._next()
 
 
+@cython.final
+cdef class StagedSender:
+    """``TxQueue.send`` in C: ``sender(data)`` stages one packet and returns :data:`DONE`.
+
+    The first packet staged in a loop iteration schedules one ``flush`` with
+    ``loop.call_soon``; ``max_burst`` staged packets flush at once. When the packet does not
+    fit, or the ring is closed, it returns ``slow(data)`` (the queue's coroutine that flushes,
+    waits for room and raises ``DisconnectedError``). ``on_peer_error(exc)`` is called before
+    a ``PeerProtocolError`` propagates.
+    """
+
+    cdef TxRing tx
+    cdef object call_soon
+    cdef object slow
+    cdef object on_peer_error
+    cdef uint32_t max_burst
+    cdef bint scheduled
+
+    def __cinit__(self, TxRing tx not None, loop, slow, on_peer_error, uint32_t max_burst):
+        self.tx = tx
+        self.call_soon = loop.call_soon
+        self.slow = slow
+        self.on_peer_error = on_peer_error
+        self.max_burst = max_burst if max_burst else 1
+
+    def __call__(self, data):
+        cdef TxRing tx = self.tx
+        cdef int ok
+        if not tx.closed and not tx.alloc_n:
+            try:
+                ok = tx._stage(data)
+            except PeerProtocolError as exc:
+                self.on_peer_error(exc)
+                raise
+            if ok:
+                if tx.spk >= self.max_burst:
+                    tx._flush()
+                elif not self.scheduled:
+                    self.scheduled = True
+                    self.call_soon(self._scheduled_flush)
+                return DONE
+        return self.slow(data)
+
+    def _scheduled_flush(self):
+        # Loop callback: never raises; publishing reads nothing the peer wrote.
+        self.scheduled = False
+        if not self.tx.closed and self.tx.sdesc:
+            try:
+                self.tx._flush()
+            except Exception:  # pragma: no cover - table closed under us: nothing to publish
+                pass
+
+
 # ---------------------------------------------------------------------------------------------
 # transmit
 
@@ -1352,6 +1406,9 @@ cdef class TxRing:
             raise LocalProtocolError("tx ring is closed")
         if self.alloc_n:
             raise LocalProtocolError("alloc() pending: commit() first")
+        return self._stage(data) == 1
+
+    cdef int _stage(self, data) except -1:
         cdef Py_buffer pb
         cdef int ok
         cdef uint32_t free
@@ -1372,7 +1429,7 @@ cdef class TxRing:
                 ok = self._stage_one()
         finally:
             PyBuffer_Release(&pb)
-        return ok == 1
+        return ok
 
     cdef int _publish(self, uint32_t ndesc) except -1:
         cdef char *hdr = self.ring._hdr()

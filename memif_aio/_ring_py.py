@@ -633,6 +633,7 @@ class TxRing:
         self._mask = ring.size - 1
         self._closed = False
         self._alloc_n = 0
+        self._sdesc = self._spk = self._sbytes = self._sfree = 0  # stage(): not published yet
         self._snap: list[tuple[int, int, int]] = []
         self._pos = ring.head if self._slave else ring.tail
         self._free_n = 0
@@ -652,6 +653,9 @@ class TxRing:
             raise LocalProtocolError("tx ring is closed")
         if self._alloc_n:
             raise LocalProtocolError("alloc() pending: commit() first")
+        if self._sdesc:
+            self._flush()
+        self._sfree = 0
 
     def _peer_error(self, reason: str) -> PeerProtocolError:
         self.errors += 1
@@ -675,7 +679,74 @@ class TxRing:
     def free_slots(self) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
+        if self._sdesc:
+            self._flush()
+        self._sfree = 0
         return self._free()
+
+    @property
+    def staged(self) -> int:
+        return self._spk
+
+    def _flush(self) -> int:
+        n, nbytes, ndesc = self._spk, self._sbytes, self._sdesc
+        self._sdesc = self._spk = self._sbytes = 0
+        self._publish(ndesc)
+        self.packets += n
+        self.bytes += nbytes
+        return n
+
+    def flush(self) -> int:
+        if self._closed:
+            raise LocalProtocolError("tx ring is closed")
+        return self._flush() if self._sdesc else 0
+
+    def discard(self) -> int:
+        n = self._spk
+        self._sdesc = self._spk = self._sbytes = 0
+        return n
+
+    def _stage_one(self, src: memoryview) -> bool:
+        self._ring._mem()  # region table still open
+        if self._sfree == 0:
+            return False
+        pos = self._pos
+        self._pos = (pos + self._sdesc) & 0xFFFF
+        try:
+            try:
+                n, ndesc = self._plan([len(src)], self._sfree)
+            except PeerProtocolError:
+                self.errors += 1
+                raise
+            nbytes = self._write([src], n) if n else 0
+        finally:
+            self._pos = pos
+        if not n:
+            return False
+        self._sdesc += ndesc
+        self._sfree -= ndesc
+        self._spk += 1
+        self._sbytes += nbytes
+        return True
+
+    def stage(self, data) -> bool:
+        if self._closed:
+            raise LocalProtocolError("tx ring is closed")
+        if self._alloc_n:
+            raise LocalProtocolError("alloc() pending: commit() first")
+        mv = memoryview(data)
+        if not mv.c_contiguous:
+            raise BufferError("packet buffer is not contiguous")
+        mv = mv.cast("B") if (mv.ndim != 1 or mv.format != "B") else mv
+        if mv.nbytes > _U32_MAX:
+            raise ValueError("packet 0 longer than 4 GiB")
+        if self._stage_one(mv):
+            return True
+        free = self._free()
+        if free < self._sdesc:
+            raise self._peer_error(f"peer counter moved back over {self._sdesc} staged descriptors")
+        self._sfree = free - self._sdesc
+        return self._stage_one(mv)
 
     def _publish(self, ndesc: int) -> None:
         ring = self._ring
@@ -927,6 +998,7 @@ class TxRing:
     def close(self) -> None:
         self._closed = True
         self._alloc_n = 0
+        self.discard()
 
     def __repr__(self) -> str:
         return (

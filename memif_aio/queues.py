@@ -193,6 +193,10 @@ class TxQueue(_Queue):
         self._max_burst = max_burst
         self._flush_scheduled = False
         self.drops = 0
+        # The per-packet path in C, shadowing send() below (which states the same logic).
+        self.send = _ring.StagedSender(
+            ring, self._loop, self._send_slow, self._peer_error, max_burst
+        )
 
     @property
     def free_slots(self) -> int:

@@ -733,6 +733,164 @@ def test_close_region_table_is_safe(R, make_link):
         link.stx.tx_burst([b"x"])
 
 
+def _maps_of(name: str) -> int:
+    with open("/proc/self/maps") as f:
+        return sum(f"/memfd:{name} " in line for line in f)
+
+
+def test_view_outlives_region_table_close(R):
+    """A packet view kept across RegionTable.close() and a refused mmap.close() stays readable
+    and pins the mapping; dropping it unmaps the region (the memory.py contract)."""
+    name = f"memif-view-{os.getpid()}-{R.__name__.rsplit('.', 1)[1]}"
+    fd = os.memfd_create(name)
+    try:
+        os.ftruncate(fd, 1 << 16)
+        m = mmap.mmap(fd, 1 << 16)
+        m[100:105] = b"hello"
+        regions = R.RegionTable([m])
+        ring = R.Ring(regions, 0, 0, 2)
+        ring.initialize()
+        offs = np.arange(4, dtype=np.uint32) * 2048 + 4096
+        tx = R.TxRing(ring, role="slave", buffer_region=0, buffer_offsets=offs)
+        (buf,) = tx.alloc(1)
+        buf[:5] = b"world"
+        tx.commit([5])
+        rx = R.RxRing(R.Ring(regions, 0, 0, 2), role="master")
+        burst = rx.rx_burst()
+        view, seg = burst[0], burst.segments(0)[0]
+        if hasattr(regions, "live_views"):
+            assert regions.live_views == 3  # buf, view, seg
+        del burst, buf
+        assert _maps_of(name) == 1
+        rx.close()
+        tx.close()
+        regions.close()
+        with pytest.raises(BufferError):
+            m.close()
+        del m  # as memory.py does: drop the mmap, the views keep the mapping alive
+        gc.collect()
+        assert _maps_of(name) == 1
+        assert bytes(view) == b"world" and bytes(seg) == b"world"
+        view[:1] = b"W"  # still writable, still mapped
+        assert bytes(seg) == b"World"
+        del view
+        gc.collect()
+        assert _maps_of(name) == 1
+        del seg
+        gc.collect()
+        assert _maps_of(name) == 0
+    finally:
+        os.close(fd)
+
+
+def test_live_view_count(cy, make_link):
+    link = make_link(cy, log2=3)
+    link.stx.tx_burst([b"abc", b"defg"])
+    burst = link.mrx.rx_burst()
+    assert link.M.live_views == 0
+    a, b = burst[0], burst[1]
+    c = a[1:]  # a slice shares a's export
+    assert link.M.live_views == 2
+    assert (bytes(a), bytes(b), bytes(c)) == (b"abc", b"defg", b"bc")
+    assert not a.readonly and a.format == "B" and a.c_contiguous and len(b) == 4
+    del a
+    assert link.M.live_views == 2
+    c.release()
+    assert link.M.live_views == 1
+    b.release()
+    assert link.M.live_views == 0
+    bufs = link.stx.alloc(2)
+    assert link.S.live_views == 2 and [len(v) for v in bufs] == [link.bs] * 2
+    link.stx.commit([0])
+    del bufs
+    assert link.S.live_views == 0
+
+
+# ---------------------------------------------------------------------------- stage / flush
+
+
+@pytest.mark.parametrize("side", ["slave", "master"])
+def test_stage_flush_ordering_and_one_signal(R, make_link, side):
+    link = make_link(R, log2=4, buffer_size=256, eventfds=True)
+    tx, rx = (link.stx, link.mrx) if side == "slave" else (link.mtx, link.srx)
+    efd = link.efds[0] if side == "slave" else link.efds[1]
+    ring = link.m_s2m if side == "slave" else link.s_m2s
+    big = bytes(range(256)) * 3  # 3 buffers, chained
+    assert tx.stage(b"one") and tx.stage(big) and tx.stage(b"three")
+    assert tx.staged == 3
+    assert rx.pending() == 0 and len(rx.rx_burst()) == 0  # nothing published yet
+    assert rx.drain_eventfd() == 0
+    before = (tx.packets, tx.bytes)
+    assert tx.flush() == 3 and tx.staged == 0
+    assert (tx.packets - before[0], tx.bytes - before[1]) == (3, 3 + 768 + 5)
+    assert os.read(efd, 8) == (1).to_bytes(8, "little")  # one signal for the lot
+    assert tx.flush() == 0
+    burst = rx.rx_burst()
+    assert [bytes(burst[i]) for i in range(len(burst))] == [b"one", big, b"three"]
+    assert list(burst.nsegments) == [1, 3, 1]
+    rx.release()
+    # Any other transmit call publishes the staged packets first, in order.
+    for call in (
+        lambda: tx.tx_burst([b"after"]),
+        lambda: tx.free_slots(),
+        lambda: tx.tx_burst_array(np.zeros((1, 5), np.uint8), np.array([5], np.uint32)),
+        lambda: (tx.alloc(1), tx.commit([0])),
+    ):
+        assert tx.stage(b"staged")
+        call()
+        assert tx.staged == 0
+        burst = rx.rx_burst()
+        assert bytes(burst[0]) == b"staged" and len(burst) in (1, 2)
+        rx.release()
+    # MASK_INT: flush publishes without signalling.
+    os.read(efd, 8)
+    ring.flags = 1
+    assert tx.stage(b"quiet") and tx.flush() == 1
+    with pytest.raises(BlockingIOError):
+        os.read(efd, 8)
+    assert bytes(rx.rx_burst()[0]) == b"quiet"
+    rx.release()
+
+
+def test_stage_full_ring_discard_and_misuse(R, make_link):
+    link = make_link(R, log2=2, buffer_size=64)
+    tx = link.stx
+    assert [tx.stage(bytes([i]) * 10) for i in range(5)] == [True] * 4 + [False]
+    assert tx.staged == 4 and tx.free_slots() == 0 and tx.staged == 0  # free_slots flushed
+    assert not tx.stage(b"x")
+    burst = link.mrx.rx_burst()
+    assert len(burst) == 4
+    link.mrx.release()
+    assert tx.stage(bytes(100)) and tx.staged == 1  # 2 descriptors
+    assert not tx.stage(bytes(150))  # 3 more do not fit
+    assert tx.stage(bytes(64))
+    assert tx.discard() == 2 and tx.staged == 0 and tx.flush() == 0
+    assert link.mrx.pending() == 0
+    with pytest.raises(LocalProtocolError, match="need 5 descriptors"):
+        tx.stage(bytes(300))
+    tx.alloc(1)
+    with pytest.raises(LocalProtocolError, match="alloc"):
+        tx.stage(b"x")
+    tx.commit([])
+    assert tx.stage(b"lost")
+    tx.close()
+    assert tx.staged == 0
+    for call in (lambda: tx.stage(b"x"), tx.flush):
+        with pytest.raises(LocalProtocolError, match="closed"):
+            call()
+    assert link.mrx.pending() == 0
+
+
+def test_stage_rejects_counter_moving_back(R, make_link):
+    link = make_link(R, log2=2)
+    assert link.mtx.stage(b"a") and link.mtx.stage(b"b")
+    link.s_m2s.head = (link.s_m2s.head - 3) & 0xFFFF  # the slave takes back refilled slots
+    assert link.mtx.stage(b"c")  # the cached room is still used
+    assert link.mtx.stage(b"d")
+    with pytest.raises(PeerProtocolError):
+        link.mtx.stage(b"e")  # reload: head - tail < staged
+
+
 # ----------------------------------------------------------------- allocation (Cython only)
 
 
@@ -780,6 +938,8 @@ _OTHER_OP = st.one_of(
     st.tuples(st.just("forward")),
     st.tuples(st.just("mask"), _RX, st.booleans()),
     st.tuples(st.just("query")),
+    st.tuples(st.just("stage"), st.sampled_from(["stx", "mtx"]), _SIZES),
+    st.tuples(st.just("flush"), st.sampled_from(["stx", "mtx"])),
 )
 # Weighted: mostly the data path (tx 40%, rx 35%), the rest spread over the other calls.
 _BENIGN = st.integers(0, 99).flatmap(
@@ -843,6 +1003,11 @@ def _apply(link: Link, op):
         return caps, tx.commit(lens)
     if kind == "forward":
         return link.stx.forward(link.srx.burst)
+    if kind == "stage":
+        tx = getattr(link, op[1])
+        return [tx.stage(_packet(n)) for n in op[2]], tx.staged
+    if kind == "flush":
+        return getattr(link, op[1]).flush()
     if kind == "mask":
         getattr(link, op[1]).mask_interrupts = op[2]
         return getattr(link, op[1]).mask_interrupts
