@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 import tracemalloc
@@ -176,3 +177,147 @@ def test_burst_path_does_not_allocate_per_packet():
     growth, peak = asyncio.run(run())
     assert growth < 16 * 1024, f"grew by {growth} bytes over 1M packets"
     assert peak < 64 * 1024, f"peak {peak} bytes above baseline"
+
+
+# ------------------------------------------- per-packet queue API over an in-process link
+
+
+@pytest.fixture
+def qlink():
+    from test_ring import Link
+
+    from memif_aio import _ring
+
+    link = Link(_ring, log2=5, buffer_size=256, eventfds=True)
+    yield link
+    link.close()
+
+
+def _queues(link, errors: list):
+    from memif_aio.queues import RxQueue, TxQueue
+
+    rxq = RxQueue(0, link.mrx, link.efds[0], errors.append)
+    txq = TxQueue(0, link.stx, errors.append)
+    return rxq, txq
+
+
+async def test_packet_stream_chain_in_the_middle_and_wakeups(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    big = bytes(range(256)) * 2 + b"tail"  # 3 buffers of 256
+    await txq.send(b"first")
+    await txq.send(big)
+    await txq.send(b"third")
+    got = []
+    stream = aiter(rxq)
+    for _ in range(3):
+        pkt = await anext(stream)
+        got.append((type(pkt), bytes(pkt)))
+    assert got == [(memoryview, b"first"), (bytes, big), (memoryview, b"third")]
+
+    async def later():
+        await asyncio.sleep(0.01)
+        await txq.send(b"woken")
+
+    task = asyncio.ensure_future(later())
+    pkt = await asyncio.wait_for(anext(stream), 2)  # empty: waits on the eventfd
+    assert bytes(pkt) == b"woken"
+    await task
+    del pkt
+    rxq._close("done")
+    txq._close("done")
+    assert not errors
+
+
+async def test_packet_stream_link_down_mid_burst_and_while_waiting(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    qlink.stx.tx_burst([b"a", b"b", b"c"])
+    seen = []
+    with pytest.raises(DisconnectedError, match="gone"):
+        async for pkt in rxq:
+            seen.append(bytes(pkt))
+            if len(seen) == 2:
+                rxq._close("gone")  # the link goes down in the middle of a burst
+    assert seen == [b"a", b"b"]
+    txq._close("gone")
+    assert not errors
+
+
+async def test_packet_stream_disconnect_wakes_a_waiting_iterator(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+
+    async def consume():
+        async for _ in rxq:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.01)
+    rxq._close("peer left")
+    with pytest.raises(DisconnectedError, match="peer left"):
+        await asyncio.wait_for(task, 2)
+    txq._close("peer left")
+
+
+async def test_packet_stream_peer_error_calls_the_hook(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    qlink.s_s2m.set_descriptor(0, 0, 9, 10, 0)  # region 9 does not exist
+    qlink.s_s2m.head = 1
+    with pytest.raises(PeerProtocolError, match="region 9"):
+        async for _ in rxq:
+            pass
+    assert len(errors) == 1 and isinstance(errors[0], PeerProtocolError)
+    rxq._close("x")
+    txq._close("x")
+
+
+async def test_send_stages_and_flushes_once_per_iteration(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    efd = qlink.efds[0]
+    for i in range(5):
+        await txq.send(b"p%d" % i)  # completes at once: staged, not yet published
+    assert qlink.stx.staged == 5 and qlink.mrx.pending() == 0
+    await asyncio.sleep(0)  # the scheduled flush runs
+    assert qlink.stx.staged == 0 and qlink.mrx.pending() == 5
+    assert qlink.mrx.drain_eventfd() == 1  # one signal for the five
+    # Ordering with the burst API: staged packets go first.
+    await txq.send(b"p5")
+    await txq.send_burst([b"p6", b"p7"])
+    burst = qlink.mrx.rx_burst()
+    assert [bytes(burst[i]) for i in range(len(burst))] == [b"p%d" % i for i in range(8)]
+    burst.release()
+    os.read(efd, 8)
+    rxq._close("x")
+    txq._close("x")
+    assert not errors
+
+
+async def test_send_backpressure_on_full_ring_and_drops_on_close(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    size = qlink.size
+    for i in range(size):
+        await txq.send(i.to_bytes(2, "little"))
+    assert qlink.stx.staged == size
+    blocked = asyncio.ensure_future(txq.send(b"more"))  # full: flushes, then waits for room
+    await asyncio.sleep(0.005)
+    assert not blocked.done() and qlink.mrx.pending() == size
+    burst = qlink.mrx.rx_burst()
+    assert [int.from_bytes(burst[i], "little") for i in range(len(burst))] == list(range(size))
+    burst.release()
+    await asyncio.wait_for(blocked, 2)
+    assert bytes(qlink.mrx.rx_burst()[0]) == b"more"
+    qlink.mrx.release()
+    # Staged but unpublished at close: counted as drops, never published.
+    await txq.send(b"x")
+    await txq.send(b"y")
+    txq._close("down")
+    assert txq.drops == 2 and qlink.mrx.pending() == 0
+    with pytest.raises(DisconnectedError):
+        await txq.send(b"z")
+    await asyncio.sleep(0)  # the scheduled flush finds the queue closed
+    assert qlink.mrx.pending() == 0
+    rxq._close("down")
