@@ -92,9 +92,10 @@ class ControlChannel:
             return
         self._flush()
         self.closed = True
-        self._loop.remove_reader(self._sock.fileno())
-        if self._writing:
-            self._loop.remove_writer(self._sock.fileno())
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._sock.fileno())
+            if self._writing:
+                self._loop.remove_writer(self._sock.fileno())
         self._sock.close()
         self._outbox.clear()
 
@@ -115,7 +116,8 @@ class ControlChannel:
                 # The peer is gone; the reader will see it too. Drop what we cannot send.
                 log.debug("control send failed: %s", exc)
                 self._outbox.clear()
-                self._loop.call_soon(self._fail, exc)
+                if not self._loop.is_closed():  # closing after the loop died: nothing to tell
+                    self._loop.call_soon(self._fail, exc)
                 return
             self._outbox.popleft()
         if self._writing:

@@ -220,11 +220,16 @@ class Interface:
         self._closing = True
         if self._session is not None:
             self._session.close(hs.LOCAL_CLOSE)
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None and not task.get_loop().is_closed():
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        elif task is not None:
+            # Its loop was closed under us: it can never run again, and everything it held is
+            # released here, so "destroyed but pending" would be a false alarm.
+            with contextlib.suppress(AttributeError):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
         self._set_state(LinkState.CLOSED)
         self.socket._forget(self)
 

@@ -168,7 +168,7 @@ class Session:
             what = "link closed" if self._was_up else "handshake failed"
             log.log(level, "memif %s: %s: %s", self.peer_label(), what, closed.reason)
         self._on_closed(self, closed)
-        if not self.done.done():
+        if not self.done.done() and not self._loop.is_closed():
             self.done.set_result(closed)
 
 

@@ -2,7 +2,8 @@
 
     python tests/peer_process.py --role master --socket @x --id 0 [--secret s] ...
 
-With --echo it sends every packet back on the queue it came from.
+With --echo it sends every packet back on the queue it came from; with --blast it sends
+64-byte packets on every queue as fast as the ring takes them (a peer killed mid-burst).
 Events: {"event": "ready"}, {"event": "connected", "details": {...}},
 {"event": "disconnected", "reason": "..."}; it exits cleanly when stdin closes.
 """
@@ -56,9 +57,22 @@ async def main(args: argparse.Namespace) -> None:
             except memif_aio.DisconnectedError:
                 continue
 
+    async def blast(index: int) -> None:
+        burst = [bytes([index]) * 64] * 64
+        while True:
+            await iface.wait_connected()
+            txq = iface.tx_queues[index]
+            try:
+                while True:
+                    await txq.send_burst(burst)
+            except memif_aio.DisconnectedError:
+                continue
+
     tasks = [asyncio.create_task(report())]
     if args.echo:
         tasks += [asyncio.create_task(echo(i)) for i in range(args.queues)]
+    if args.blast:
+        tasks += [asyncio.create_task(blast(i)) for i in range(args.queues)]
     await stdin_closed
     for task in tasks:
         task.cancel()
@@ -79,6 +93,7 @@ if __name__ == "__main__":
     parser.add_argument("--reconnect-interval", type=float, default=0.2)
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--echo", action="store_true", help="send back every packet received")
+    parser.add_argument("--blast", action="store_true", help="send packets as fast as possible")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop

@@ -370,16 +370,23 @@ def memfd_mappings() -> list[str]:
 class Resources:
     """Snapshot of fds, memfd mappings and tasks; ``assert_released()`` compares."""
 
-    def __init__(self) -> None:
-        self.fds = open_fds()
+    def __init__(self, kinds: tuple[str, ...] | None = None) -> None:
+        self.kinds = kinds  # only fds whose /proc link starts with one of these (None: all)
+        self.fds = self._fds()
         self.maps = sorted(memfd_mappings())
         self.tasks = len(asyncio.all_tasks())
+
+    def _fds(self) -> set[int]:
+        fds = open_fds()
+        if self.kinds is None:
+            return fds
+        return {fd for fd in fds if _describe(fd).startswith(self.kinds)}
 
     async def assert_released(self, timeout: float = 3.0) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
-            fds, maps = open_fds(), sorted(memfd_mappings())
+            fds, maps = self._fds(), sorted(memfd_mappings())
             tasks = len(asyncio.all_tasks())
             if fds <= self.fds and maps == self.maps and tasks <= self.tasks:
                 return

@@ -185,15 +185,19 @@ async def test_peer_scribbling_while_we_read(abstract_path):
                 size, limit = {mem.s2m[0].size}, {mem.sizes[1]}
                 rng = random.Random()
                 head = 0
-                end = time.monotonic() + 0.4
-                while time.monotonic() < end:
+                start = time.monotonic()
+                while time.monotonic() < start + 0.4:
+                    hostile = time.monotonic() > start + 0.2  # honest at first, then not
                     for slot in range(size):
-                        bad = rng.random() < 0.002
+                        bad = hostile and rng.random() < 0.002
                         length = rng.choice((0, 1, 64, 2048, limit + 1 if bad else 100))
                         offset = rng.randrange(0, limit - 2048)
                         flags = 1 if rng.random() < 0.05 else 0
                         struct.pack_into("<HHII", rings, 128 + 16 * slot, flags, 1, length, offset)
-                    head = (head + rng.randrange(0, size + (2 if rng.random() < 0.001 else 1)))
+                    tail = struct.unpack_from("<H", rings, 64)[0]
+                    room = size - ((head - tail) & 0xFFFF)
+                    jump = size + 2 if hostile and rng.random() < 0.001 else 0
+                    head = head + rng.randrange(0, room + 1) + jump
                     struct.pack_into("<H", rings, 6, head & 0xFFFF)
                     os.write(efd, (1).to_bytes(8, "little"))
                 """

@@ -96,7 +96,7 @@ CASES = {
         hs.VERSION_MISMATCH,
     ),
     "max-log2-zero": (_send(frame(p.Hello(max_log2_ring_size=0))), hs.PEER_UNSUPPORTED),
-    "garbage-after-init": (_after(until_init, os.urandom(128)[:1] + bytes(127)), hs.BAD_FRAME),
+    "garbage-after-init": (_after(until_init, raw_frame(0xEE, os.urandom(126))), hs.BAD_FRAME),
 }
 
 
