@@ -267,6 +267,8 @@ class _Handshake:
 
     def receive_frame(self, frame: bytes, fds: Sequence[int] = ()) -> list[Action]:
         """Decode and handle one frame; a malformed frame is rejected like any other breach."""
+        if self.state is State.CLOSED:
+            return self._close_fds(fds)  # whatever the frame is, its fds are ours to close
         self._owned_fds.extend(fds)
         try:
             message = p.decode(frame)
@@ -276,6 +278,8 @@ class _Handshake:
 
     def receive(self, message: p.Message, fds: Sequence[int] = ()) -> list[Action]:
         """Handle one decoded message and the fds that came with it."""
+        if self.state is State.CLOSED:
+            return self._close_fds(fds)
         self._owned_fds.extend(fds)
         return self._dispatch(message, list(fds))
 
