@@ -23,6 +23,7 @@ from .errors import (
     DisconnectedError,
     HandshakeError,
     HandshakeTimeout,
+    MemifError,
     PeerProtocolError,
 )
 from .memory import RingMemory, SharedMemory
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .socket import Session, Socket
 
 log = logging.getLogger("memif_aio")
+
+DEFAULT_LINGER = 0.5  # seconds close() waits for the peer to take what we sent
 
 _COUNTER_NAMES = (
     "rx_packets",
@@ -213,11 +216,18 @@ class Interface:
             last_disconnect_reason=self.last_disconnect_reason,
         )
 
-    async def close(self) -> None:
-        """Disconnect (telling the peer why), release memory and fds, stop reconnecting."""
+    async def close(self, *, linger: float = DEFAULT_LINGER) -> None:
+        """Disconnect (telling the peer why), release memory and fds, stop reconnecting.
+
+        memif's control channel is not ordered with the rings: a DISCONNECT sent right after a
+        burst can overtake it. So a connected interface first waits, up to ``linger`` seconds,
+        until the peer has taken everything in our tx rings (0 to skip).
+        """
         if self.state is LinkState.CLOSED:
             return
         self._closing = True
+        if linger > 0 and self.connected:
+            await self._wait_tx_consumed(linger)
         if self._session is not None:
             self._session.close(hs.LOCAL_CLOSE)
         task, self._task = self._task, None
@@ -232,6 +242,23 @@ class Interface:
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
         self._set_state(LinkState.CLOSED)
         self.socket._forget(self)
+
+    async def _wait_tx_consumed(self, timeout: float) -> None:
+        # Every slot back in the tx ring (slave: tail caught up with head; master: the slave
+        # re-posted all its buffers) means the peer has read all we sent.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        setup = self._setup
+        if setup is None:
+            return
+        tx_rings = setup.s2m_rings if self.role is hs.Role.SLAVE else setup.m2s_rings
+        sizes = [1 << ring.log2_size for ring in tx_rings]
+        with contextlib.suppress(MemifError):
+            while self.connected and loop.time() < deadline:
+                queues = self.tx_queues
+                if all(q.free_slots >= n for q, n in zip(queues, sizes, strict=False)):
+                    return
+                await asyncio.sleep(0.001)
 
     # -- called by the socket and sessions ------------------------------------------------------
 
