@@ -35,7 +35,7 @@ from .errors import (
 from .handshake import Role
 from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
 from .protocol import Mode
-from .socket import Socket
+from .socket import Socket, split_socket_options
 
 __version__ = "0.1.0"
 
@@ -67,20 +67,12 @@ __all__ = [
     "listen",
 ]
 
-_SOCKET_OPTIONS = (
-    "app_name",
-    "socket_mode",
-    "socket_group",
-    "reconnect_interval",
-    "handshake_timeout",
-)
-
 
 @contextlib.asynccontextmanager
 async def _open(
     role: str, path: str, id: int, timeout: float | None, fail_fast: bool, options: dict[str, Any]
 ) -> AsyncIterator[Interface]:
-    socket_options = {k: options.pop(k) for k in _SOCKET_OPTIONS if k in options}
+    socket_options, options = split_socket_options(options)
     async with Socket(path, **socket_options) as sock:
         interface = await sock.create_interface(id=id, role=role, **options)
         await interface.wait_connected(timeout, fail_fast=fail_fast)

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import DisconnectedError, MemifError
 from .interface import Interface
-from .socket import Socket
+from .socket import Socket, split_socket_options
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ async def create_endpoint(
     Returns once the link is up and ``protocol.connection_made(transport)`` ran. Options are
     those of :class:`~memif_aio.Socket` and :class:`~memif_aio.Interface`.
     """
-    socket_options = {k: options.pop(k) for k in _SOCKET_OPTIONS if k in options}
+    socket_options, options = split_socket_options(options)
     sock = Socket(path, **socket_options)
     try:
         iface = await sock.create_interface(id=id, role=role, **options)
@@ -244,15 +244,6 @@ async def create_endpoint(
     transport = MemifTransport(iface, protocol, queue=queue, owns_socket=sock)
     protocol.connection_made(transport)
     return transport, protocol
-
-
-_SOCKET_OPTIONS = (
-    "app_name",
-    "socket_mode",
-    "socket_group",
-    "reconnect_interval",
-    "handshake_timeout",
-)
 
 
 # -- packet streams ---------------------------------------------------------------------------

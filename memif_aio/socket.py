@@ -172,6 +172,20 @@ class Session:
             self.done.set_result(closed)
 
 
+def split_socket_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keyword options into (Socket options, Interface options)."""
+    socket_keys = {
+        "app_name",
+        "socket_mode",
+        "socket_group",
+        "reconnect_interval",
+        "handshake_timeout",
+        "max_pending",
+    }
+    ours = {k: v for k, v in options.items() if k in socket_keys}
+    return ours, {k: v for k, v in options.items() if k not in socket_keys}
+
+
 class Socket:
     """A memif control socket at ``path`` (``@name`` for an abstract socket).
 
