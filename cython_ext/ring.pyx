@@ -962,6 +962,10 @@ cdef int _completed_send(PyObject *self, PyObject *arg, PyObject **result) noexc
 
 AM_SEND = bool(memif_set_am_send(<PyTypeObject *>Completed, <void *>_completed_send))
 
+#: StagedSender flushes every this many staged packets when the receiver polls.
+POLLED_FLUSH = 32
+cdef uint32_t _POLLED_FLUSH = 32
+
 #: ``await DONE`` is ``None`` at once; ``TxQueue.send`` returns it when the packet is staged.
 DONE = Completed(None)
 
@@ -1038,7 +1042,9 @@ cdef class StagedSender:
     """``TxQueue.send`` in C: ``sender(data)`` stages one packet and returns :data:`DONE`.
 
     The first packet staged in a loop iteration schedules one ``flush`` with
-    ``loop.call_soon``; ``max_burst`` staged packets flush at once. When the packet does not
+    ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so do every
+    ``POLLED_FLUSH`` (32) when the receiver polls (MASK_INT): then a flush is one store, no
+    syscall, and publishing early keeps a polling peer (DPDK) busy instead of idle. When the packet does not
     fit, or the ring is closed, it returns ``slow(data)`` (the queue's coroutine that flushes,
     waits for room and raises ``DisconnectedError``). ``on_peer_error(exc)`` is called before
     a ``PeerProtocolError`` propagates.
@@ -1068,7 +1074,8 @@ cdef class StagedSender:
                 self.on_peer_error(exc)
                 raise
             if ok:
-                if tx.spk >= self.max_burst:
+                if tx.spk >= self.max_burst or (
+                        tx.spk % _POLLED_FLUSH == 0 and tx._peer_polls()):
                     tx._flush()
                 elif not self.scheduled:
                     self.scheduled = True
@@ -1333,6 +1340,9 @@ cdef class TxRing:
     def staged(self):
         """Packets copied in by :meth:`stage` and not published yet."""
         return self.spk
+
+    cdef bint _peer_polls(self) except -1:
+        return (memif_load_relaxed(<uint16_t *>(self.ring._hdr() + 4)) & MASK_INT) != 0
 
     cdef uint32_t _flush(self) except? 0xFFFFFFFF:
         cdef uint32_t n = self.spk

@@ -7,12 +7,15 @@ master every tail. Peer violations raise ``PeerProtocolError``, API misuse
 ``LocalProtocolError``, bad arguments ``ValueError``. None of these objects is thread-safe.
 """
 
-from collections.abc import Sequence
+from asyncio import AbstractEventLoop
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
+
+from .errors import PeerProtocolError
 
 RING_COOKIE: int
 DESC_FLAG_NEXT: int
@@ -26,8 +29,8 @@ def ring_bytes(log2_size: int, cacheline: int = 64) -> int:
 class RegionTable:
     """Regions of one side, by index. Holds a buffer export on each buffer until close().
 
-    Packet and alloc() memoryviews are slices of those exports: while one is alive,
-    ``mmap.close()`` raises BufferError instead of leaving a dangling view.
+    Packet and alloc() memoryviews are counted exports into those buffers: while one is alive
+    (even after close()), ``mmap.close()`` raises BufferError instead of leaving it dangling.
     """
 
     def __init__(self, buffers: Sequence[Buffer]) -> None: ...
@@ -35,8 +38,11 @@ class RegionTable:
     def size(self, index: int) -> int: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def live_views(self) -> int:
+        """Packet memoryviews alive (Cython only); after close() they keep the exports."""
     def close(self) -> None:
-        """Release the exports (idempotent); rings on this table then raise LocalProtocolError."""
+        """Stop the rings on this table (idempotent); exports released with the last view."""
 
 class Ring:
     """Raw view of one ring; ValueError unless it exists and fits inside its region."""
@@ -144,8 +150,10 @@ class TxRing:
     """Transmit side. slave: S2M ring, own buffers; master: M2S ring, peer's empty descriptors.
 
     Each call: at most max_burst packets, one counter store, at most one eventfd write, none
-    while the receiver has set MASK_INT. Packets go whole or not at all, in order; a call stops
-    at the first packet that does not fit. Large packets are NEXT-chained over several buffers.
+    while the receiver has set MASK_INT. stage() copies without publishing; every other
+    transmit call flushes the staged packets first, so order is kept. Packets go whole or not
+    at all, in order; a call stops at the first packet that does not fit. Large packets are
+    NEXT-chained over several buffers.
     """
 
     def __init__(
@@ -168,7 +176,17 @@ class TxRing:
     packets: int
     bytes: int
     errors: int
-    def free_slots(self) -> int: ...
+    def free_slots(self) -> int:
+        """Free descriptors now; flushes staged packets first."""
+    @property
+    def staged(self) -> int:
+        """Packets staged and not yet published."""
+    def stage(self, data: Buffer) -> bool:
+        """Copy one packet into the next free slot(s), unpublished; False if it does not fit."""
+    def flush(self) -> int:
+        """Publish staged packets (one store, at most one signal); return how many."""
+    def discard(self) -> int:
+        """Forget staged packets without publishing; return how many."""
     def tx_burst(self, packets: Sequence[Buffer]) -> int:
         """Copy packets in; return how many were sent (a prefix of ``packets``)."""
     def tx_burst_array(self, data: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32]) -> int:
@@ -182,3 +200,38 @@ class TxRing:
     def signal(self) -> None:
         """Write the eventfd now, regardless of MASK_INT."""
     def close(self) -> None: ...
+
+class Completed:
+    """Already-done awaitable: ``await c`` gives its value (once) without suspending."""
+
+    def __init__(self, value: object = None) -> None: ...
+    def __await__(self) -> Generator[None, None, object]: ...
+
+AM_SEND: bool
+DONE: Completed
+
+class PacketStream:
+    """``async for`` over an RxRing: a reused Completed per packet, a coroutine only to wait."""
+
+    def __init__(
+        self,
+        rx: RxRing,
+        wait: Callable[[], Awaitable[None]],
+        on_peer_error: Callable[[PeerProtocolError], None],
+        max_packets: int = 0,
+    ) -> None: ...
+    def __aiter__(self) -> PacketStream: ...
+    def __anext__(self) -> Awaitable[memoryview | bytes]: ...
+
+class StagedSender:
+    """``TxQueue.send`` in C: stage, schedule one flush per loop iteration, else ``slow()``."""
+
+    def __init__(
+        self,
+        tx: TxRing,
+        loop: AbstractEventLoop,
+        slow: Callable[[Buffer], Awaitable[None]],
+        on_peer_error: Callable[[PeerProtocolError], None],
+        max_burst: int,
+    ) -> None: ...
+    def __call__(self, data: Buffer) -> Awaitable[None]: ...

@@ -172,8 +172,8 @@ class TxQueue(_Queue):
 
     - ``await txq.send(data)``: copy one packet in (chained across buffers when larger than one);
       waits while the ring is full. Packets are staged and published together once per loop
-      iteration (or every ``max_burst`` packets): one head store and one eventfd write for
-      the lot. ``txq.flush()`` publishes now.
+      iteration (or every ``max_burst`` packets; every 32 when the peer polls): one counter
+      store and at most one eventfd write for the lot. ``txq.flush()`` publishes now.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, or a 2-D uint8 numpy
       array plus ``lengths``; returns when all are in the ring.
     - ``bufs = await txq.alloc(n)`` then ``txq.commit(lengths)``: build packets in place.
@@ -234,7 +234,8 @@ class TxQueue(_Queue):
                 self._peer_error(exc)
                 raise
             if staged:
-                if ring.staged >= self._max_burst:
+                n = ring.staged
+                if n >= self._max_burst or (n % _ring.POLLED_FLUSH == 0 and ring.ring.flags & 1):
                     ring.flush()
                 elif not self._flush_scheduled:
                     self._flush_scheduled = True

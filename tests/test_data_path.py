@@ -321,3 +321,17 @@ async def test_send_backpressure_on_full_ring_and_drops_on_close(qlink):
     await asyncio.sleep(0)  # the scheduled flush finds the queue closed
     assert qlink.mrx.pending() == 0
     rxq._close("down")
+
+
+async def test_send_to_a_polling_peer_publishes_every_32(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    rxq.polling = True  # MASK_INT: the receiver polls, a flush is only a store
+    for i in range(31):
+        await txq.send(b"%d" % i)
+    assert qlink.mrx.pending() == 0 and qlink.stx.staged == 31
+    await txq.send(b"31")
+    assert qlink.mrx.pending() == 32 and qlink.stx.staged == 0  # published at once
+    assert qlink.mrx.drain_eventfd() == 0
+    rxq._close("x")
+    txq._close("x")
