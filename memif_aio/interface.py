@@ -41,6 +41,7 @@ _COUNTER_NAMES = (
     "rx_packets",
     "rx_bytes",
     "rx_errors",
+    "rx_drops",
     "tx_packets",
     "tx_bytes",
     "tx_errors",
@@ -362,7 +363,10 @@ class Interface:
 
     def stats(self) -> dict[str, int]:
         """Counters over the interface's life (all links): ``rx_packets``, ``rx_bytes``,
-        ``rx_errors``, ``tx_packets``, ``tx_bytes``, ``tx_errors``, ``tx_drops``."""
+        ``rx_errors``, ``rx_drops``, ``tx_packets``, ``tx_bytes``, ``tx_errors``, ``tx_drops``.
+
+        Drops are packets lost with a link: received but unread when it went down (rx), or
+        sent but never taken by the peer (tx)."""
         totals = dict.fromkeys(_COUNTER_NAMES, 0)
         totals.update(self._closed_counters)
         for prefix, queues in (("rx", self.rx_queues), ("tx", self.tx_queues)):

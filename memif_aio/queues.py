@@ -63,6 +63,7 @@ class RxQueue(_Queue):
         super().__init__(index, on_peer_error)
         self._ring = ring
         self._eventfd = eventfd
+        self.drops = 0
         self._loop = asyncio.get_running_loop()
         self._wakeup: asyncio.Future[None] | None = None
         self._polling = False
@@ -91,7 +92,8 @@ class RxQueue(_Queue):
 
     def _interrupt(self) -> None:
         # fd callback: never raises; it only drains the eventfd and wakes the consumer.
-        self._ring.drain_eventfd()
+        with contextlib.suppress(OSError):
+            self._ring.drain_eventfd()
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -153,12 +155,15 @@ class RxQueue(_Queue):
 
     def stats(self) -> dict[str, int]:
         r = self._ring
-        return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors}
+        return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors, "drops": self.drops}
 
     def _close(self, reason: str) -> None:
         if self.closed:
             return
         self._closed_reason = reason
+        # memif does not order DISCONNECT with the rings: what is still published to us is lost.
+        with contextlib.suppress(MemifError):
+            self.drops += self._ring.pending()
         if not self._polling:
             self._loop.remove_reader(self._eventfd)
         self._ring.close()
@@ -190,11 +195,13 @@ class TxQueue(_Queue):
         super().__init__(index, on_peer_error)
         self._ring = ring
         self._loop = asyncio.get_running_loop()
-        self._max_burst = max_burst
-        self._flush_scheduled = False
         self.drops = 0
-        # The per-packet path in C, shadowing send() below (which states the same logic).
-        self.send = _ring.StagedSender(
+        # ``await txq.send(data)``: the per-packet path, in C. The packet is copied into the
+        # ring when send() is called and published by the end of the loop iteration (every
+        # max_burst packets, every 32 when the peer polls); ordering with every other transmit
+        # call is kept. While it fits, the awaitable is already complete; on a full ring it
+        # is _send_slow(), which flushes and waits for room.
+        self.send: Callable[[Any], Awaitable[None]] = _ring.StagedSender(
             ring, self._loop, self._send_slow, self._peer_error, max_burst
         )
 
@@ -219,30 +226,6 @@ class TxQueue(_Queue):
         """Send as many leading packets as fit now; return how many."""
         return self._guard(self._ring.tx_burst, packets)
 
-    def send(self, data: Any) -> Awaitable[None]:
-        """Send one packet, waiting for room: ``await txq.send(data)``.
-
-        The packet is copied into the ring when this is called and published by the end of
-        the loop iteration (ordering with every other transmit call is kept). While it fits,
-        the awaitable returned is already complete; on a full ring it flushes and waits.
-        """
-        if self._closed_reason is None:
-            ring = self._ring
-            try:
-                staged = ring.stage(data)
-            except PeerProtocolError as exc:
-                self._peer_error(exc)
-                raise
-            if staged:
-                n = ring.staged
-                if n >= self._max_burst or (n % _ring.POLLED_FLUSH == 0 and ring.ring.flags & 1):
-                    ring.flush()
-                elif not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._scheduled_flush)
-                return _ring.DONE
-        return self._send_slow(data)
-
     async def _send_slow(self, data: Any) -> None:
         self._check_open()
         self.flush()
@@ -258,12 +241,6 @@ class TxQueue(_Queue):
         if self._closed_reason is not None:
             return 0
         return self._ring.flush()
-
-    def _scheduled_flush(self) -> None:
-        # Loop callback: never raises (the ring only publishes, nothing of the peer is read).
-        self._flush_scheduled = False
-        if self._closed_reason is None:
-            self._ring.flush()
 
     async def send_burst(self, packets: Any, lengths: Any = None) -> int:
         """Send every packet in order, waiting for room as needed; return the count."""

@@ -335,3 +335,16 @@ async def test_send_to_a_polling_peer_publishes_every_32(qlink):
     assert qlink.mrx.drain_eventfd() == 0
     rxq._close("x")
     txq._close("x")
+
+
+async def test_packets_left_in_the_ring_at_disconnect_are_counted_as_drops(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.connect(abstract_path, timeout=10) as slave:
+            await master.wait_connected(timeout=10)
+            await master.tx_queues[0].send_burst([b"unread"] * 5)
+            await asyncio.sleep(0.05)
+            await master.close(linger=0)  # the slave never reads them
+            await asyncio.wait_for(slave.wait_disconnected(), 5)
+            assert slave.stats()["rx_drops"] == 5
+            assert slave.stats()["rx_packets"] == 0
