@@ -56,7 +56,7 @@ async def echo_throughput(
     size: int,
     api: str = "burst",
     seconds: float = 2.0,
-    window: int = 256,
+    window: int = 768,  # three bursts in flight: a single one makes it a latency test
     progress: Progress | None = None,
 ) -> Throughput:
     """Keep ``window`` packets in flight through an echoing peer; count completed round trips.
