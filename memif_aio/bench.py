@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -76,17 +75,12 @@ class Report:
 def _run(loop: str, make: Callable[[], Awaitable]) -> object:
     """Run a fresh session on ``loop``; one retry if the link drops (a peer restarting, a
     machine under load), so one hiccup does not cost the whole matrix."""
-    for attempt in (1, 2):
-        try:
-            if loop == "uvloop":
-                import uvloop
+    from . import run
 
-                return uvloop.run(make())
-            return asyncio.run(make())
-        except DisconnectedError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        return run(make(), use_uvloop=loop == "uvloop")
+    except DisconnectedError:
+        return run(make(), use_uvloop=loop == "uvloop")
 
 
 def _pin(cpu: int) -> None:
@@ -310,9 +304,3 @@ def plot(report: Report, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def timed_run(config: BenchConfig, progress: Progress) -> tuple[Report, float]:
-    start = time.perf_counter()
-    report = run(config, progress)
-    return report, time.perf_counter() - start

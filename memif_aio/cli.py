@@ -402,11 +402,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run_loop(args: argparse.Namespace, coroutine: Awaitable[int]) -> int:
-    if args.uvloop:
-        import uvloop
+    from . import run
 
-        return uvloop.run(coroutine)
-    return asyncio.run(coroutine)
+    return run(coroutine, use_uvloop=args.uvloop)
 
 
 def build_parser() -> argparse.ArgumentParser:
