@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from .errors import DisconnectedError, MemifError
+from .errors import ConfigError, DisconnectedError, MemifError
 from .interface import Interface
 from .socket import Socket, split_socket_options
 
@@ -116,7 +116,20 @@ class MemifTransport(asyncio.DatagramTransport):
                 for i in range(len(burst)):
                     if not self._reading.is_set():
                         await self._reading.wait()
-                    receive(bytes(burst[i]), address)
+                    if self._closing:
+                        return
+                    try:
+                        receive(bytes(burst[i]), address)
+                    except Exception as exc:  # the application's bug: report, then close
+                        self._loop.call_exception_handler(
+                            {
+                                "message": "protocol.datagram_received() failed",
+                                "exception": exc,
+                                "transport": self,
+                            }
+                        )
+                        self._lose(exc)
+                        return
         except DisconnectedError as exc:
             self._lose(exc)
         except MemifError as exc:
@@ -240,8 +253,12 @@ async def create_endpoint(
     except BaseException:
         await sock.close()
         raise
-    protocol = protocol_factory()
-    transport = MemifTransport(iface, protocol, queue=queue, owns_socket=sock)
+    try:
+        protocol = protocol_factory()
+        transport = MemifTransport(iface, protocol, queue=queue, owns_socket=sock)
+    except BaseException:
+        await sock.close()
+        raise
     protocol.connection_made(transport)
     return transport, protocol
 
@@ -296,7 +313,7 @@ class _StreamProtocol(asyncio.DatagramProtocol):
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         packet = self._packets.popleft()
-        if len(self._packets) < self._limit // 2 and self._transport is not None:
+        if len(self._packets) <= self._limit // 2 and self._transport is not None:
             self._transport.resume_reading()
         return packet
 
@@ -368,6 +385,8 @@ async def open_packet_stream(
 
     ``limit`` packets may wait in the reader before reading from the ring pauses.
     """
+    if limit < 1:
+        raise ConfigError(f"limit={limit} must be at least 1")
     transport, protocol = await create_endpoint(
         lambda: _StreamProtocol(limit), path, id=id, role=role, **options
     )

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from . import __version__, packets, perf
-from .errors import HandshakeError, HandshakeTimeout, MemifError
+from .errors import ConfigError, HandshakeError, HandshakeTimeout, MemifError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
@@ -142,11 +142,15 @@ async def _serve(args: argparse.Namespace, service: Callable[..., Awaitable[None
         )
         _say(f"ready: {args.command} on {args.socket} id {args.id} as {args.role}")
         task = asyncio.ensure_future(service(iface))
+        stop = asyncio.ensure_future(_wait_stdin_closed_or_forever(args))
         try:
-            await _wait_stdin_closed_or_forever(args)
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for pending in (task, stop):
+                pending.cancel()
+            results = await asyncio.gather(task, stop, return_exceptions=True)
+    if isinstance(results[0], Exception):
+        raise CommandError(f"{args.command} stopped: {results[0]!r}")
     return EXIT_OK
 
 
@@ -158,8 +162,6 @@ async def _responder(args: argparse.Namespace) -> int:
     mac, ip = packets.parse_mac(args.mac), packets.parse_ip(args.ip)
 
     async def respond(iface) -> None:
-        from .errors import DisconnectedError
-
         while True:
             await iface.wait_connected()
             rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
@@ -168,7 +170,7 @@ async def _responder(args: argparse.Namespace) -> int:
                     reply = packets.answer(frame, mac, ip)
                     if reply is not None:
                         await txq.send(reply)
-            except DisconnectedError:
+            except MemifError:  # link down, or a peer that broke it (already disconnected)
                 continue
 
     return await _serve(args, respond)
@@ -178,6 +180,8 @@ async def _responder(args: argparse.Namespace) -> int:
 
 
 async def _ping(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.size < 0:
+        raise CommandError("--count must be at least 1 and --size not negative", EXIT_USAGE)
     mac, ip = packets.parse_mac(args.mac), packets.parse_ip(args.ip)
     target = packets.parse_ip(args.target)
     sock, iface = await _connected(args, args.role)
@@ -185,7 +189,7 @@ async def _ping(args: argparse.Namespace) -> int:
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
         target_mac = await _resolve(rxq, txq, mac, ip, target, args.timeout)
         ident = os.getpid() & 0xFFFF
-        payload = bytes(range(args.size % 256)) + bytes(max(0, args.size - 256))
+        payload = bytes(i & 0xFF for i in range(args.size))
         if not args.json:
             _say(
                 f"PING {args.target} ({packets.format_mac(target_mac)}) over memif "
@@ -509,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"memif-aio {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except ConfigError as exc:
+        print(f"memif-aio {args.command}: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
     except MemifError as exc:
         print(f"memif-aio {args.command}: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED

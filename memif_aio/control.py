@@ -133,7 +133,9 @@ class ControlChannel:
             if self.closed:
                 return
             try:
-                data, ancdata, flags, _ = self._sock.recvmsg(2 * MESSAGE_SIZE, _ANCILLARY_SPACE)
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    2 * MESSAGE_SIZE, _ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DisconnectedError
+from .errors import DisconnectedError, MemifError
 from .queues import RxQueue, TxQueue
 
 TRAILER = struct.Struct("<4sIQQ")
@@ -74,8 +74,8 @@ class Frame:
     data: memoryview  # valid until the next frame is taken
 
 
-class FrameError(ValueError):
-    pass
+class FrameDataError(MemifError, ValueError):
+    """A received packet is not a valid frame (no trailer, bad checksum, too large)."""
 
 
 class FrameReceiver:
@@ -96,18 +96,18 @@ class FrameReceiver:
         try:
             length = burst.copy_into(0, self._buffer)
         except ValueError as exc:
-            raise FrameError(f"frame larger than max_frame_size: {exc}") from None
+            raise FrameDataError(f"frame larger than max_frame_size: {exc}") from None
         finally:
             burst.release()
         now = time.monotonic_ns()
         if length < TRAILER.size:
-            raise FrameError(f"packet of {length} bytes has no frame trailer")
+            raise FrameDataError(f"packet of {length} bytes has no frame trailer")
         end = length - TRAILER.size
         magic, crc, seq, stamp = TRAILER.unpack_from(self._buffer, end)
         if magic != MAGIC:
-            raise FrameError("packet is not a frame (bad trailer magic)")
+            raise FrameDataError("packet is not a frame (bad trailer magic)")
         if self._verify and crc != zlib.crc32(self._buffer[:end]):
-            raise FrameError(f"frame {seq}: checksum mismatch")
+            raise FrameDataError(f"frame {seq}: checksum mismatch")
         missing = 0 if self._expected is None else max(0, seq - self._expected)
         self._expected = seq + 1
         self.frames += 1

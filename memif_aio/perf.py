@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import DisconnectedError
+from .errors import MemifError
 from .interface import Interface
 
 Progress = Callable[[str], None]
@@ -28,7 +28,9 @@ async def echo_service(iface: Interface) -> None:
             try:
                 async for burst in rxq.bursts():
                     await txq.send_burst([burst[i] for i in range(len(burst))])
-            except (DisconnectedError, IndexError):
+            except (MemifError, IndexError):
+                # The link went down, or the peer broke it (already disconnected, logged):
+                # serve the next one.
                 await asyncio.sleep(0)
 
     await iface.wait_connected()

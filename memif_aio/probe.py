@@ -12,6 +12,7 @@ import socket as _socket
 
 from . import protocol as p
 from .control import new_seqpacket_socket, unix_address
+from .errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -32,6 +33,9 @@ async def probe(
     path: str, interface_id: int = 0, secret: str | None = None, timeout: float = 5.0
 ) -> ProbeResult:
     """Raises OSError when nothing listens, TimeoutError when the master stays silent."""
+    raw_secret = (secret or "").encode()
+    if len(raw_secret) > p.SECRET_SIZE:
+        raise ConfigError(f"secret longer than {p.SECRET_SIZE} bytes")
     loop = asyncio.get_running_loop()
     sock = new_seqpacket_socket()
 
@@ -40,9 +44,7 @@ async def probe(
         hello = await _recv_frame(loop, sock)
         if not isinstance(hello, p.Hello):
             raise ConnectionError(f"expected HELLO, got {hello.type.name}")
-        init = p.Init(
-            p.VERSION, interface_id, p.Mode.ETHERNET, (secret or "").encode(), "memif-aio probe"
-        )
+        init = p.Init(p.VERSION, interface_id, p.Mode.ETHERNET, raw_secret, "memif-aio probe")
         await loop.sock_sendall(sock, p.encode(init))
         return hello, await _recv_frame(loop, sock)
 

@@ -145,3 +145,37 @@ def test_run_on_uvloop_and_default():
 
     assert memif_aio.run(which(), use_uvloop=True).startswith("uvloop")
     assert memif_aio.run(which(), use_uvloop=False).startswith("asyncio")
+
+
+async def test_stream_with_limit_one_keeps_reading(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        reader, writer = await memif_aio.open_packet_stream(abstract_path, limit=1)
+        await master.wait_connected(timeout=10)
+        await master.tx_queues[0].send_burst([b"1", b"2", b"3"])
+        got = [await asyncio.wait_for(reader.read_packet(), 5) for _ in range(3)]
+        assert got == [b"1", b"2", b"3"]
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_protocol_exception_is_reported_and_closes(abstract_path):
+    class Broken(Recorder):
+        def datagram_received(self, data, addr):
+            raise RuntimeError("application bug")
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with memif_aio.Socket(abstract_path) as sock:
+            master = await sock.create_interface(id=0, role="master")
+            transport, protocol = await memif_aio.create_endpoint(Broken, abstract_path)
+            await master.wait_connected(timeout=10)
+            await master.tx_queues[0].send(b"boom")
+            await asyncio.wait_for(transport.wait_closed(), 5)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c["message"] for c in reported] == ["protocol.datagram_received() failed"]
+    assert protocol.events[-1] == "lost:RuntimeError"

@@ -175,3 +175,32 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, testpmd_bin):
     assert all(r["mpps"] > 0 for r in report["rows"])
     assert "| testpmd | rx | 64 | burst |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_options_are_usage_errors(abstract_path):
+    result = run("probe", abstract_path, "--secret", "x" * 30)
+    assert result.returncode == 2 and "secret" in result.stderr
+    result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "-c", "0")
+    assert result.returncode == 2
+
+
+def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
+    import asyncio
+
+    import memif_aio
+
+    async def scenario() -> bytes:
+        async with memif_aio.Socket(abstract_path, reconnect_interval=60) as bad_sock:
+            bad = await bad_sock.create_interface(id=0, role="slave")
+            await bad.wait_connected(timeout=10)
+            ring = bad._memory.s2m[0].ring
+            ring.set_descriptor(0, 0, 1, 64, bad._memory.region_sizes[1])  # past the end
+            ring.head = 1
+            bad.tx_queues[0].flush()
+            await asyncio.wait_for(bad.wait_disconnected(), 5)
+        async with memif_aio.connect(abstract_path, timeout=10) as good:
+            await good.tx_queues[0].send(b"still echoing")
+            return await asyncio.wait_for(good.rx_queues[0].recv(), 5)
+
+    with service("echo", abstract_path):
+        assert asyncio.run(scenario()) == b"still echoing"
