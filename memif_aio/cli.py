@@ -45,11 +45,14 @@ def _say(text: str = "") -> None:
 class _Progress:
     """One live line on a terminal; plain lines otherwise (logs, CI)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.tty = sys.stdout.isatty()
+        self.quiet = quiet
         self._last = 0.0
 
     def update(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.tty:
             sys.stdout.write("\r\033[K" + text)
             sys.stdout.flush()
@@ -58,6 +61,8 @@ class _Progress:
             _say("  " + text)
 
     def done(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.tty:
             sys.stdout.write("\r\033[K")
         _say(text)
@@ -312,10 +317,11 @@ def _demo(args: argparse.Namespace) -> int:
         assert master.stdout is not None
         if not master.stdout.readline().startswith("ready"):
             raise CommandError("the master process failed to start")
-        _say(
-            f"memif-aio demo: master pid {master.pid} (echo) <-> slave pid {os.getpid()}, "
-            f"abstract socket {path}"
-        )
+        if not args.json:
+            _say(
+                f"memif-aio demo: master pid {master.pid} (echo) <-> slave pid {os.getpid()}, "
+                f"abstract socket {path}"
+            )
         return _run_loop(args, _demo_traffic(args, path))
     finally:
         if master.stdin:
@@ -329,16 +335,17 @@ def _demo(args: argparse.Namespace) -> int:
 async def _demo_traffic(args: argparse.Namespace, path: str) -> int:
     from . import connect
 
-    progress = _Progress()
+    progress = _Progress(quiet=args.json)
     rows: list[tuple[str, perf.Throughput]] = []
     started = time.perf_counter()
     async with connect(path, timeout=10, app_name="memif-aio demo", name="demo-slave") as iface:
         d = iface.details()
-        _say(
-            f"connected in {(time.perf_counter() - started) * 1e3:.1f} ms to "
-            f"{d.remote_app_name!r}: {len(d.rx_queues)}+{len(d.tx_queues)} queues, ring "
-            f"{d.rx_queues[0].ring_size}, buffers {d.rx_queues[0].buffer_size} B\n"
-        )
+        if not args.json:
+            _say(
+                f"connected in {(time.perf_counter() - started) * 1e3:.1f} ms to "
+                f"{d.remote_app_name!r}: {len(d.rx_queues)}+{len(d.tx_queues)} queues, ring "
+                f"{d.rx_queues[0].ring_size}, buffers {d.rx_queues[0].buffer_size} B\n"
+            )
         plan = [(size, "burst", args.seconds * 0.2) for size in (64, 512, 1500)]
         plan += [(64, "packet", args.seconds * 0.15), (1500, "packet", args.seconds * 0.1)]
         for size, api, seconds in plan:
@@ -358,6 +365,25 @@ async def _demo_traffic(args: argparse.Namespace, path: str) -> int:
         progress.done(f"rtt   64 B  ping-pong: {len(rtts)} round trips")
         stats = iface.stats()
     loop_name = "uvloop" if args.uvloop else "asyncio"
+    if args.json:
+        _say(
+            json.dumps(
+                {
+                    "loop": loop_name,
+                    "throughput": [
+                        {"api": api, "size": r.size, "mpps": r.mpps, "gbps": r.gbps}
+                        for api, r in rows
+                    ],
+                    "rtt_us": {
+                        "p50": perf.percentile(rtts, 50),
+                        "p99": perf.percentile(rtts, 99),
+                        "samples": len(rtts),
+                    },
+                    "counters": stats,
+                }
+            )
+        )
+        return EXIT_OK
     _say(
         f"\nResults (echo through the master process, loop {loop_name}; a packet counts once it"
         " is back):"
@@ -443,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "memif-aio demo --seconds 10",
     )
     demo.add_argument("--seconds", type=float, default=10.0, help="traffic time (default 10)")
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
 
     b = command(
         "bench",

@@ -150,6 +150,21 @@ def test_demo_prints_the_table():
     assert " 0 errors, 0 drops" in out
 
 
+def test_demo_json():
+    result = run("demo", "--seconds", "1", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(r["api"], r["size"]) for r in report["throughput"]] == [
+        ("burst", 64),
+        ("burst", 512),
+        ("burst", 1500),
+        ("packet", 64),
+        ("packet", 1500),
+    ]
+    assert all(r["mpps"] > 0 for r in report["throughput"])
+    assert report["rtt_us"]["samples"] > 0 and report["counters"]["rx_errors"] == 0
+
+
 def test_bench_writes_json_markdown_and_plot(tmp_path, testpmd_bin):
     result = run(
         "bench",
