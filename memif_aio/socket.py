@@ -275,8 +275,9 @@ class Socket:
         if self.closed:
             return
         self.closed = True
-        for interface in list(self._interfaces.values()) + self._slave_interfaces:
-            await interface.close()
+        # Together: each may linger (up to 0.5 s) for its peer to take what it sent.
+        interfaces = list(self._interfaces.values()) + self._slave_interfaces
+        await asyncio.gather(*(interface.close() for interface in interfaces))
         for session in list(self._pending):
             session.close()
         if self._file_check is not None:
