@@ -201,6 +201,7 @@ def test_bad_options_are_usage_errors(abstract_path):
 
 def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
     import asyncio
+    import os
 
     import memif_aio
 
@@ -211,7 +212,7 @@ def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
             ring = bad._memory.s2m[0].ring
             ring.set_descriptor(0, 0, 1, 64, bad._memory.region_sizes[1])  # past the end
             ring.head = 1
-            bad.tx_queues[0].flush()
+            os.eventfd_write(bad._memory.s2m[0].spec.eventfd, 1)  # publish like a producer
             await asyncio.wait_for(bad.wait_disconnected(), 5)
         async with memif_aio.connect(abstract_path, timeout=10) as good:
             await good.tx_queues[0].send(b"still echoing")
