@@ -110,6 +110,15 @@ cdef int _check_geometry(int log2_size, int cacheline) except -1:
     return 0
 
 
+cdef bint _is_slave(str role, object max_burst) except -1:
+    """Checks shared by RxRing and TxRing; True for the slave (buffer owner)."""
+    if role not in ("slave", "master"):
+        raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+    if not 1 <= max_burst <= 65536:
+        raise ValueError(f"max_burst {max_burst} not in 1..65536")
+    return role == "slave"
+
+
 cdef void *_xmalloc(size_t n) except NULL:
     cdef void *p = PyMem_Malloc(n if n else 1)
     if p == NULL:
@@ -658,13 +667,9 @@ cdef class RxRing:
                  buffer_region=1, buffer_offsets=None, max_burst=256):
         if self.burst is not None:
             raise LocalProtocolError("RxRing is already initialised")
-        if role not in ("slave", "master"):
-            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
-        if not 1 <= max_burst <= 65536:
-            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        self.slave = _is_slave(role, max_burst)
         cdef RegionTable regions = ring.regions
         regions._check()
-        self.slave = role == "slave"
         if self.slave:
             self._table_arr = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
             self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)
@@ -1239,13 +1244,9 @@ cdef class TxRing:
                  buffer_region=1, buffer_offsets=None, max_burst=256):
         if self.ring is not None:
             raise LocalProtocolError("TxRing is already initialised")
-        if role not in ("slave", "master"):
-            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
-        if not 1 <= max_burst <= 65536:
-            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        self.slave = _is_slave(role, max_burst)
         cdef RegionTable regions = ring.regions
         regions._check()
-        self.slave = role == "slave"
         if self.slave:
             self._table_arr = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
             self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)

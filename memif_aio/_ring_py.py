@@ -333,6 +333,17 @@ class Burst:
         return f"<Burst packets={self._rx._n}>"
 
 
+def _is_slave(ring: Ring, role: str, max_burst: int) -> bool:
+    """Checks shared by RxRing and TxRing; True for the slave (buffer owner)."""
+    if not isinstance(ring, Ring):
+        raise TypeError("ring must be a Ring")
+    if role not in ("slave", "master"):
+        raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+    if not 1 <= max_burst <= 65536:
+        raise ValueError(f"max_burst {max_burst} not in 1..65536")
+    return role == "slave"
+
+
 class RxRing:
     """Receive side of one ring (see the Cython module for the full contract)."""
 
@@ -347,15 +358,9 @@ class RxRing:
         buffer_offsets=None,
         max_burst: int = 256,
     ) -> None:
-        if not isinstance(ring, Ring):
-            raise TypeError("ring must be a Ring")
-        if role not in ("slave", "master"):
-            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
-        if not 1 <= max_burst <= 65536:
-            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        self._slave = _is_slave(ring, role, max_burst)
         regions = ring.regions
         regions._check()
-        self._slave = role == "slave"
         self._table = None
         self._br = 0
         self._bs = 0
@@ -607,15 +612,9 @@ class TxRing:
         buffer_offsets=None,
         max_burst: int = 256,
     ) -> None:
-        if not isinstance(ring, Ring):
-            raise TypeError("ring must be a Ring")
-        if role not in ("slave", "master"):
-            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
-        if not 1 <= max_burst <= 65536:
-            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        self._slave = _is_slave(ring, role, max_burst)
         regions = ring.regions
         regions._check()
-        self._slave = role == "slave"
         self._table = None
         self._br = 0
         self._bs = 0

@@ -74,10 +74,6 @@ class ControlChannel:
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._read_ready)
 
-    @property
-    def fileno(self) -> int:
-        return -1 if self.closed else self._sock.fileno()
-
     def send(self, frame: bytes, fds: Sequence[int] = ()) -> None:
         """Queue one frame (with fds, which stay owned by the caller) for sending."""
         if self.closed:

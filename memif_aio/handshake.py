@@ -346,10 +346,6 @@ class _Handshake:
     def _close_fds(self, fds: Sequence[int]) -> list[Action]:
         return [CloseFds(tuple(fds))] if fds else []
 
-    def _disown(self, fds: Sequence[int]) -> None:
-        for fd in fds:
-            self._owned_fds.remove(fd)
-
 
 # ---------------------------------------------------------------------------------------------
 
