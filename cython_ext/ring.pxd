@@ -109,6 +109,7 @@ cdef struct rx_ctx:
     uint32_t *first        # per packet: index of its first segment
     uint32_t *lengths
     uint32_t *nsegs
+    uint32_t *meta         # per packet: metadata of its first descriptor
     uint16_t *seg_region   # per segment (index = descriptor position in the burst)
     uint32_t *seg_offset
     uint32_t *seg_len
@@ -130,6 +131,7 @@ cdef struct tx_ctx:
     uint32_t bs
     const char **src
     uint64_t *src_len
+    uint32_t *src_meta     # per packet: metadata for each of its descriptors
     uint32_t npk
     uint16_t *snap_region  # master: validated copies of the peer's empty descriptors
     uint32_t *snap_off

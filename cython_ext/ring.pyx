@@ -47,11 +47,13 @@ from cpython.buffer cimport (
     PyBUF_WRITABLE,
     PyBuffer_FillInfo,
     PyBuffer_Release,
+    PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from libc.errno cimport EAGAIN, EINTR, errno
@@ -94,6 +96,7 @@ cdef uint32_t COOKIE = 0x3E31F20
 cdef uint16_t NEXT = 1
 cdef uint16_t MASK_INT = 1
 cdef uint64_t U32_MAX = 0xFFFFFFFFu
+cdef object _ZERO = 0
 
 
 def ring_bytes(int log2_size, int cacheline=64):
@@ -464,7 +467,7 @@ cdef class Ring:
 
 cdef int _rx_parse(rx_ctx *c) noexcept nogil:
     """Validate and record up to maxp whole packets among c.avail descriptors from c.last."""
-    cdef uint32_t d = 0, start, slot, n = 0
+    cdef uint32_t d = 0, start, slot, n = 0, meta = 0
     cdef uint64_t total, nbytes = 0, off, length
     cdef uint16_t region
     cdef memif_desc_t desc
@@ -497,6 +500,8 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
             total += length
             if total > U32_MAX:
                 return _set_err(&c.err, ERR_PKT_OVERFLOW, slot, total, 0, 0, 0)
+            if d == start:
+                meta = desc.metadata
             c.seg_region[d] = region
             c.seg_offset[d] = <uint32_t>off
             c.seg_len[d] = <uint32_t>length
@@ -505,6 +510,7 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
                 c.first[n] = start
                 c.nsegs[n] = d - start
                 c.lengths[n] = <uint32_t>total
+                c.meta[n] = meta
                 nbytes += total
                 n += 1
                 break
@@ -544,6 +550,7 @@ cdef class Burst:
     cdef RxRing rx
     cdef object _lengths_view
     cdef object _nsegs_view
+    cdef object _meta_view
 
     def __cinit__(self, RxRing rx not None):
         self.rx = rx
@@ -564,6 +571,13 @@ cdef class Burst:
         if self._nsegs_view is None:
             self._nsegs_view = self.rx._nsegs_arr[:self.rx.c.n]
         return self._nsegs_view
+
+    @property
+    def metadata(self):
+        """numpy uint32 view: the ``metadata`` word of each packet's first descriptor."""
+        if self._meta_view is None:
+            self._meta_view = self.rx._meta_arr[:self.rx.c.n]
+        return self._meta_view
 
     @property
     def forwarded(self):
@@ -658,6 +672,7 @@ cdef class RxRing:
     cdef object _table_arr
     cdef object _lengths_arr
     cdef object _nsegs_arr
+    cdef object _meta_arr
     cdef readonly Burst burst
     cdef readonly uint64_t packets
     cdef readonly uint64_t bytes
@@ -690,10 +705,13 @@ cdef class RxRing:
         self.c.nregions = regions.n
         self._lengths_arr = np.zeros(max_burst, np.uint32)
         self._nsegs_arr = np.zeros(max_burst, np.uint32)
+        self._meta_arr = np.zeros(max_burst, np.uint32)
         self.c.lengths = <uint32_t *>cnp.PyArray_DATA(self._lengths_arr)
         self.c.nsegs = <uint32_t *>cnp.PyArray_DATA(self._nsegs_arr)
+        self.c.meta = <uint32_t *>cnp.PyArray_DATA(self._meta_arr)
         self._lengths_arr.flags.writeable = False
         self._nsegs_arr.flags.writeable = False
+        self._meta_arr.flags.writeable = False
         self.c.first = <uint32_t *>_xmalloc(max_burst * sizeof(uint32_t))
         self.c.seg_region = <uint16_t *>_xmalloc(ring.size * sizeof(uint16_t))
         self.c.seg_offset = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
@@ -803,6 +821,7 @@ cdef class RxRing:
         self.fwd = 0
         self.burst._lengths_view = None
         self.burst._nsegs_view = None
+        self.burst._meta_view = None
         if self.slave:
             self.rel = self.c.last
             self._set_hdr()
@@ -1069,12 +1088,13 @@ cdef class StagedSender:
         self.on_peer_error = on_peer_error
         self.max_burst = max_burst if max_burst else 1
 
-    def __call__(self, data):
+    def __call__(self, data, metadata=0):
         cdef TxRing tx = self.tx
         cdef int ok
+        cdef uint32_t meta = _meta_value(metadata, 0)
         if not tx.closed and not tx.alloc_n:
             try:
-                ok = tx._stage(data)
+                ok = tx._stage(data, meta)
             except PeerProtocolError as exc:
                 self.on_peer_error(exc)
                 raise
@@ -1086,7 +1106,7 @@ cdef class StagedSender:
                     self.scheduled = True
                     self.call_soon(self._scheduled_flush)
                 return DONE
-        return self.slow(data)
+        return self.slow(data, meta)
 
     def _scheduled_flush(self):
         # Loop callback: never raises; publishing reads nothing the peer wrote.
@@ -1187,10 +1207,10 @@ cdef void _tx_write(tx_ctx *c) noexcept nogil:
             desc = &c.descs[slot]
             desc.flags = NEXT if rem else 0
             desc.length = <uint32_t>take
+            desc.metadata = c.src_meta[p]
             if c.slave:
                 desc.region = region
                 desc.offset = off
-                desc.metadata = 0
             d += 1
             if rem == 0:
                 break
@@ -1204,6 +1224,41 @@ cdef bint _is_format(Py_buffer *pb, char code, Py_ssize_t itemsize):
     if f[0] == b'=' or f[0] == b'<' or f[0] == b'@':
         f += 1
     return f[0] == code and f[1] == 0
+
+
+cdef uint32_t _meta_value(object value, Py_ssize_t i) except? 0xFFFFFFFF:
+    if value is _ZERO:  # the default, on the per-packet path
+        return 0
+    value = PyNumber_Index(value)
+    if not 0 <= value <= U32_MAX:
+        raise ValueError(f"metadata[{i}] = {value} not in 0..{U32_MAX}")
+    return <uint32_t>value
+
+
+cdef int _fill_meta(uint32_t *out, object metadata, Py_ssize_t count, uint32_t n) except -1:
+    """out[:n] = metadata[:n] (zeros for None); metadata must hold one value per packet."""
+    cdef Py_buffer pb
+    cdef uint32_t i
+    if metadata is None:
+        memset(out, 0, n * sizeof(uint32_t))
+        return 0
+    if len(metadata) != count:
+        raise ValueError(f"{len(metadata)} metadata values for {count} packets")
+    if PyObject_CheckBuffer(metadata):
+        try:
+            PyObject_GetBuffer(metadata, &pb, PyBUF_ND | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError):
+            pass  # e.g. a strided array: taken value by value below
+        else:
+            try:
+                if pb.ndim == 1 and _is_format(&pb, b'I', 4):
+                    memcpy(out, pb.buf, n * sizeof(uint32_t))
+                    return 0
+            finally:
+                PyBuffer_Release(&pb)
+    for i in range(n):
+        out[i] = _meta_value(metadata[i], i)
+    return 0
 
 
 @cython.final
@@ -1265,6 +1320,7 @@ cdef class TxRing:
         self.c.nregions = regions.n
         self.c.src = <const char **>_xmalloc(max_burst * sizeof(char *))
         self.c.src_len = <uint64_t *>_xmalloc(max_burst * sizeof(uint64_t))
+        self.c.src_meta = <uint32_t *>_xmalloc(max_burst * sizeof(uint32_t))
         self.pybufs = <Py_buffer *>_xmalloc(max_burst * sizeof(Py_buffer))
         if not self.slave:
             self.c.snap_region = <uint16_t *>_xmalloc(ring.size * sizeof(uint16_t))
@@ -1280,6 +1336,7 @@ cdef class TxRing:
     def __dealloc__(self):
         PyMem_Free(self.c.src)
         PyMem_Free(self.c.src_len)
+        PyMem_Free(self.c.src_meta)
         PyMem_Free(self.pybufs)
         PyMem_Free(self.c.snap_region)
         PyMem_Free(self.c.snap_off)
@@ -1404,10 +1461,11 @@ cdef class TxRing:
         self.sbytes += self.c.nbytes
         return 1
 
-    def stage(self, data):
+    def stage(self, data, metadata=0):
         """Copy one bytes-like packet into the next free slot(s) without publishing it.
 
-        Chains over several buffers like :meth:`tx_burst`. Returns False (nothing staged)
+        Chains over several buffers like :meth:`tx_burst`; ``metadata`` (a u32) goes into
+        each of the packet's descriptors. Returns False (nothing staged)
         when it does not fit now. Staged packets go out, in order, with :meth:`flush` or
         before any other transmit call (``tx_burst``, ``alloc``, ``forward``, ``free_slots``
         ...). ``LocalProtocolError`` if the packet could never fit, ``PeerProtocolError`` if
@@ -1417,9 +1475,9 @@ cdef class TxRing:
             raise LocalProtocolError("tx ring is closed")
         if self.alloc_n:
             raise LocalProtocolError("alloc() pending: commit() first")
-        return self._stage(data) == 1
+        return self._stage(data, _meta_value(metadata, 0)) == 1
 
-    cdef int _stage(self, data) except -1:
+    cdef int _stage(self, data, uint32_t metadata) except -1:
         cdef Py_buffer pb
         cdef int ok
         cdef uint32_t free
@@ -1429,6 +1487,7 @@ cdef class TxRing:
                 raise ValueError("packet 0 longer than 4 GiB")
             self.c.src[0] = <const char *>pb.buf
             self.c.src_len[0] = <uint64_t>pb.len
+            self.c.src_meta[0] = metadata
             ok = self._stage_one()
             if not ok:
                 free = self._free()
@@ -1478,11 +1537,12 @@ cdef class TxRing:
         self.bytes += self.c.nbytes
         return 0
 
-    def tx_burst(self, packets):
+    def tx_burst(self, packets, metadata=None):
         """Copy bytes-like ``packets`` (a sequence) into the ring; return how many were sent.
 
-        Sends a prefix: stops at the first packet that does not fit whole, and after
-        ``max_burst`` packets. Raises ``PeerProtocolError`` (nothing sent) if a peer
+        ``metadata``: None (all 0) or one u32 per packet (a sequence or a uint32 array),
+        written into each descriptor of its packet. Sends a prefix: stops at the first packet
+        that does not fit whole, and after ``max_burst`` packets. Raises ``PeerProtocolError`` (nothing sent) if a peer
         descriptor is invalid, ``LocalProtocolError`` if a packet could never fit.
         """
         self._check_ready()
@@ -1501,16 +1561,18 @@ cdef class TxRing:
                 self.c.src_len[i] = <uint64_t>self.pybufs[i].len
                 if self.c.src_len[i] > U32_MAX:
                     raise ValueError(f"packet {i} longer than 4 GiB")
+            _fill_meta(self.c.src_meta, metadata, count, npk)
             self._run(npk)
         finally:
             for i in range(got):
                 PyBuffer_Release(&self.pybufs[i])
         return self.c.n
 
-    def tx_burst_array(self, data, lengths):
+    def tx_burst_array(self, data, lengths, metadata=None):
         """Like :meth:`tx_burst` for packets stored as rows of a 2-D C-contiguous uint8 array.
 
-        ``lengths`` is a 1-D uint32 array, one entry per row, each ``<= data.shape[1]``.
+        ``lengths`` is a 1-D uint32 array, one entry per row, each ``<= data.shape[1]``;
+        ``metadata`` is None or one u32 per row.
         """
         self._check_ready()
         cdef Py_buffer db, lb
@@ -1540,6 +1602,7 @@ cdef class TxRing:
                     npk = <uint32_t>rows
                 if free < npk:
                     npk = free
+                _fill_meta(self.c.src_meta, metadata, rows, npk)
                 rowp = <const char *>db.buf
                 for i in range(npk):
                     self.c.src[i] = rowp
@@ -1585,11 +1648,13 @@ cdef class TxRing:
         self.alloc_n = k
         return views
 
-    def commit(self, lengths):
+    def commit(self, lengths, metadata=None):
         """Publish the first ``len(lengths)`` allocated buffers with these lengths.
 
         Each length must be ``<=`` its buffer's capacity (else ``LocalProtocolError`` and the
-        allocation stays pending). The rest of the allocation is abandoned. Returns the count.
+        allocation stays pending); ``metadata`` is None or one u32 per buffer (else
+        ``ValueError``, allocation still pending). The rest of the allocation is abandoned.
+        Returns the count.
         """
         if self.closed:
             raise LocalProtocolError("tx ring is closed")
@@ -1608,6 +1673,7 @@ cdef class TxRing:
             cap = self.c.bs if self.slave else self.c.snap_cap[i]
             if not 0 <= lens[i] <= cap:
                 raise LocalProtocolError(f"length {lens[i]} of buffer {i} > capacity {cap}")
+        _fill_meta(self.c.src_meta, metadata, m, m)
         cdef char *hdr = self.ring._hdr()
         self.c.descs = <memif_desc_t *>(hdr + 2 * self.ring.cacheline)
         for i in range(m):
@@ -1615,11 +1681,11 @@ cdef class TxRing:
             d = &self.c.descs[slot]
             d.flags = 0
             d.length = lens[i]
+            d.metadata = self.c.src_meta[i]
             nbytes += d.length
             if self.slave:
                 d.region = self.c.br
                 d.offset = self.c.table[slot]
-                d.metadata = 0
         self.alloc_n = 0
         self._publish(<uint32_t>m)
         self.packets += m
@@ -1632,7 +1698,7 @@ cdef class TxRing:
         ``burst`` must come from a slave :class:`RxRing` on the same :class:`RegionTable`,
         buffer region and buffer size. Each forwarded packet's buffer moves to a tx slot and
         that slot's old (free) buffer moves to the rx slot, so buffer ownership stays a
-        permutation. Forwards the leading packets of the burst not forwarded yet, stopping at
+        permutation; each packet keeps its metadata. Forwards the leading packets of the burst not forwarded yet, stopping at
         the first chained packet, a full ring or ``max_burst``; returns how many. Forwarded
         packets can no longer be read from the burst.
         """
@@ -1660,7 +1726,7 @@ cdef class TxRing:
             d.region = self.c.br
             d.length = rx.c.seg_len[f]
             d.offset = off
-            d.metadata = 0
+            d.metadata = rx.c.meta[i]
             rx.c.table[rslot] = self.c.table[tslot]
             self.c.table[tslot] = off
             nbytes += rx.c.seg_len[f]

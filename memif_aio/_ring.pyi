@@ -23,6 +23,8 @@ RING_FLAG_MASK_INT: int
 DESC_SIZE: int
 MAX_LOG2_RING_SIZE: int
 
+Metadata = Sequence[int] | npt.NDArray[np.integer] | None
+
 def ring_bytes(log2_size: int, cacheline: int = 64) -> int:
     """``2 * cacheline + 16 << log2_size``; ValueError unless 0 <= log2 <= 14, CL in (64, 128)."""
 
@@ -92,6 +94,9 @@ class Burst:
     def nsegments(self) -> npt.NDArray[np.uint32]:
         """Read-only view: descriptors per packet (1 unless chained)."""
     @property
+    def metadata(self) -> npt.NDArray[np.uint32]:
+        """Read-only view: the metadata word of each packet's first descriptor."""
+    @property
     def forwarded(self) -> int:
         """Leading packets taken by TxRing.forward(); indexing them raises LocalProtocolError."""
     def __getitem__(self, i: int) -> memoryview | bytes:
@@ -154,6 +159,10 @@ class TxRing:
     transmit call flushes the staged packets first, so order is kept. Packets go whole or not
     at all, in order; a call stops at the first packet that does not fit. Large packets are
     NEXT-chained over several buffers.
+
+    ``metadata``: one u32 per packet (None = all 0), written into every descriptor of the
+    packet; a wrong count or a value outside 0..2**32-1 raises ValueError before anything
+    is written. forward() keeps each packet's received metadata.
     """
 
     def __init__(
@@ -181,19 +190,24 @@ class TxRing:
     @property
     def staged(self) -> int:
         """Packets staged and not yet published."""
-    def stage(self, data: Buffer) -> bool:
+    def stage(self, data: Buffer, metadata: int = 0) -> bool:
         """Copy one packet into the next free slot(s), unpublished; False if it does not fit."""
     def flush(self) -> int:
         """Publish staged packets (one store, at most one signal); return how many."""
     def discard(self) -> int:
         """Forget staged packets without publishing; return how many."""
-    def tx_burst(self, packets: Sequence[Buffer]) -> int:
+    def tx_burst(self, packets: Sequence[Buffer], metadata: Metadata = None) -> int:
         """Copy packets in; return how many were sent (a prefix of ``packets``)."""
-    def tx_burst_array(self, data: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32]) -> int:
+    def tx_burst_array(
+        self,
+        data: npt.NDArray[np.uint8],
+        lengths: npt.NDArray[np.uint32],
+        metadata: Metadata = None,
+    ) -> int:
         """Rows of a 2-D C-contiguous uint8 array, ``lengths[i] <= data.shape[1]``."""
     def alloc(self, n: int) -> list[memoryview]:
         """Up to n writable buffers at the next free slots; pending until commit()."""
-    def commit(self, lengths: Sequence[int]) -> int:
+    def commit(self, lengths: Sequence[int], metadata: Metadata = None) -> int:
         """Publish the first len(lengths) allocated buffers; the rest is abandoned."""
     def forward(self, burst: Burst) -> int:
         """Slave only, zero-copy: swap buffers of the burst's leading single-segment packets."""
@@ -230,8 +244,8 @@ class StagedSender:
         self,
         tx: TxRing,
         loop: AbstractEventLoop,
-        slow: Callable[[Buffer], Awaitable[None]],
+        slow: Callable[[Buffer, int], Awaitable[None]],
         on_peer_error: Callable[[PeerProtocolError], None],
         max_burst: int,
     ) -> None: ...
-    def __call__(self, data: Buffer) -> Awaitable[None]: ...
+    def __call__(self, data: Buffer, metadata: int = 0) -> Awaitable[None]: ...

@@ -10,6 +10,7 @@ needs no explicit barriers here because the oracle is only ever run in one proce
 
 from __future__ import annotations
 
+import operator
 import os
 import select
 import struct
@@ -258,6 +259,7 @@ class Burst:
         self._rx = rx
         self._lengths_view = None
         self._nsegs_view = None
+        self._meta_view = None
 
     def __len__(self) -> int:
         return self._rx._n
@@ -273,6 +275,12 @@ class Burst:
         if self._nsegs_view is None:
             self._nsegs_view = self._rx._nsegs_arr[: self._rx._n]
         return self._nsegs_view
+
+    @property
+    def metadata(self) -> np.ndarray:
+        if self._meta_view is None:
+            self._meta_view = self._rx._meta_arr[: self._rx._n]
+        return self._meta_view
 
     @property
     def forwarded(self) -> int:
@@ -333,6 +341,22 @@ class Burst:
         return f"<Burst packets={self._rx._n}>"
 
 
+def _meta_value(value, i: int) -> int:
+    value = operator.index(value)
+    if not 0 <= value <= _U32_MAX:
+        raise ValueError(f"metadata[{i}] = {value} not in 0..{_U32_MAX}")
+    return value
+
+
+def _metadata(metadata, count: int, n: int) -> list[int]:
+    """The first n of one u32 per packet (zeros for None)."""
+    if metadata is None:
+        return [0] * n
+    if len(metadata) != count:
+        raise ValueError(f"{len(metadata)} metadata values for {count} packets")
+    return [_meta_value(metadata[i], i) for i in range(n)]
+
+
 def _is_slave(ring: Ring, role: str, max_burst: int) -> bool:
     """Checks shared by RxRing and TxRing; True for the slave (buffer owner)."""
     if not isinstance(ring, Ring):
@@ -380,10 +404,12 @@ class RxRing:
         self._closed = False
         self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees read-only views
         self._nsegs_w = np.zeros(max_burst, np.uint32)
+        self._meta_w = np.zeros(max_burst, np.uint32)
         self._lengths_arr = self._lengths_w.view()
         self._nsegs_arr = self._nsegs_w.view()
-        self._lengths_arr.flags.writeable = False
-        self._nsegs_arr.flags.writeable = False
+        self._meta_arr = self._meta_w.view()
+        for view in (self._lengths_arr, self._nsegs_arr, self._meta_arr):
+            view.flags.writeable = False
         self._first = [0] * max_burst
         self._segs: list[tuple[int, int, int]] = [(0, 0, 0)] * ring.size
         self._n = 0
@@ -466,7 +492,7 @@ class RxRing:
         size, mask, last = self._size, self._mask, self._last
         lengths = self._lengths_w
         nsegs = self._nsegs_w
-        d = n = nbytes = 0
+        d = n = nbytes = first_meta = 0
         while n < maxp and d < avail:
             start = d
             total = 0
@@ -480,7 +506,7 @@ class RxRing:
                     d = start
                     break
                 slot = (last + d) & mask
-                flags, region, length, off, _ = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
+                flags, region, length, off, meta = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
                 if self._slave:
                     if length > self._bs:
                         raise PeerProtocolError(
@@ -504,12 +530,15 @@ class RxRing:
                     raise PeerProtocolError(
                         f"descriptor {slot}: packet longer than 4 GiB ({total} bytes)"
                     )
+                if d == start:
+                    first_meta = meta
                 self._segs[d] = (region, off, length)
                 d += 1
                 if not flags & DESC_FLAG_NEXT:
                     self._first[n] = start
                     nsegs[n] = d - start
                     lengths[n] = total
+                    self._meta_w[n] = first_meta
                     nbytes += total
                     n += 1
                     break
@@ -522,6 +551,7 @@ class RxRing:
         self._fwd = 0
         self._burst._lengths_view = None
         self._burst._nsegs_view = None
+        self._burst._meta_view = None
         if self._slave:
             self._rel = self._last
             self._refill()
@@ -705,7 +735,7 @@ class TxRing:
         self._sdesc = self._spk = self._sbytes = 0
         return n
 
-    def _stage_one(self, src: memoryview) -> bool:
+    def _stage_one(self, src: memoryview, meta: int) -> bool:
         self._ring._mem()  # region table still open
         if self._sfree == 0:
             return False
@@ -717,7 +747,7 @@ class TxRing:
             except PeerProtocolError:
                 self.errors += 1
                 raise
-            nbytes = self._write([src], n) if n else 0
+            nbytes = self._write([src], [meta], n) if n else 0
         finally:
             self._pos = pos
         if not n:
@@ -728,24 +758,25 @@ class TxRing:
         self._sbytes += nbytes
         return True
 
-    def stage(self, data) -> bool:
+    def stage(self, data, metadata: int = 0) -> bool:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
         if self._alloc_n:
             raise LocalProtocolError("alloc() pending: commit() first")
+        meta = _meta_value(metadata, 0)
         mv = memoryview(data)
         if not mv.c_contiguous:
             raise BufferError("packet buffer is not contiguous")
         mv = mv.cast("B") if (mv.ndim != 1 or mv.format != "B") else mv
         if mv.nbytes > _U32_MAX:
             raise ValueError("packet 0 longer than 4 GiB")
-        if self._stage_one(mv):
+        if self._stage_one(mv, meta):
             return True
         free = self._free()
         if free < self._sdesc:
             raise self._peer_error(f"peer counter moved back over {self._sdesc} staged descriptors")
         self._sfree = free - self._sdesc
-        return self._stage_one(mv)
+        return self._stage_one(mv, meta)
 
     def _publish(self, ndesc: int) -> None:
         ring = self._ring
@@ -811,7 +842,7 @@ class TxRing:
             n += 1
         return n, d
 
-    def _write(self, srcs: list, n: int) -> int:
+    def _write(self, srcs: list, metas: list[int], n: int) -> int:
         ring = self._ring
         mem = ring._mem()
         descs = ring.offset + 2 * ring.cacheline
@@ -834,29 +865,30 @@ class TxRing:
                 flags = DESC_FLAG_NEXT if rem else 0
                 at_desc = descs + DESC_SIZE * slot
                 if self._slave:
-                    _DESC.pack_into(mem, at_desc, flags, region, take, off, 0)
+                    _DESC.pack_into(mem, at_desc, flags, region, take, off, metas[p])
                 else:
                     _U16.pack_into(mem, at_desc, flags)
                     _U32.pack_into(mem, at_desc + 4, take)
+                    _U32.pack_into(mem, at_desc + 12, metas[p])
                 d += 1
                 if rem == 0:
                     break
         return nbytes
 
-    def _run(self, srcs: list) -> int:
+    def _run(self, srcs: list, metas: list[int]) -> int:
         free = self._free_n
         try:
             n, ndesc = self._plan([len(s) for s in srcs], free)
         except PeerProtocolError:
             self.errors += 1
             raise
-        nbytes = self._write(srcs, n)
+        nbytes = self._write(srcs, metas, n)
         self._publish(ndesc)
         self.packets += n
         self.bytes += nbytes
         return n
 
-    def tx_burst(self, packets: Sequence) -> int:
+    def tx_burst(self, packets: Sequence, metadata=None) -> int:
         self._check_ready()
         free = self._free_n = self._free()
         npk = min(self._max_burst, len(packets), free)
@@ -869,9 +901,9 @@ class TxRing:
             if mv.nbytes > _U32_MAX:
                 raise ValueError(f"packet {i} longer than 4 GiB")
             srcs.append(mv)
-        return self._run(srcs)
+        return self._run(srcs, _metadata(metadata, len(packets), npk))
 
-    def tx_burst_array(self, data, lengths) -> int:
+    def tx_burst_array(self, data, lengths, metadata=None) -> int:
         self._check_ready()
         dmv = memoryview(data)
         lmv = memoryview(lengths)
@@ -890,9 +922,10 @@ class TxRing:
                 raise ValueError(f"lengths[{i}] = {length} > row width {width}")
         free = self._free_n = self._free()
         npk = min(self._max_burst, rows, free)
+        metas = _metadata(metadata, rows, npk)
         flat = dmv.cast("B") if dmv.nbytes else memoryview(b"")  # cast refuses zero shapes
         srcs = [flat[i * width : i * width + lens[i]] for i in range(npk)]
-        return self._run(srcs)
+        return self._run(srcs, metas)
 
     def alloc(self, n: int) -> list[memoryview]:
         self._check_ready()
@@ -918,7 +951,7 @@ class TxRing:
         self._alloc_n = k
         return views
 
-    def commit(self, lengths: Sequence[int]) -> int:
+    def commit(self, lengths: Sequence[int], metadata=None) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
         m = len(lengths)
@@ -933,6 +966,7 @@ class TxRing:
             cap = self._bs if self._slave else self._snap[i][2]
             if not 0 <= lens[i] <= cap:
                 raise LocalProtocolError(f"length {lens[i]} of buffer {i} > capacity {cap}")
+        metas = _metadata(metadata, m, m)
         ring = self._ring
         mem = ring._mem()
         descs = ring.offset + 2 * ring.cacheline
@@ -940,10 +974,11 @@ class TxRing:
             slot = (self._pos + i) & self._mask
             at = descs + DESC_SIZE * slot
             if self._slave:
-                _DESC.pack_into(mem, at, 0, self._br, lens[i], int(self._table[slot]), 0)
+                _DESC.pack_into(mem, at, 0, self._br, lens[i], int(self._table[slot]), metas[i])
             else:
                 _U16.pack_into(mem, at, 0)
                 _U32.pack_into(mem, at + 4, lens[i])
+                _U32.pack_into(mem, at + 12, metas[i])
         self._alloc_n = 0
         self._publish(m)
         self.packets += m
@@ -975,7 +1010,8 @@ class TxRing:
             tslot = (self._pos + k) & self._mask
             off = int(rx._table[rslot])
             length = rx._segs[f][2]
-            _DESC.pack_into(mem, descs + DESC_SIZE * tslot, 0, self._br, length, off, 0)
+            meta = int(rx._meta_w[i])
+            _DESC.pack_into(mem, descs + DESC_SIZE * tslot, 0, self._br, length, off, meta)
             rx._table[rslot] = self._table[tslot]
             self._table[tslot] = off
             nbytes += length

@@ -181,6 +181,8 @@ class TxQueue(_Queue):
       store and at most one eventfd write for the lot. ``txq.flush()`` publishes now.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, or a 2-D uint8 numpy
       array plus ``lengths``; returns when all are in the ring.
+    - Every transmit call takes ``metadata``: one u32 per packet, written into the packet's
+      descriptors (0 by default); the receiver reads it as ``burst.metadata``.
     - ``bufs = await txq.alloc(n)`` then ``txq.commit(lengths)``: build packets in place.
     - ``txq.forward(burst)`` (slave): hand received buffers over without copying.
     """
@@ -200,8 +202,8 @@ class TxQueue(_Queue):
         # ring when send() is called and published by the end of the loop iteration (every
         # max_burst packets, every 32 when the peer polls); ordering with every other transmit
         # call is kept. While it fits, the awaitable is already complete; on a full ring it
-        # is _send_slow(), which flushes and waits for room.
-        self.send: Callable[[Any], Awaitable[None]] = _ring.StagedSender(
+        # is _send_slow(), which flushes and waits for room. ``send(data, metadata)``.
+        self.send: Callable[..., Awaitable[None]] = _ring.StagedSender(
             ring, self._loop, self._send_slow, self._peer_error, max_burst
         )
 
@@ -218,21 +220,21 @@ class TxQueue(_Queue):
             self._peer_error(exc)
             raise
 
-    def send_nowait(self, data: Any) -> bool:
+    def send_nowait(self, data: Any, metadata: int = 0) -> bool:
         """Send one packet if it fits now; False when the ring is full."""
-        return self._guard(self._ring.tx_burst, (data,)) == 1
+        return self._guard(self._ring.tx_burst, (data,), (metadata,)) == 1
 
-    def send_burst_nowait(self, packets: Sequence[Any]) -> int:
+    def send_burst_nowait(self, packets: Sequence[Any], metadata: Any = None) -> int:
         """Send as many leading packets as fit now; return how many."""
-        return self._guard(self._ring.tx_burst, packets)
+        return self._guard(self._ring.tx_burst, packets, metadata)
 
-    async def _send_slow(self, data: Any) -> None:
+    async def _send_slow(self, data: Any, metadata: int) -> None:
         self._check_open()
         self.flush()
         attempt = 0
         while True:
             attempt = await self._wait_for_room(attempt)
-            if self._guard(self._ring.stage, data):
+            if self._guard(self._ring.stage, data, metadata):
                 self.flush()
                 return
 
@@ -242,16 +244,17 @@ class TxQueue(_Queue):
             return 0
         return self._ring.flush()
 
-    async def send_burst(self, packets: Any, lengths: Any = None) -> int:
+    async def send_burst(self, packets: Any, lengths: Any = None, *, metadata: Any = None) -> int:
         """Send every packet in order, waiting for room as needed; return the count."""
         total = len(packets)
         sent = attempt = 0
         while sent < total:
+            meta = metadata if metadata is None or not sent else metadata[sent:]
             if lengths is None:
                 chunk = packets[sent:] if sent else packets
-                n = self._guard(self._ring.tx_burst, chunk)
+                n = self._guard(self._ring.tx_burst, chunk, meta)
             else:
-                n = self._guard(self._ring.tx_burst_array, packets[sent:], lengths[sent:])
+                n = self._guard(self._ring.tx_burst_array, packets[sent:], lengths[sent:], meta)
             if n:
                 sent += n
                 attempt = 0
@@ -268,9 +271,9 @@ class TxQueue(_Queue):
                 return buffers
             attempt = await self._wait_for_room(attempt)
 
-    def commit(self, lengths: Sequence[int]) -> int:
+    def commit(self, lengths: Sequence[int], metadata: Any = None) -> int:
         """Publish the first ``len(lengths)`` allocated buffers with these lengths."""
-        return self._guard(self._ring.commit, lengths)
+        return self._guard(self._ring.commit, lengths, metadata)
 
     def forward(self, burst: _ring.Burst) -> int:
         """Zero-copy (slave role): move received packets of ``burst`` to this ring."""

@@ -8,6 +8,7 @@ import random
 import time
 import tracemalloc
 
+import numpy as np
 import pytest
 from traffic import Pattern, echo_integrity
 
@@ -348,3 +349,47 @@ async def test_packets_left_in_the_ring_at_disconnect_are_counted_as_drops(abstr
             await asyncio.wait_for(slave.wait_disconnected(), 5)
             assert slave.stats()["rx_drops"] == 5
             assert slave.stats()["rx_packets"] == 0
+
+
+async def test_every_queue_transmit_call_carries_metadata(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    size = qlink.size
+    received: list[tuple[bytes, int]] = []
+
+    async def drain(count):
+        while len(received) < count:
+            burst = await asyncio.wait_for(rxq.recv_burst(), 2)
+            meta = burst.metadata.tolist()
+            received.extend((bytes(burst[i]), meta[i]) for i in range(len(burst)))
+
+    # send(): staged, then on a full ring the slow path keeps the metadata too.
+    for i in range(size + 3):
+        if i == size:
+            reader = asyncio.ensure_future(drain(size + 3))
+        await txq.send(b"s%d" % i, metadata=1000 + i)
+    await reader
+    assert received == [(b"s%d" % i, 1000 + i) for i in range(size + 3)]
+    # send_burst() over more packets than the ring holds: metadata follows each chunk.
+    received.clear()
+    reader = asyncio.ensure_future(drain(3 * size))
+    packets = [b"b%d" % i for i in range(3 * size)]
+    assert await txq.send_burst(packets, metadata=list(range(3 * size))) == 3 * size
+    await reader
+    assert received == list(zip(packets, range(3 * size), strict=True))
+    # The array form, send_nowait() and alloc()/commit().
+    received.clear()
+    rows = np.zeros((2, 4), np.uint8)
+    await txq.send_burst(rows, np.array([4, 1], np.uint32), metadata=np.array([7, 8], np.uint32))
+    assert txq.send_nowait(b"n", metadata=9)
+    buffers = await txq.alloc(1)
+    buffers[0][:1] = b"c"
+    del buffers
+    assert txq.commit([1], metadata=[10])
+    await drain(4)
+    assert [meta for _, meta in received] == [7, 8, 9, 10]
+    with pytest.raises(ValueError, match="metadata"):
+        await txq.send(b"x", metadata=-1)
+    rxq._close("x")
+    txq._close("x")
+    assert not errors

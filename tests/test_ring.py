@@ -313,6 +313,74 @@ def test_tx_burst_array(R, make_link):
         link.stx.tx_burst_array(data[:, ::2], lengths)
 
 
+# --------------------------------------------------------------------------------- metadata
+
+
+def _ring_of(link, tx):
+    return link.s_s2m if tx is link.stx else link.s_m2s
+
+
+def test_metadata_round_trip_on_every_transmit_path(R, make_link):
+    link = make_link(R, log2=5, buffer_size=64)
+    for tx, rx in ((link.stx, link.mrx), (link.mtx, link.srx)):
+        ring = _ring_of(link, tx)
+        start = ring.head if tx is link.stx else ring.tail
+        # tx_burst: a list; the 150-byte packet spans three descriptors, each carrying it.
+        assert tx.tx_burst([b"a", bytes(150), b"c"], metadata=[7, 0xFFFFFFFF, 0]) == 3
+        per_descriptor = [ring.descriptor((start + k) % 32)[4] for k in range(5)]
+        assert per_descriptor == [7, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0]
+        burst = rx.rx_burst()
+        assert burst.metadata.dtype == np.uint32 and not burst.metadata.flags.writeable
+        assert burst.metadata.tolist() == [7, 0xFFFFFFFF, 0]
+        # A uint32 array, the array path, staging and alloc/commit.
+        assert tx.tx_burst([b"d", b"e"], metadata=np.array([1, 2], np.uint32)) == 2
+        rows = np.zeros((2, 8), np.uint8)
+        assert tx.tx_burst_array(rows, np.array([8, 3], np.uint32), metadata=[3, 4]) == 2
+        assert tx.stage(b"f", metadata=5) and tx.stage(b"g") and tx.flush() == 2
+        bufs = tx.alloc(2)
+        del bufs
+        assert tx.commit([1, 1], metadata=(6, 8)) == 2
+        assert tx.tx_burst([b"h"]) == 1  # no metadata: 0, not a stale value
+        burst = rx.rx_burst()
+        assert burst.metadata.tolist() == [1, 2, 3, 4, 5, 0, 6, 8, 0]
+        rx.release()
+        assert len(burst.metadata) == 0
+
+
+def test_metadata_is_checked_before_anything_is_sent(R, make_link):
+    link = make_link(R, log2=4)
+    for tx in (link.stx, link.mtx):
+        free = tx.free_slots()
+        with pytest.raises(ValueError, match="1 metadata values for 2 packets"):
+            tx.tx_burst([b"a", b"b"], metadata=[1])
+        with pytest.raises(ValueError, match=r"metadata\[1\] = -1 not in 0..4294967295"):
+            tx.tx_burst([b"a", b"b"], metadata=[1, -1])
+        with pytest.raises(ValueError, match=r"metadata\[0\] = 4294967296"):
+            tx.stage(b"a", metadata=2**32)
+        with pytest.raises(TypeError):
+            tx.stage(b"a", metadata=1.5)
+        with pytest.raises(ValueError, match="3 metadata values for 2 packets"):
+            tx.tx_burst_array(np.zeros((2, 4), np.uint8), np.ones(2, np.uint32), [1, 2, 3])
+        bufs = tx.alloc(2)
+        del bufs
+        with pytest.raises(ValueError, match="metadata values"):
+            tx.commit([1, 1], metadata=[1])
+        assert tx.commit([1], metadata=np.array([9], np.int64)) == 1  # any integers
+        assert tx.free_slots() == free - 1 and tx.staged == 0
+
+
+def test_forward_keeps_metadata(R, make_link):
+    link = make_link(R, log2=4, buffer_size=64)
+    assert link.mtx.tx_burst([b"x", b"y" * 100, b"z"], metadata=[11, 12, 13]) == 3
+    burst = link.srx.rx_burst()
+    assert burst.metadata.tolist() == [11, 12, 13]
+    assert link.stx.forward(burst) == 1  # stops at the chained packet
+    assert link.stx.tx_burst([burst[1], burst[2]], metadata=burst.metadata[1:]) == 2
+    got = link.mrx.rx_burst()
+    assert got.metadata.tolist() == [11, 12, 13]
+    assert [bytes(got[i]) for i in range(3)] == [b"x", b"y" * 100, b"z"]
+
+
 def test_tx_stops_at_first_packet_that_does_not_fit(R, make_link):
     link = make_link(R, log2=3, buffer_size=100)
     # 8 slots: 3 + 3 descriptors fit, the next 3-descriptor packet does not, nor does b"x".
@@ -929,16 +997,18 @@ from hypothesis import strategies as st  # noqa: E402
 
 _SIZES = st.lists(st.integers(0, 700), min_size=1, max_size=10)
 _RX = st.sampled_from(["mrx", "srx"])
-_TX_OP = st.tuples(st.sampled_from(["stx", "mtx", "stx_array", "mtx_array"]), _SIZES)
+# How a transmit op passes metadata: not at all, a list, a uint32 array, a bad value, a short list.
+_META = st.sampled_from([None, "list", "array", "bad", "short"])
+_TX_OP = st.tuples(st.sampled_from(["stx", "mtx", "stx_array", "mtx_array"]), _SIZES, _META)
 _RX_OP = st.tuples(st.just("rx"), _RX, st.none() | st.integers(0, 12))
 _OTHER_OP = st.one_of(
     st.tuples(st.just("release"), _RX),
     st.tuples(st.just("refill")),
-    st.tuples(st.just("alloc"), st.sampled_from(["stx", "mtx"]), st.integers(0, 12), _SIZES),
+    st.tuples(st.just("alloc"), st.sampled_from(["stx", "mtx"]), st.integers(0, 12), _SIZES, _META),
     st.tuples(st.just("forward")),
     st.tuples(st.just("mask"), _RX, st.booleans()),
     st.tuples(st.just("query")),
-    st.tuples(st.just("stage"), st.sampled_from(["stx", "mtx"]), _SIZES),
+    st.tuples(st.just("stage"), st.sampled_from(["stx", "mtx"]), _SIZES, _META),
     st.tuples(st.just("flush"), st.sampled_from(["stx", "mtx"])),
 )
 # Weighted: mostly the data path (tx 40%, rx 35%), the rest spread over the other calls.
@@ -954,6 +1024,7 @@ _HOSTILE = st.one_of(
         st.sampled_from([0, 1, 2, 7]),
         st.sampled_from([0, 1, 64, 200, 256, 257, 5000, 0xFFFFFFFF]),
         st.sampled_from([0, 64, 256, 4096, 8000, 0xFFFFFFF0]),
+        st.sampled_from([0, 1, 0xFFFFFFFF]),
     ),
     st.tuples(
         st.just("counter"),
@@ -968,17 +1039,32 @@ def _packet(n: int) -> bytes:
     return random.Random(n).randbytes(n)
 
 
+def _metadata(mode, sizes):
+    if mode is None:
+        return None
+    values = [(n * 0x9E3779B1 + i) & 0xFFFFFFFF for i, n in enumerate(sizes)]
+    if mode == "array":
+        return np.array(values, np.uint32)
+    if mode == "bad":
+        return values[:-1] + [1 << 32]
+    if mode == "short":
+        return values[:-1]
+    return values
+
+
 def _apply(link: Link, op):
     kind = op[0]
     if kind in ("stx", "mtx"):
-        return getattr(link, kind).tx_burst([_packet(n) for n in op[1]])
+        return getattr(link, kind).tx_burst(
+            [_packet(n) for n in op[1]], metadata=_metadata(op[2], op[1])
+        )
     if kind in ("stx_array", "mtx_array"):
         width = max(op[1], default=0)
         data = np.zeros((len(op[1]), width), np.uint8)
         for i, n in enumerate(op[1]):
             data[i, :n] = np.frombuffer(_packet(n), np.uint8)
         lengths = np.array(op[1], np.uint32)
-        return getattr(link, kind[:3]).tx_burst_array(data, lengths)
+        return getattr(link, kind[:3]).tx_burst_array(data, lengths, _metadata(op[2], op[1]))
     if kind == "rx":
         burst = getattr(link, op[1]).rx_burst(op[2])
         out = []
@@ -987,7 +1073,10 @@ def _apply(link: Link, op):
                 out.append(bytes(burst[i]))
             except LocalProtocolError as e:
                 out.append(str(e))
-        return len(burst), burst.lengths.tolist(), burst.nsegments.tolist(), out
+        lengths, nsegs, meta = (
+            a.tolist() for a in (burst.lengths, burst.nsegments, burst.metadata)
+        )
+        return len(burst), lengths, nsegs, meta, out
     if kind == "release":
         return getattr(link, op[1]).release()
     if kind == "refill":
@@ -1000,12 +1089,15 @@ def _apply(link: Link, op):
         for v, n in zip(views, lens, strict=False):
             v[:n] = _packet(n)
         del views
-        return caps, tx.commit(lens)
+        return caps, _outcome(tx.commit, lens, _metadata(op[4], lens))
     if kind == "forward":
         return link.stx.forward(link.srx.burst)
     if kind == "stage":
         tx = getattr(link, op[1])
-        return [tx.stage(_packet(n)) for n in op[2]], tx.staged
+        meta = _metadata(op[3], op[2])
+        meta = [0] * len(op[2]) if meta is None else list(meta)  # "short": one stage fewer
+        staged = [_outcome(tx.stage, _packet(n), m) for n, m in zip(op[2], meta, strict=False)]
+        return staged, tx.staged
     if kind == "flush":
         return getattr(link, op[1]).flush()
     if kind == "mask":
