@@ -3,8 +3,9 @@
     python examples/frame_receiver.py @/tmp/frames.sock &
     python examples/frame_sender.py @/tmp/frames.sock --frames 300 --fps 0
 
-Each frame is one memif packet over chained 64 KiB buffers, with a sequence number,
-timestamp and CRC in a trailer (see memif_aio.frames).
+Each frame is one memif packet over chained 64 KiB buffers; its sequence number rides in
+every descriptor's metadata word, and in full, with a timestamp and CRC, in a trailer (see
+memif_aio.frames).
 """
 
 import argparse

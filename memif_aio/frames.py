@@ -2,10 +2,15 @@
 Mesh's memif sharing.
 
 A frame travels as ONE memif packet spread over chained buffers (``NEXT``), followed by a
-24-byte trailer: ``magic "MFRM" | crc32 | seq u64 | timestamp_ns u64`` (little-endian).
-``timestamp_ns`` is CLOCK_MONOTONIC, which both ends share on one host, so the receiver can
-measure latency. Size the interface for it: a 1920x1080 YUV420 frame (3 110 400 bytes) needs
-48 buffers of 64 KiB or 1 519 of 2 KiB, and the ring must hold at least one whole frame
+24-byte trailer: ``magic "MFRM" | crc32 | seq u64 | timestamp_ns u64`` (little-endian). Every
+descriptor of the frame also carries the low 32 bits of ``seq`` in its ``metadata`` word, so a
+consumer can tell which frame a buffer belongs to without reading the payload; the trailer holds
+what 32 bits cannot: the full 64-bit sequence number and the nanosecond timestamp. The receiver
+checks that the two agree. ``timestamp_ns`` is CLOCK_MONOTONIC, which both ends share on one
+host, so the receiver can measure latency.
+
+Size the interface for it: a 1920x1080 YUV420 frame (3 110 400 bytes) needs 48 buffers of
+64 KiB or 1 519 of 2 KiB, and the ring must hold at least one whole frame
 (``buffer_size=65536`` with the default 1024-slot ring works).
 """
 
@@ -23,6 +28,7 @@ from .errors import DisconnectedError, MemifError
 from .queues import RxQueue, TxQueue
 
 TRAILER = struct.Struct("<4sIQQ")
+SEQ_METADATA_MASK = 0xFFFFFFFF  # the part of seq that fits in a descriptor's metadata
 MAGIC = b"MFRM"
 YUV420_1080P = 1920 * 1080 * 3 // 2  # 3 110 400 bytes
 
@@ -60,7 +66,8 @@ class FrameSender:
         crc = zlib.crc32(payload) if self._checksum else 0
         seq = self.seq
         TRAILER.pack_into(self._buffer, length, MAGIC, crc, seq, time.monotonic_ns())
-        await self._txq.send(memoryview(self._buffer)[: length + TRAILER.size])
+        frame_bytes = memoryview(self._buffer)[: length + TRAILER.size]
+        await self._txq.send(frame_bytes, metadata=seq & SEQ_METADATA_MASK)
         self.seq += 1
         return seq
 
@@ -94,6 +101,7 @@ class FrameReceiver:
     async def recv(self) -> Frame:
         burst = await self._rxq.recv_burst(1)
         try:
+            metadata = int(burst.metadata[0])
             length = burst.copy_into(0, self._buffer)
         except ValueError as exc:
             raise FrameDataError(f"frame larger than max_frame_size: {exc}") from None
@@ -106,6 +114,10 @@ class FrameReceiver:
         magic, crc, seq, stamp = TRAILER.unpack_from(self._buffer, end)
         if magic != MAGIC:
             raise FrameDataError("packet is not a frame (bad trailer magic)")
+        if metadata != seq & SEQ_METADATA_MASK:
+            raise FrameDataError(
+                f"frame {seq}: descriptor metadata {metadata} does not match the trailer"
+            )
         if self._verify and crc != zlib.crc32(self._buffer[:end]):
             raise FrameDataError(f"frame {seq}: checksum mismatch")
         missing = 0 if self._expected is None else max(0, seq - self._expected)
