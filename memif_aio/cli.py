@@ -70,6 +70,8 @@ class _Progress:
 
 def _interface_options(args: argparse.Namespace) -> dict:
     options = {"id": args.id, "secret": args.secret}
+    if getattr(args, "allow_unsealed_regions", False):
+        options["allow_unsealed_regions"] = True
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -503,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         peer_options(s, "master")
         s.add_argument("--queues", type=int, default=1, help="queue pairs (default 1)")
         s.add_argument("--until-stdin-closes", action="store_true", help=argparse.SUPPRESS)
+        s.add_argument(
+            "--allow-unsealed-regions",
+            action="store_true",
+            help="master: accept peer memory that cannot be sealed (DPDK zero-copy clients); "
+            "only for a trusted peer",
+        )
         if name == "responder":
             s.add_argument("--ip", required=True, help="our IPv4 address")
             s.add_argument("--mac", default="02:fe:00:00:00:01", help="our MAC address")

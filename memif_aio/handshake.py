@@ -140,6 +140,8 @@ class LinkSetup:
     m2s_rings: list[RingSpec]
     peer_name: str = ""  # the peer's interface name (CONNECT / CONNECTED)
     peer_app_name: str = ""  # the peer's application name (HELLO / INIT)
+    # Master: the peer may hand over regions that cannot be sealed (see MasterInterfaceConfig).
+    allow_unsealed_regions: bool = False
 
     def fds(self) -> list[int]:
         return [r.fd for r in self.regions] + [r.eventfd for r in self.s2m_rings + self.m2s_rings]
@@ -472,6 +474,10 @@ class MasterInterfaceConfig:
     rx_queues: int = 1  # most S2M rings we accept
     tx_queues: int = 1  # most M2S rings we accept
     cacheline: int = 64
+    # Accept region fds that cannot be sealed against shrinking (DPDK zero-copy clients pass
+    # their memseg fds: a memfd without sealing, or a hugetlbfs file). Such a peer can shrink
+    # the region under our mapping and kill us with SIGBUS: only for a trusted peer.
+    allow_unsealed_regions: bool = False
 
 
 @dataclass
@@ -568,12 +574,13 @@ class MasterHandshake(_Handshake):
         # A region must be shared memory that can be sealed against shrinking: a peer that
         # truncates a file under our mapping would kill us with SIGBUS on the next access.
         info = self._inspect_fd(fd)
-        if info.kind == "file":
-            return self._reject(REGION_NOT_MEMFD)
-        if info.kind != "memfd":
+        if info.kind not in ("memfd", "file"):
             return self._reject(REGION_NOT_FILE)
-        if info.seals & SEAL_SEAL and not info.seals & SEAL_SHRINK:
-            return self._reject(REGION_NOT_SEALABLE)
+        if not pending.config.allow_unsealed_regions:
+            if info.kind == "file":
+                return self._reject(REGION_NOT_MEMFD)
+            if info.seals & SEAL_SEAL and not info.seals & SEAL_SHRINK:
+                return self._reject(REGION_NOT_SEALABLE)
         if info.size < msg.size:
             return self._reject(f"{REGION_TOO_SMALL}: {info.size} < {msg.size}")
         pending.regions.append(RegionSpec(msg.index, msg.size, fd))
@@ -630,6 +637,7 @@ class MasterHandshake(_Handshake):
             m2s_rings=m2s,
             peer_name=msg.if_name,
             peer_app_name=pending.slave_app_name,
+            allow_unsealed_regions=pending.config.allow_unsealed_regions,
         )
         self.state = State.WAIT_MAPPING
         self._owned_fds = []  # they travel with MapMemory: the mapper closes them on failure

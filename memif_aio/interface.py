@@ -91,6 +91,11 @@ class Interface:
     most that many), ``ring_size`` (power of two, 2..16384), ``buffer_size`` (slave's packet
     buffers), ``name`` (interface name sent in CONNECT/CONNECTED), ``app_name`` (defaults to the
     socket's), ``cacheline`` (64; 128 for peers built on aarch64).
+
+    ``allow_unsealed_regions`` (master only, default False): accept shared-memory regions that
+    cannot be sealed against shrinking, as DPDK's zero-copy clients send (their memseg memfd
+    or hugetlbfs file). Only for a trusted peer: one that shrinks such a region while we map
+    it crashes this process with SIGBUS. By default they are refused with a reason.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Interface:
         name: str | None = None,
         app_name: str | None = None,
         cacheline: int = 64,
+        allow_unsealed_regions: bool = False,
     ) -> None:
         if not 0 <= id < 1 << 32:
             raise ConfigError(f"interface id {id} outside 0..2**32-1")
@@ -120,6 +126,8 @@ class Interface:
                 raise ConfigError(f"{label}={count} outside 1..256")
         if cacheline not in (64, 128):
             raise ConfigError(f"cacheline must be 64 or 128, not {cacheline}")
+        if allow_unsealed_regions and role is not hs.Role.MASTER:
+            raise ConfigError("allow_unsealed_regions is for role='master' (it maps the peer's)")
         raw_secret = secret.encode() if isinstance(secret, str) else bytes(secret or b"")
         if len(raw_secret) > SECRET_SIZE:
             raise ConfigError(f"secret longer than {SECRET_SIZE} bytes")
@@ -138,6 +146,7 @@ class Interface:
         self.ring_size = ring_size
         self.buffer_size = buffer_size
         self.cacheline = cacheline
+        self.allow_unsealed_regions = allow_unsealed_regions
 
         self.state = LinkState.DISCONNECTED
         self.last_disconnect_reason = ""
@@ -272,6 +281,7 @@ class Interface:
             rx_queues=self.rx_queue_count,
             tx_queues=self.tx_queue_count,
             cacheline=self.cacheline,
+            allow_unsealed_regions=self.allow_unsealed_regions,
         )
 
     def _slave_config(self) -> hs.SlaveConfig:

@@ -90,17 +90,20 @@ def _memfd(name: str, size: int) -> int:
     return fd
 
 
-def seal_against_shrinking(fd: int, size: int) -> None:
+def seal_against_shrinking(fd: int, size: int, *, required: bool = True) -> None:
     """Make sure the peer can never shrink ``fd`` below ``size`` while we map it.
 
     Seal first, then check the size: a size checked before sealing could shrink in between.
-    Raises ``PeerProtocolError`` with the handshake's reason when that cannot be guaranteed.
+    Raises ``PeerProtocolError`` with the handshake's reason when that cannot be guaranteed,
+    unless not ``required`` (the user trusts the peer): then only the size is checked.
     """
     try:
         if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
     except OSError as exc:
-        raise PeerProtocolError(f"{REGION_NOT_SEALABLE}: {exc.strerror}") from None
+        if required:
+            raise PeerProtocolError(f"{REGION_NOT_SEALABLE}: {exc.strerror}") from None
+        log.info("region fd %d is not sealed against shrinking (allow_unsealed_regions)", fd)
     actual = os.fstat(fd).st_size
     if actual < size:
         raise PeerProtocolError(f"{REGION_TOO_SMALL}: {actual} < {size}")
@@ -168,7 +171,9 @@ def map_master_memory(setup: LinkSetup) -> SharedMemory:
     memory: SharedMemory | None = None
     try:
         for region in setup.regions:
-            seal_against_shrinking(region.fd, region.size)
+            seal_against_shrinking(
+                region.fd, region.size, required=not setup.allow_unsealed_regions
+            )
             maps.append(_map(region.fd, region.size))
         memory = SharedMemory(fds, maps, setup.cacheline)
         for spec in setup.s2m_rings + setup.m2s_rings:

@@ -38,6 +38,7 @@ class Testpmd:
         txpkts: int | None = None,
         cpu: int = 0,
         extra_args: tuple[str, ...] = (),
+        zero_copy: bool = False,
     ) -> None:
         binary = find_testpmd()
         if binary is None:
@@ -47,6 +48,10 @@ class Testpmd:
         vdev += ",socket-abstract=" + ("yes" if abstract else "no")
         if secret is not None:
             vdev += f",secret={secret}"
+        # Zero-copy (client only) shares DPDK's own mbuf memory, which must then be one file.
+        zero_copy_args = ["--single-file-segments"] if zero_copy else []
+        if zero_copy:
+            vdev += ",zero-copy=yes"
         args = [
             binary,
             f"--lcores=0@{cpu},1@{cpu}",
@@ -56,6 +61,7 @@ class Testpmd:
             "--no-pci",
             "--log-level=pmd.net.memif:debug",
             f"--file-prefix=memifaio{uuid.uuid4().hex[:10]}",
+            *zero_copy_args,
             f"--vdev={vdev}",
             "--",
             "--no-mlockall",

@@ -197,6 +197,8 @@ def test_bad_options_are_usage_errors(abstract_path):
     assert result.returncode == 2 and "secret" in result.stderr
     result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "-c", "0")
     assert result.returncode == 2
+    result = run("echo", abstract_path, "--role", "slave", "--allow-unsealed-regions")
+    assert result.returncode == 2 and "allow_unsealed_regions is for role='master'" in result.stderr
 
 
 def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):

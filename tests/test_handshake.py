@@ -392,6 +392,34 @@ def test_unsealed_memfd_that_can_be_sealed_is_accepted():
     assert master.receive(p.AddRegion(0, 4096), (10,)) == [hs.Send(p.Ack())]
 
 
+@pytest.mark.parametrize(
+    "region_fd, accepted",
+    [
+        (hs.FdInfo("memfd", 4096, seals=hs.SEAL_SEAL), True),  # DPDK's memseg memfd
+        (hs.FdInfo("file", 4096), True),  # a hugetlbfs file
+        (hs.FdInfo("other"), False),  # still not shared memory at all
+        (hs.FdInfo("file", 100), False),  # still checked against the declared size
+    ],
+)
+def test_allow_unsealed_regions_accepts_what_cannot_be_sealed(region_fd, accepted):
+    config = hs.MasterInterfaceConfig(allow_unsealed_regions=True)
+    master = hs.MasterHandshake(
+        "m", lambda i: config, lambda i: False, inspect_fd={10: region_fd}.__getitem__
+    )
+    master.start()
+    master.receive(p.Init())
+    actions = master.receive(p.AddRegion(0, 4096), (10,))
+    assert (actions == [hs.Send(p.Ack())]) is accepted
+
+
+def test_unsealed_regions_reach_the_mapper_only_when_allowed():
+    for allowed in (False, True):
+        pair = Pair(hs.MasterInterfaceConfig(allow_unsealed_regions=allowed)).run()
+        mapped = [a for a in pair.results["master"] if isinstance(a, hs.MapMemory)]
+        assert mapped[0].setup.allow_unsealed_regions is allowed
+        assert isinstance(outcome(pair, "master"), hs.LinkUp)
+
+
 def test_eof_before_hello_is_a_lost_connection_not_a_refusal():
     slave = hs.SlaveHandshake(hs.SlaveConfig())
     closed = _rejection(slave.peer_closed())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from traffic import Pattern, echo_integrity, wait_until_echoing
 
 import memif_aio
 from helpers import DpdkTestpmd
@@ -81,3 +82,34 @@ async def test_wrong_secret_refused_by_our_master(testpmd_bin, abstract_path):
         finally:
             await pmd.stop()
         assert LINK_UP not in pmd.output()
+
+
+async def test_zero_copy_client_needs_allow_unsealed_regions(testpmd_bin, abstract_path):
+    """DPDK's zero-copy client shares its mbuf memory: a memfd created without sealing. Refused
+    by default with a reason; accepted with allow_unsealed_regions, and packets echo intact."""
+    async with memif_aio.Socket(abstract_path) as sock:
+        strict = await sock.create_interface(id=0, role="master")
+        trusting = await sock.create_interface(id=1, role="master", allow_unsealed_regions=True)
+        pmds = [
+            await DpdkTestpmd.start(
+                testpmd_bin, role="client", socket=abstract_path, id=i, zero_copy=True
+            )
+            for i in (0, 1)
+        ]
+        try:
+            await trusting.wait_connected(timeout=20)
+            await pmds[1].wait_for(LINK_UP)
+            for _ in range(200):
+                if strict.details().last_disconnect_reason:
+                    break
+                await asyncio.sleep(0.1)
+            assert "cannot be sealed" in strict.details().last_disconnect_reason
+            assert not strict.connected
+            txq, rxq = trusting.tx_queues[0], trusting.rx_queues[0]
+            await wait_until_echoing(txq, rxq)
+            got = await asyncio.wait_for(echo_integrity(txq, rxq, 20_000, Pattern(5)), 60)
+            assert got == 20_000
+        finally:
+            for pmd in pmds:
+                await pmd.stop()
+        assert LINK_UP not in pmds[0].output()

@@ -218,11 +218,14 @@ class PeerMemory:
         buffer_size: int = 2048,
         cl: int = 64,
         seal: bool = True,
+        sealing: bool = True,
     ) -> None:
         self.log2, self.buffer_size, self.cl = log2, buffer_size, cl
         nrings = s2m + m2s
         self.sizes = [ring_bytes(log2, cl) * nrings, nrings * (buffer_size << log2)]
-        self.region_fds = [memfd(f"rawpeer region {i}", s, seal) for i, s in enumerate(self.sizes)]
+        self.region_fds = [
+            memfd(f"rawpeer region {i}", s, seal, sealing) for i, s in enumerate(self.sizes)
+        ]
         self.maps = [mmap.mmap(fd, s) for fd, s in zip(self.region_fds, self.sizes, strict=True)]
         self.s2m: list[RawRing] = []
         self.m2s: list[RawRing] = []

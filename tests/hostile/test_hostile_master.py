@@ -281,6 +281,41 @@ async def test_unsealed_memfd_is_sealed_by_us_and_accepted(abstract_path):
             mem.close()
 
 
+async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        iface = await sock.create_interface(id=0, role="master", allow_unsealed_regions=True)
+        mem = PeerMemory(seal=False, sealing=False)  # like DPDK's zero-copy memseg memfd
+        chan = await RawChannel.connect(abstract_path)
+        try:
+            assert await drive(chan, slave_steps(mem)) is None
+            await iface.wait_connected(timeout=3)
+            assert not fcntl.fcntl(mem.region_fds[1], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        finally:
+            chan.close()
+            mem.close()
+        # Even so, the size is still checked just before mapping.
+        mem = PeerMemory(seal=False, sealing=False)
+        steps = slave_steps(mem)
+        chan = await RawChannel.connect(abstract_path)
+        try:
+            await chan.expect(p.Hello)
+            for step in steps[:-1]:
+                chan.send(step.data, step.fds)
+                await chan.expect(p.Ack)
+            os.ftruncate(mem.region_fds[1], 4096)
+            chan.send(steps[-1].data)
+            assert hs.REGION_TOO_SMALL in await chan.expect_disconnect()
+        finally:
+            chan.close()
+            mem.close()
+
+
+async def test_allow_unsealed_regions_is_a_master_option(abstract_path):
+    async with memif_aio.Socket(abstract_path) as sock:
+        with pytest.raises(memif_aio.ConfigError, match="role='master'"):
+            await sock.create_interface(id=0, role="slave", allow_unsealed_regions=True)
+
+
 async def test_region_shrunk_between_add_region_and_connect(abstract_path, caplog):
     """The size is checked again after sealing, just before mapping."""
     async with memif_aio.Socket(abstract_path) as sock:
