@@ -9,7 +9,9 @@ packets by default. Each figure is the best of a few runs of ``--count`` packets
   alloc(1)+commit     one zero-copy tx buffer, filled and published
   async for (rxq)     one step of ``async for pkt in rxq`` (includes 1/256 of a tx_burst refill)
   await send          ``await txq.send(pkt)`` (includes 1/256 of an rx_burst drain)
-  echo                ``async for pkt in rxq: await txq.send(pkt)`` over two ring pairs
+  echo (rx+send)      ``async for pkt in rxq: await txq.send(pkt)`` over two ring pairs
+  echo burst (views)  ``async for burst in rxq.bursts(): await txq.send_burst([views])``
+  echo burst (C)      ``... await txq.send_burst(burst)``: ring to ring in C
 
     python benchmarks/bench_packet.py [--size 64] [--count 200000] [--loop asyncio|uvloop]
 """
@@ -168,28 +170,44 @@ async def bench_async(pair: Pair, packets: list[bytes], count: int) -> dict[str,
     return out
 
 
-async def bench_echo(packets: list[bytes], count: int) -> float:
+async def bench_echo(packets: list[bytes], count: int, mode: str = "packet") -> float:
     """Slave rx -> echo -> slave tx, the master side driven by bursts."""
     pair = Pair()
     try:
         rxq = RxQueue(0, pair.srx, pair.efds[1], lambda exc: None)
         txq = TxQueue(0, pair.stx, lambda exc: None)
         mtx, mrx = pair.mtx, pair.mrx
+
+        def refill() -> None:
+            mrx.rx_burst()
+            mrx.release()
+            mtx.tx_burst(packets)
+
         mtx.tx_burst(packets)
         got = 0
         t = time.perf_counter_ns()
-        async for pkt in rxq:
-            await txq.send(pkt)
-            got += 1
-            if got % BURST == 0:
+        if mode == "packet":
+            async for pkt in rxq:
+                await txq.send(pkt)
+                got += 1
+                if got % BURST == 0:
+                    if got >= count:
+                        break
+                    await asyncio.sleep(0)
+                    refill()
+            del pkt  # a view pins the mapping
+        else:
+            async for burst in rxq.bursts():
+                if mode == "views":
+                    await txq.send_burst([burst[i] for i in range(len(burst))])
+                else:
+                    await txq.send_burst(burst)
+                got += len(burst)
                 if got >= count:
                     break
-                await asyncio.sleep(0)
-                mrx.rx_burst()
-                mrx.release()
-                mtx.tx_burst(packets)
+                refill()
+            del burst
         el = time.perf_counter_ns() - t
-        del pkt  # a view pins the mapping
         rxq._close("bench")
         txq._close("bench")
         return el / got
@@ -216,7 +234,13 @@ def main() -> None:
         res.update(runner(bench_async(pair, packets, args.count)))
     finally:
         pair.close()
-    res["echo (rx+send)"] = min(runner(bench_echo(packets, args.count)) for _ in range(3))
+    # Side by side, interleaved, so the machine's noise hits all three alike.
+    echoes = {"echo (rx+send)": "packet", "echo burst (views)": "views", "echo burst (C)": "c"}
+    times: dict[str, list[float]] = {name: [] for name in echoes}
+    for _ in range(3):
+        for name, mode in echoes.items():
+            times[name].append(runner(bench_echo(packets, args.count, mode)))
+    res.update({name: min(values) for name, values in times.items()})
     print(f"{args.size}-byte packets, loop {args.loop}: ns/packet (Mpps)")
     for name, ns in res.items():
         print(f"  {name:<20}{ns:8.1f} ns  {1e3 / ns:6.2f} Mpps")

@@ -47,7 +47,7 @@ async def echo(master: memif_aio.Interface) -> None:
         try:
             rxq, txq = master.rx_queues[0], master.tx_queues[0]
             async for burst in rxq.bursts():
-                await txq.send_burst([bytes(burst[i]) for i in range(len(burst))])
+                await txq.send_burst(burst)
         except memif_aio.DisconnectedError:
             continue
 

@@ -1615,6 +1615,52 @@ cdef class TxRing:
             PyBuffer_Release(&db)
         return self.c.n
 
+    def tx_burst_from(self, Burst burst not None, Py_ssize_t start=0):
+        """Copy packets ``start..`` of a received ``burst`` into the ring, each with its
+        metadata; return how many were sent (like :meth:`tx_burst`: a prefix).
+
+        The echo/copy-forward primitive: no Python object per packet (a chained packet is
+        joined into one temporary ``bytes``). Works between any roles and region tables.
+        ``IndexError`` if ``start`` is outside ``0..len(burst)``, ``LocalProtocolError`` if
+        packet ``start`` was forwarded or the burst's ring is closed.
+        """
+        self._check_ready()
+        cdef RxRing rx = burst.rx
+        cdef uint32_t n = rx.c.n, npk, k, i, f
+        if not 0 <= start <= n:
+            raise IndexError(f"start {start} outside 0..{n}")
+        rx._check_open()
+        rx.regions._check()
+        if start < rx.fwd:
+            raise LocalProtocolError(f"packet {start} was forwarded")
+        cdef uint32_t free = self._free()
+        npk = self.max_burst
+        if n - start < npk:
+            npk = n - <uint32_t>start
+        if free < npk:
+            npk = free
+        cdef list joined = None
+        for k in range(npk):
+            i = <uint32_t>start + k
+            f = rx.c.first[i]
+            if rx.c.nsegs[i] == 1:
+                self.c.src[k] = rx.regions.base[rx.c.seg_region[f]] + rx.c.seg_offset[f]
+                self.c.src_len[k] = rx.c.seg_len[f]
+            else:
+                packet = _packet(rx, i)
+                if joined is None:
+                    joined = []
+                joined.append(packet)  # alive until _run() copied it
+                self.c.src[k] = PyBytes_AS_STRING(packet)
+                self.c.src_len[k] = rx.c.lengths[i]
+            self.c.src_meta[k] = rx.c.meta[i]
+        rx.regions.busy += 1
+        try:
+            self._run(npk)
+        finally:
+            rx.regions.busy -= 1
+        return self.c.n
+
     def alloc(self, Py_ssize_t n):
         """Up to ``n`` writable single-buffer memoryviews at the next free slots.
 

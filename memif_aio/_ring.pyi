@@ -205,6 +205,8 @@ class TxRing:
         metadata: Metadata = None,
     ) -> int:
         """Rows of a 2-D C-contiguous uint8 array, ``lengths[i] <= data.shape[1]``."""
+    def tx_burst_from(self, burst: Burst, start: int = 0) -> int:
+        """Copy packets ``start..`` of a received burst (with their metadata); a prefix goes."""
     def alloc(self, n: int) -> list[memoryview]:
         """Up to n writable buffers at the next free slots; pending until commit()."""
     def commit(self, lengths: Sequence[int], metadata: Metadata = None) -> int:

@@ -927,6 +927,23 @@ class TxRing:
         srcs = [flat[i * width : i * width + lens[i]] for i in range(npk)]
         return self._run(srcs, metas)
 
+    def tx_burst_from(self, burst: Burst, start: int = 0) -> int:
+        self._check_ready()
+        if not isinstance(burst, Burst):
+            raise TypeError("burst must be a Burst")
+        rx = burst._rx
+        n = rx._n
+        if not 0 <= start <= n:
+            raise IndexError(f"start {start} outside 0..{n}")
+        rx._check_open()
+        rx._regions._check()
+        if start < rx._fwd:
+            raise LocalProtocolError(f"packet {start} was forwarded")
+        free = self._free_n = self._free()
+        npk = min(self._max_burst, n - start, free)
+        srcs = [memoryview(burst[i]) for i in range(start, start + npk)]
+        return self._run(srcs, [int(m) for m in rx._meta_w[start : start + npk]])
+
     def alloc(self, n: int) -> list[memoryview]:
         self._check_ready()
         if n < 0:

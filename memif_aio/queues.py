@@ -179,8 +179,9 @@ class TxQueue(_Queue):
       waits while the ring is full. Packets are staged and published together once per loop
       iteration (or every ``max_burst`` packets; every 32 when the peer polls): one counter
       store and at most one eventfd write for the lot. ``txq.flush()`` publishes now.
-    - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, or a 2-D uint8 numpy
-      array plus ``lengths``; returns when all are in the ring.
+    - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, a 2-D uint8 numpy
+      array plus ``lengths``, or a received ``Burst`` (copied in C, metadata kept: the echo
+      path); returns when all are in the ring.
     - Every transmit call takes ``metadata``: one u32 per packet, written into the packet's
       descriptors (0 by default); the receiver reads it as ``burst.metadata``.
     - ``bufs = await txq.alloc(n)`` then ``txq.commit(lengths)``: build packets in place.
@@ -248,9 +249,14 @@ class TxQueue(_Queue):
         """Send every packet in order, waiting for room as needed; return the count."""
         total = len(packets)
         sent = attempt = 0
+        from_burst = isinstance(packets, _ring.Burst)
+        if from_burst and (lengths is not None or metadata is not None):
+            raise ValueError("a Burst carries its own lengths and metadata")
         while sent < total:
             meta = metadata if metadata is None or not sent else metadata[sent:]
-            if lengths is None:
+            if from_burst:
+                n = self._guard(self._ring.tx_burst_from, packets, sent)
+            elif lengths is None:
                 chunk = packets[sent:] if sent else packets
                 n = self._guard(self._ring.tx_burst, chunk, meta)
             else:

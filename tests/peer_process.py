@@ -53,7 +53,7 @@ async def main(args: argparse.Namespace) -> None:
             rxq, txq = iface.rx_queues[index], iface.tx_queues[index]
             try:
                 async for burst in rxq.bursts():
-                    await txq.send_burst([bytes(burst[i]) for i in range(len(burst))])
+                    await txq.send_burst(burst)
             except memif_aio.DisconnectedError:
                 continue
 

@@ -393,3 +393,31 @@ async def test_every_queue_transmit_call_carries_metadata(qlink):
     rxq._close("x")
     txq._close("x")
     assert not errors
+
+
+async def test_send_burst_of_a_received_burst_waits_for_room_and_keeps_metadata(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)  # txq: slave -> master; rxq reads the master's side
+    size = qlink.size
+    packets = [bytes([i]) * (300 if i % 7 == 0 else 40) for i in range(size - 8)]  # some chained
+    assert qlink.mtx.tx_burst(packets, metadata=range(100, 100 + len(packets))) == len(packets)
+    burst = qlink.srx.rx_burst()
+    assert len(burst) == len(packets)
+    assert qlink.stx.tx_burst([b"x"] * (size - 4)) == size - 4  # leave only 4 slots: must wait
+    received: list[tuple[bytes, int]] = []
+
+    async def drain():
+        while len(received) < size - 4 + len(packets):
+            got = await asyncio.wait_for(rxq.recv_burst(), 2)
+            meta = got.metadata.tolist()
+            received.extend((bytes(got[i]), meta[i]) for i in range(len(got)))
+
+    reader = asyncio.ensure_future(drain())
+    assert await txq.send_burst(burst) == len(packets)
+    await reader
+    assert received[size - 4 :] == list(zip(packets, range(100, 100 + len(packets)), strict=True))
+    with pytest.raises(ValueError, match="carries its own"):
+        await txq.send_burst(burst, metadata=[1])
+    rxq._close("x")
+    txq._close("x")
+    assert not errors

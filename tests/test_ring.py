@@ -752,6 +752,34 @@ def test_forward_zero_copy(R, make_link):
     assert link.stx.packets > 0
 
 
+def test_tx_burst_from_copies_a_received_burst_with_its_metadata(R, make_link):
+    link = make_link(R, log2=3, buffer_size=64)
+    packets = [b"a" * 10, bytes(range(150)), b"c", b"d" * 64]
+    assert link.stx.tx_burst(packets, metadata=[1, 2, 3, 4]) == 4
+    burst = link.mrx.rx_burst()
+    assert list(burst.nsegments) == [1, 3, 1, 1]
+    # Master rx -> master tx (an echo): the slave published 8 empty slots; the chained packet
+    # takes 3 of them, so all 4 fit; then the same burst again from packet 2 on only 2 fit.
+    assert link.mtx.tx_burst_from(burst) == 4
+    assert link.mtx.tx_burst_from(burst, 2) == 2
+    assert link.mtx.tx_burst_from(burst, 4) == 0
+    with pytest.raises(IndexError, match="start 5 outside 0..4"):
+        link.mtx.tx_burst_from(burst, 5)
+    got = link.srx.rx_burst()
+    assert [bytes(got[i]) for i in range(len(got))] == packets + packets[2:]
+    assert got.metadata.tolist() == [1, 2, 3, 4, 3, 4]
+    link.mrx.release()
+    assert link.mtx.tx_burst_from(link.mrx.burst) == 0  # released: nothing left to copy
+    # Slave rx -> slave tx, after forward() took the first packet: copy starts past it.
+    assert link.stx.forward(got) == 1
+    with pytest.raises(LocalProtocolError, match="packet 0 was forwarded"):
+        link.stx.tx_burst_from(got)
+    assert link.stx.tx_burst_from(got, 1) == 5
+    again = link.mrx.rx_burst()
+    assert [bytes(again[i]) for i in range(len(again))] == packets + packets[2:]
+    assert again.metadata.tolist() == [1, 2, 3, 4, 3, 4]
+
+
 def test_forward_checks(R, make_link):
     link = make_link(R, log2=3, buffer_size=64)
     link.stx.tx_burst([b"x"])
@@ -1010,6 +1038,11 @@ _OTHER_OP = st.one_of(
     st.tuples(st.just("query")),
     st.tuples(st.just("stage"), st.sampled_from(["stx", "mtx"]), _SIZES, _META),
     st.tuples(st.just("flush"), st.sampled_from(["stx", "mtx"])),
+    st.tuples(
+        st.just("tx_from"),
+        st.sampled_from([("mtx", "mrx"), ("stx", "srx"), ("mtx", "srx"), ("stx", "mrx")]),
+        st.integers(0, 12),
+    ),
 )
 # Weighted: mostly the data path (tx 40%, rx 35%), the rest spread over the other calls.
 _BENIGN = st.integers(0, 99).flatmap(
@@ -1100,6 +1133,9 @@ def _apply(link: Link, op):
         return staged, tx.staged
     if kind == "flush":
         return getattr(link, op[1]).flush()
+    if kind == "tx_from":
+        tx, rx = (getattr(link, name) for name in op[1])
+        return tx.tx_burst_from(rx.burst, op[2])
     if kind == "mask":
         getattr(link, op[1]).mask_interrupts = op[2]
         return getattr(link, op[1]).mask_interrupts
@@ -1124,7 +1160,7 @@ def _apply(link: Link, op):
 def _outcome(call, *args):
     try:
         return "ok", call(*args)
-    except (PeerProtocolError, LocalProtocolError, ValueError) as e:
+    except (PeerProtocolError, LocalProtocolError, ValueError, IndexError) as e:
         return "error", type(e).__name__, str(e)
 
 
