@@ -19,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from .errors import ConfigError, DisconnectedError, MemifError
@@ -65,6 +65,7 @@ class MemifTransport(asyncio.DatagramTransport):
         self._lost = False
         self._closed = self._loop.create_future()
         self._flusher: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # the loop keeps only weak references
         self._reader = self._loop.create_task(self._read_loop())
         self._watcher = self._loop.create_task(self._watch_link())
 
@@ -79,7 +80,7 @@ class MemifTransport(asyncio.DatagramTransport):
             return
         self._closing = True
         self._reader.cancel()
-        self._loop.create_task(self._shutdown(flush=True))
+        self._in_background(self._shutdown(flush=True))
 
     def abort(self) -> None:
         if self._lost:
@@ -88,7 +89,12 @@ class MemifTransport(asyncio.DatagramTransport):
         self._reader.cancel()
         self._pending.clear()
         self._pending_bytes = 0
-        self._loop.create_task(self._shutdown(flush=False))
+        self._in_background(self._shutdown(flush=False))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -213,7 +219,7 @@ class MemifTransport(asyncio.DatagramTransport):
         self._watcher.cancel()
         if self._flusher is not None:
             self._flusher.cancel()
-        self._loop.create_task(self._release(exc))
+        self._in_background(self._release(exc))
 
     async def _release(self, exc: Exception | None) -> None:
         try:
