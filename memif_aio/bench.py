@@ -139,8 +139,22 @@ def ceiling(size: int, seconds: float) -> float:
 
 
 def run(config: BenchConfig, progress: Progress = lambda line: None) -> Report:
-    report = Report()
+    """Run the matrix; this process is pinned to OUR_CPU meanwhile (its affinity restored)."""
+    try:
+        affinity = os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        affinity = None
     _pin(OUR_CPU)
+    try:
+        return _run_matrix(config, progress)
+    finally:
+        if affinity is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, affinity)
+
+
+def _run_matrix(config: BenchConfig, progress: Progress) -> Report:
+    report = Report()
     testpmd = config.use_testpmd and find_testpmd() is not None
     if config.use_testpmd and not testpmd:
         report.notes.append("dpdk-testpmd not installed: no C ceiling, no testpmd peer")

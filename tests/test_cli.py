@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -222,3 +223,20 @@ def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
 
     with service("echo", abstract_path):
         assert asyncio.run(scenario()) == b"still echoing"
+
+
+def test_bench_run_restores_the_callers_cpu_affinity():
+    from memif_aio import bench
+
+    before = os.sched_getaffinity(0)
+    config = bench.BenchConfig(
+        sizes=(64,),
+        apis=("burst",),
+        loops=("asyncio",),
+        duration=0.2,
+        latency_seconds=0.2,
+        use_testpmd=False,
+    )
+    report = bench.run(config)
+    assert [(r.peer, r.scenario) for r in report.rows] == [("memif_aio", "echo")]
+    assert os.sched_getaffinity(0) == before
