@@ -122,6 +122,12 @@ cdef bint _is_slave(str role, object max_burst) except -1:
     return role == "slave"
 
 
+cdef object _readonly_view(object owner):
+    """A numpy view of ``owner`` that nobody can make writable (its base is a read-only
+    buffer): the ring's C code trusts these arrays."""
+    return np.frombuffer(memoryview(owner).toreadonly(), owner.dtype)
+
+
 cdef void *_xmalloc(size_t n) except NULL:
     cdef void *p = PyMem_Malloc(n if n else 1)
     if p == NULL:
@@ -584,6 +590,11 @@ cdef class Burst:
         """How many leading packets ``TxRing.forward()`` took (they are no longer readable)."""
         return self.rx.fwd
 
+    @property
+    def generation(self):
+        """Changes whenever this burst's packets go away (next ``rx_burst``, release, close)."""
+        return self.rx.generation
+
     cdef int _check_packet(self, Py_ssize_t *i) except -1:
         cdef Py_ssize_t n = self.rx.c.n
         if i[0] < 0:
@@ -673,7 +684,9 @@ cdef class RxRing:
     cdef object _lengths_arr
     cdef object _nsegs_arr
     cdef object _meta_arr
+    cdef object _owned      # the arrays behind the three views above
     cdef readonly Burst burst
+    cdef readonly uint64_t generation  # bumped whenever the burst's contents go away
     cdef readonly uint64_t packets
     cdef readonly uint64_t bytes
     cdef readonly uint64_t errors
@@ -703,15 +716,13 @@ cdef class RxRing:
         self.c.base = regions.base
         self.c.rsize = regions.sizes
         self.c.nregions = regions.n
-        self._lengths_arr = np.zeros(max_burst, np.uint32)
-        self._nsegs_arr = np.zeros(max_burst, np.uint32)
-        self._meta_arr = np.zeros(max_burst, np.uint32)
-        self.c.lengths = <uint32_t *>cnp.PyArray_DATA(self._lengths_arr)
-        self.c.nsegs = <uint32_t *>cnp.PyArray_DATA(self._nsegs_arr)
-        self.c.meta = <uint32_t *>cnp.PyArray_DATA(self._meta_arr)
-        self._lengths_arr.flags.writeable = False
-        self._nsegs_arr.flags.writeable = False
-        self._meta_arr.flags.writeable = False
+        self._owned = (np.zeros(max_burst, np.uint32), np.zeros(max_burst, np.uint32),
+                       np.zeros(max_burst, np.uint32))
+        self.c.lengths = <uint32_t *>cnp.PyArray_DATA(self._owned[0])
+        self.c.nsegs = <uint32_t *>cnp.PyArray_DATA(self._owned[1])
+        self.c.meta = <uint32_t *>cnp.PyArray_DATA(self._owned[2])
+        self._lengths_arr, self._nsegs_arr, self._meta_arr = [
+            _readonly_view(a) for a in self._owned]
         self.c.first = <uint32_t *>_xmalloc(max_burst * sizeof(uint32_t))
         self.c.seg_region = <uint16_t *>_xmalloc(ring.size * sizeof(uint16_t))
         self.c.seg_offset = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
@@ -815,13 +826,17 @@ cdef class RxRing:
         self.bytes += self.c.nbytes
         return 0
 
-    cdef int _release(self) except -1:
-        cdef uint16_t slot
+    cdef void _forget_burst(self) noexcept:
         self.c.n = 0
         self.fwd = 0
+        self.generation += 1
         self.burst._lengths_view = None
         self.burst._nsegs_view = None
         self.burst._meta_view = None
+
+    cdef int _release(self) except -1:
+        cdef uint16_t slot
+        self._forget_burst()
         if self.slave:
             self.rel = self.c.last
             self._set_hdr()
@@ -911,7 +926,7 @@ cdef class RxRing:
     def close(self):
         """Stop using the ring (idempotent): no shared memory is touched afterwards."""
         self.closed = True
-        self.c.n = 0
+        self._forget_burst()
 
     def __repr__(self):
         return (f"<RxRing role={self.role} size={self.c.size} packets={self.packets} "
@@ -1236,9 +1251,11 @@ cdef uint32_t _meta_value(object value, Py_ssize_t i) except? 0xFFFFFFFF:
 
 
 cdef int _fill_meta(uint32_t *out, object metadata, Py_ssize_t count, uint32_t n) except -1:
-    """out[:n] = metadata[:n] (zeros for None); metadata must hold one value per packet."""
+    """out[:n] = metadata[:n] (zeros for None). metadata must hold one valid value for each
+    of the ``count`` packets offered, checked before any is sent (n <= count go now)."""
     cdef Py_buffer pb
-    cdef uint32_t i
+    cdef Py_ssize_t i
+    cdef uint32_t value
     if metadata is None:
         memset(out, 0, n * sizeof(uint32_t))
         return 0
@@ -1251,13 +1268,15 @@ cdef int _fill_meta(uint32_t *out, object metadata, Py_ssize_t count, uint32_t n
             pass  # e.g. a strided array: taken value by value below
         else:
             try:
-                if pb.ndim == 1 and _is_format(&pb, b'I', 4):
-                    memcpy(out, pb.buf, n * sizeof(uint32_t))
+                if pb.ndim == 1 and pb.shape[0] == count and _is_format(&pb, b'I', 4):
+                    memcpy(out, pb.buf, n * sizeof(uint32_t))  # every u32 is valid
                     return 0
             finally:
                 PyBuffer_Release(&pb)
-    for i in range(n):
-        out[i] = _meta_value(metadata[i], i)
+    for i in range(count):
+        value = _meta_value(metadata[i], i)
+        if i < n:
+            out[i] = value
     return 0
 
 
@@ -1515,16 +1534,11 @@ cdef class TxRing:
                 self.errors += 1
         return 0
 
-    cdef int _run(self, uint32_t npk) except -1:
-        """Plan, copy and publish c.src[:npk]; leaves c.n = packets sent."""
+    cdef int _plan(self, uint32_t npk) except -1:
+        """How many of c.src_len[:npk] fit (c.n, c.ndesc); raises on a peer violation."""
         cdef int rc
         self.c.npk = npk
-        self.regions.busy += 1
-        with nogil:
-            rc = _tx_plan(&self.c)
-            if rc == 0:
-                _tx_write(&self.c)
-        self.regions.busy -= 1
+        rc = _tx_plan(&self.c)
         if rc == ERR_PKT_TOO_BIG:
             e = &self.c.err
             raise LocalProtocolError(
@@ -1532,10 +1546,23 @@ cdef class TxRing:
         if rc:
             self.errors += 1
             raise PeerProtocolError(_err_message(&self.c.err))
+        return 0
+
+    cdef int _write_and_publish(self) except -1:
+        """Copy the c.n planned packets from c.src, then publish them."""
+        self.regions.busy += 1
+        with nogil:
+            _tx_write(&self.c)
+        self.regions.busy -= 1
         self._publish(self.c.ndesc)
         self.packets += self.c.n
         self.bytes += self.c.nbytes
         return 0
+
+    cdef int _run(self, uint32_t npk) except -1:
+        """Plan, copy and publish c.src[:npk]; leaves c.n = packets sent."""
+        self._plan(npk)
+        return self._write_and_publish()
 
     def tx_burst(self, packets, metadata=None):
         """Copy bytes-like ``packets`` (a sequence) into the ring; return how many were sent.
@@ -1619,18 +1646,18 @@ cdef class TxRing:
         """Copy packets ``start..`` of a received ``burst`` into the ring, each with its
         metadata; return how many were sent (like :meth:`tx_burst`: a prefix).
 
-        The echo/copy-forward primitive: no Python object per packet (a chained packet is
-        joined into one temporary ``bytes``). Works between any roles and region tables.
-        ``IndexError`` if ``start`` is outside ``0..len(burst)``, ``LocalProtocolError`` if
-        packet ``start`` was forwarded or the burst's ring is closed.
+        The echo/copy-forward primitive: no Python object per packet (a chained packet that
+        fits is joined into one temporary ``bytes``). Works between any roles and region
+        tables. ``LocalProtocolError`` if the burst's ring is closed or packet ``start`` was
+        forwarded, ``IndexError`` if ``start`` is outside ``0..len(burst)``.
         """
         self._check_ready()
         cdef RxRing rx = burst.rx
+        rx._check_open()
+        rx.regions._check()
         cdef uint32_t n = rx.c.n, npk, k, i, f
         if not 0 <= start <= n:
             raise IndexError(f"start {start} outside 0..{n}")
-        rx._check_open()
-        rx.regions._check()
         if start < rx.fwd:
             raise LocalProtocolError(f"packet {start} was forwarded")
         cdef uint32_t free = self._free()
@@ -1639,24 +1666,26 @@ cdef class TxRing:
             npk = n - <uint32_t>start
         if free < npk:
             npk = free
-        cdef list joined = None
         for k in range(npk):
             i = <uint32_t>start + k
-            f = rx.c.first[i]
-            if rx.c.nsegs[i] == 1:
-                self.c.src[k] = rx.regions.base[rx.c.seg_region[f]] + rx.c.seg_offset[f]
-                self.c.src_len[k] = rx.c.seg_len[f]
-            else:
-                packet = _packet(rx, i)
-                if joined is None:
-                    joined = []
-                joined.append(packet)  # alive until _run() copied it
-                self.c.src[k] = PyBytes_AS_STRING(packet)
-                self.c.src_len[k] = rx.c.lengths[i]
+            self.c.src_len[k] = rx.c.lengths[i]
             self.c.src_meta[k] = rx.c.meta[i]
+        self._plan(npk)
+        cdef list joined = None
         rx.regions.busy += 1
         try:
-            self._run(npk)
+            for k in range(self.c.n):
+                i = <uint32_t>start + k
+                f = rx.c.first[i]
+                if rx.c.nsegs[i] == 1:
+                    self.c.src[k] = rx.regions.base[rx.c.seg_region[f]] + rx.c.seg_offset[f]
+                else:  # only packets that fit are joined
+                    packet = _packet(rx, i)
+                    if joined is None:
+                        joined = []
+                    joined.append(packet)  # alive until copied below
+                    self.c.src[k] = PyBytes_AS_STRING(packet)
+            self._write_and_publish()
         finally:
             rx.regions.busy -= 1
         return self.c.n

@@ -23,7 +23,7 @@ RING_FLAG_MASK_INT: int
 DESC_SIZE: int
 MAX_LOG2_RING_SIZE: int
 
-Metadata = Sequence[int] | npt.NDArray[np.integer] | None
+_Metadata = Sequence[int] | npt.NDArray[np.integer] | None
 
 def ring_bytes(log2_size: int, cacheline: int = 64) -> int:
     """``2 * cacheline + 16 << log2_size``; ValueError unless 0 <= log2 <= 14, CL in (64, 128)."""
@@ -97,6 +97,9 @@ class Burst:
     def metadata(self) -> npt.NDArray[np.uint32]:
         """Read-only view: the metadata word of each packet's first descriptor."""
     @property
+    def generation(self) -> int:
+        """Changes whenever the burst's packets go away (next rx_burst, release, close)."""
+    @property
     def forwarded(self) -> int:
         """Leading packets taken by TxRing.forward(); indexing them raises LocalProtocolError."""
     def __getitem__(self, i: int) -> memoryview | bytes:
@@ -161,8 +164,10 @@ class TxRing:
     NEXT-chained over several buffers.
 
     ``metadata``: one u32 per packet (None = all 0), written into every descriptor of the
-    packet; a wrong count or a value outside 0..2**32-1 raises ValueError before anything
-    is written. forward() keeps each packet's received metadata.
+    packet. A wrong count or any value outside 0..2**32-1 (also of packets that would not
+    fit now) raises ValueError before a packet of the call is written; packets staged
+    earlier are still published first. forward() and tx_burst_from() keep each packet's
+    received metadata.
     """
 
     def __init__(
@@ -196,20 +201,24 @@ class TxRing:
         """Publish staged packets (one store, at most one signal); return how many."""
     def discard(self) -> int:
         """Forget staged packets without publishing; return how many."""
-    def tx_burst(self, packets: Sequence[Buffer], metadata: Metadata = None) -> int:
+    def tx_burst(self, packets: Sequence[Buffer], metadata: _Metadata = None) -> int:
         """Copy packets in; return how many were sent (a prefix of ``packets``)."""
     def tx_burst_array(
         self,
         data: npt.NDArray[np.uint8],
         lengths: npt.NDArray[np.uint32],
-        metadata: Metadata = None,
+        metadata: _Metadata = None,
     ) -> int:
         """Rows of a 2-D C-contiguous uint8 array, ``lengths[i] <= data.shape[1]``."""
     def tx_burst_from(self, burst: Burst, start: int = 0) -> int:
-        """Copy packets ``start..`` of a received burst (with their metadata); a prefix goes."""
+        """Copy packets ``start..`` of a received burst (with their metadata); a prefix goes.
+
+        LocalProtocolError if the burst's ring is closed or packet ``start`` was forwarded,
+        IndexError if ``start`` is outside 0..len(burst).
+        """
     def alloc(self, n: int) -> list[memoryview]:
         """Up to n writable buffers at the next free slots; pending until commit()."""
-    def commit(self, lengths: Sequence[int], metadata: Metadata = None) -> int:
+    def commit(self, lengths: Sequence[int], metadata: _Metadata = None) -> int:
         """Publish the first len(lengths) allocated buffers; the rest is abandoned."""
     def forward(self, burst: Burst) -> int:
         """Slave only, zero-copy: swap buffers of the burst's leading single-segment packets."""

@@ -286,6 +286,10 @@ class Burst:
     def forwarded(self) -> int:
         return self._rx._fwd
 
+    @property
+    def generation(self) -> int:
+        return self._rx.generation
+
     def _check_packet(self, i: int) -> int:
         n = self._rx._n
         if i < 0:
@@ -354,7 +358,7 @@ def _metadata(metadata, count: int, n: int) -> list[int]:
         return [0] * n
     if len(metadata) != count:
         raise ValueError(f"{len(metadata)} metadata values for {count} packets")
-    return [_meta_value(metadata[i], i) for i in range(n)]
+    return [_meta_value(metadata[i], i) for i in range(count)][:n]
 
 
 def _is_slave(ring: Ring, role: str, max_burst: int) -> bool:
@@ -405,11 +409,12 @@ class RxRing:
         self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees read-only views
         self._nsegs_w = np.zeros(max_burst, np.uint32)
         self._meta_w = np.zeros(max_burst, np.uint32)
-        self._lengths_arr = self._lengths_w.view()
-        self._nsegs_arr = self._nsegs_w.view()
-        self._meta_arr = self._meta_w.view()
-        for view in (self._lengths_arr, self._nsegs_arr, self._meta_arr):
-            view.flags.writeable = False
+        # Views nobody can make writable again (their base is a read-only buffer).
+        self._lengths_arr, self._nsegs_arr, self._meta_arr = (
+            np.frombuffer(memoryview(a).toreadonly(), np.uint32)
+            for a in (self._lengths_w, self._nsegs_w, self._meta_w)
+        )
+        self.generation = 0
         self._first = [0] * max_burst
         self._segs: list[tuple[int, int, int]] = [(0, 0, 0)] * ring.size
         self._n = 0
@@ -546,12 +551,16 @@ class RxRing:
                 break
         return n, d, nbytes
 
-    def _release(self) -> None:
+    def _forget_burst(self) -> None:
         self._n = 0
         self._fwd = 0
+        self.generation += 1
         self._burst._lengths_view = None
         self._burst._nsegs_view = None
         self._burst._meta_view = None
+
+    def _release(self) -> None:
+        self._forget_burst()
         if self._slave:
             self._rel = self._last
             self._refill()
@@ -619,7 +628,7 @@ class RxRing:
 
     def close(self) -> None:
         self._closed = True
-        self._n = 0
+        self._forget_burst()
 
     def __repr__(self) -> str:
         return (
@@ -928,15 +937,16 @@ class TxRing:
         return self._run(srcs, metas)
 
     def tx_burst_from(self, burst: Burst, start: int = 0) -> int:
-        self._check_ready()
         if not isinstance(burst, Burst):
             raise TypeError("burst must be a Burst")
+        start = operator.index(start)
+        self._check_ready()
         rx = burst._rx
+        rx._check_open()
+        rx._regions._check()
         n = rx._n
         if not 0 <= start <= n:
             raise IndexError(f"start {start} outside 0..{n}")
-        rx._check_open()
-        rx._regions._check()
         if start < rx._fwd:
             raise LocalProtocolError(f"packet {start} was forwarded")
         free = self._free_n = self._free()

@@ -6,8 +6,9 @@ A frame travels as ONE memif packet spread over chained buffers (``NEXT``), foll
 descriptor of the frame also carries the low 32 bits of ``seq`` in its ``metadata`` word, so a
 consumer can tell which frame a buffer belongs to without reading the payload; the trailer holds
 what 32 bits cannot: the full 64-bit sequence number and the nanosecond timestamp. The receiver
-checks that the two agree. ``timestamp_ns`` is CLOCK_MONOTONIC, which both ends share on one
-host, so the receiver can measure latency.
+checks that the two agree; metadata 0 means "not carried" (a hop such as DPDK's net_memif does
+not forward it), and then only the trailer counts. ``timestamp_ns`` is CLOCK_MONOTONIC, which
+both ends share on one host, so the receiver can measure latency.
 
 Size the interface for it: a 1920x1080 YUV420 frame (3 110 400 bytes) needs 48 buffers of
 64 KiB or 1 519 of 2 KiB, and the ring must hold at least one whole frame
@@ -114,7 +115,7 @@ class FrameReceiver:
         magic, crc, seq, stamp = TRAILER.unpack_from(self._buffer, end)
         if magic != MAGIC:
             raise FrameDataError("packet is not a frame (bad trailer magic)")
-        if metadata != seq & SEQ_METADATA_MASK:
+        if metadata and metadata != seq & SEQ_METADATA_MASK:
             raise FrameDataError(
                 f"frame {seq}: descriptor metadata {metadata} does not match the trailer"
             )

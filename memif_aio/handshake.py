@@ -474,9 +474,10 @@ class MasterInterfaceConfig:
     rx_queues: int = 1  # most S2M rings we accept
     tx_queues: int = 1  # most M2S rings we accept
     cacheline: int = 64
-    # Accept region fds that cannot be sealed against shrinking (DPDK zero-copy clients pass
-    # their memseg fds: a memfd without sealing, or a hugetlbfs file). Such a peer can shrink
-    # the region under our mapping and kill us with SIGBUS: only for a trusted peer.
+    # Accept shared memory (memfd, hugetlbfs, tmpfs) that can no longer be sealed against
+    # shrinking: DPDK zero-copy clients pass their memseg fds, a memfd created without sealing
+    # or a hugetlbfs file. Such a peer can shrink the region under our mapping and kill us with
+    # SIGBUS: only for a trusted peer. Files on other file systems stay refused.
     allow_unsealed_regions: bool = False
 
 
@@ -574,12 +575,12 @@ class MasterHandshake(_Handshake):
         # A region must be shared memory that can be sealed against shrinking: a peer that
         # truncates a file under our mapping would kill us with SIGBUS on the next access.
         info = self._inspect_fd(fd)
-        if info.kind not in ("memfd", "file"):
+        if info.kind == "file":
+            return self._reject(REGION_NOT_MEMFD)
+        if info.kind != "memfd":
             return self._reject(REGION_NOT_FILE)
-        if not pending.config.allow_unsealed_regions:
-            if info.kind == "file":
-                return self._reject(REGION_NOT_MEMFD)
-            if info.seals & SEAL_SEAL and not info.seals & SEAL_SHRINK:
+        if info.seals & SEAL_SEAL and not info.seals & SEAL_SHRINK:
+            if not pending.config.allow_unsealed_regions:
                 return self._reject(REGION_NOT_SEALABLE)
         if info.size < msg.size:
             return self._reject(f"{REGION_TOO_SMALL}: {info.size} < {msg.size}")

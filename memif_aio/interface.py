@@ -92,10 +92,12 @@ class Interface:
     buffers), ``name`` (interface name sent in CONNECT/CONNECTED), ``app_name`` (defaults to the
     socket's), ``cacheline`` (64; 128 for peers built on aarch64).
 
-    ``allow_unsealed_regions`` (master only, default False): accept shared-memory regions that
-    cannot be sealed against shrinking, as DPDK's zero-copy clients send (their memseg memfd
-    or hugetlbfs file). Only for a trusted peer: one that shrinks such a region while we map
-    it crashes this process with SIGBUS. By default they are refused with a reason.
+    ``allow_unsealed_regions`` (master only, default False): accept shared-memory regions
+    (memfd, hugetlbfs, tmpfs) that cannot be sealed against shrinking, as DPDK's zero-copy
+    clients send (their memseg memfd or hugetlbfs file). Only for a trusted peer (restrict the
+    socket's permissions, use a secret): one that shrinks such a region while we map it
+    crashes this process with SIGBUS. By default they are refused with a reason; files on
+    other file systems are refused either way.
     """
 
     def __init__(

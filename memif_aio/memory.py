@@ -103,7 +103,10 @@ def seal_against_shrinking(fd: int, size: int, *, required: bool = True) -> None
     except OSError as exc:
         if required:
             raise PeerProtocolError(f"{REGION_NOT_SEALABLE}: {exc.strerror}") from None
-        log.info("region fd %d is not sealed against shrinking (allow_unsealed_regions)", fd)
+        log.warning(
+            "accepting a peer region that cannot be sealed against shrinking "
+            "(allow_unsealed_regions): the peer can crash this process by truncating it"
+        )
     actual = os.fstat(fd).st_size
     if actual < size:
         raise PeerProtocolError(f"{REGION_TOO_SMALL}: {actual} < {size}")

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from . import _ring
-from .errors import DisconnectedError, MemifError, PeerProtocolError
+from .errors import DisconnectedError, LocalProtocolError, MemifError, PeerProtocolError
 
 DEFAULT_BURST = 256
+_U32_MAX = 0xFFFFFFFF
 _SPIN_CHECKS = 16  # re-checks of a full tx ring that only yield to the loop
 _MAX_BACKOFF = 0.001  # then sleeps growing from 20 us to this
 
@@ -221,11 +225,11 @@ class TxQueue(_Queue):
             self._peer_error(exc)
             raise
 
-    def send_nowait(self, data: Any, metadata: int = 0) -> bool:
+    def send_nowait(self, data: Any, *, metadata: int = 0) -> bool:
         """Send one packet if it fits now; False when the ring is full."""
         return self._guard(self._ring.tx_burst, (data,), (metadata,)) == 1
 
-    def send_burst_nowait(self, packets: Sequence[Any], metadata: Any = None) -> int:
+    def send_burst_nowait(self, packets: Sequence[Any], *, metadata: Any = None) -> int:
         """Send as many leading packets as fit now; return how many."""
         return self._guard(self._ring.tx_burst, packets, metadata)
 
@@ -246,17 +250,23 @@ class TxQueue(_Queue):
         return self._ring.flush()
 
     async def send_burst(self, packets: Any, lengths: Any = None, *, metadata: Any = None) -> int:
-        """Send every packet in order, waiting for room as needed; return the count."""
+        """Send every packet in order, waiting for room as needed; return the count.
+
+        ``metadata`` (one u32 per packet) is checked in full before the first packet goes.
+        A received :class:`Burst` is copied ring to ring with its own metadata, from its first
+        packet not taken by ``forward()``; it must stay unreleased until this returns (else
+        ``LocalProtocolError``: nothing more is sent from it).
+        """
+        if isinstance(packets, _ring.Burst):
+            if lengths is not None or metadata is not None:
+                raise ValueError("a Burst carries its own lengths and metadata")
+            return await self._send_received(packets)
         total = len(packets)
+        metadata = _metadata_array(metadata, total)
         sent = attempt = 0
-        from_burst = isinstance(packets, _ring.Burst)
-        if from_burst and (lengths is not None or metadata is not None):
-            raise ValueError("a Burst carries its own lengths and metadata")
         while sent < total:
             meta = metadata if metadata is None or not sent else metadata[sent:]
-            if from_burst:
-                n = self._guard(self._ring.tx_burst_from, packets, sent)
-            elif lengths is None:
+            if lengths is None:
                 chunk = packets[sent:] if sent else packets
                 n = self._guard(self._ring.tx_burst, chunk, meta)
             else:
@@ -268,6 +278,25 @@ class TxQueue(_Queue):
                 attempt = await self._wait_for_room(attempt)
         return sent
 
+    async def _send_received(self, burst: _ring.Burst) -> int:
+        generation = burst.generation
+        first = position = burst.forwarded
+        total = len(burst)
+        attempt = 0
+        while position < total:
+            if burst.generation != generation:
+                raise LocalProtocolError(
+                    f"the burst was released (or its ring closed) while send_burst waited: "
+                    f"{position - first} of {total - first} packets sent"
+                )
+            n = self._guard(self._ring.tx_burst_from, burst, position)
+            if n:
+                position += n
+                attempt = 0
+            else:
+                attempt = await self._wait_for_room(attempt)
+        return position - first
+
     async def alloc(self, n: int) -> list[memoryview]:
         """Up to ``n`` writable buffers (at least one; waits for room)."""
         attempt = 0
@@ -277,7 +306,7 @@ class TxQueue(_Queue):
                 return buffers
             attempt = await self._wait_for_room(attempt)
 
-    def commit(self, lengths: Sequence[int], metadata: Any = None) -> int:
+    def commit(self, lengths: Sequence[int], *, metadata: Any = None) -> int:
         """Publish the first ``len(lengths)`` allocated buffers with these lengths."""
         return self._guard(self._ring.commit, lengths, metadata)
 
@@ -309,3 +338,21 @@ class TxQueue(_Queue):
             with contextlib.suppress(MemifError):
                 self.drops += self._ring.ring.size - self._ring.free_slots()
         self._ring.close()
+
+
+def _metadata_array(metadata: Any, count: int) -> np.ndarray | None:
+    """``metadata`` checked in full once, as a uint32 array the ring copies without checks."""
+    if metadata is None:
+        return None
+    if len(metadata) != count:
+        raise ValueError(f"{len(metadata)} metadata values for {count} packets")
+    values = np.asarray(metadata)
+    if values.ndim == 1 and values.dtype == np.uint32:
+        return np.ascontiguousarray(values)
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        values = np.array([operator.index(v) for v in metadata], dtype=object)
+    bad = (values < 0) | (values > _U32_MAX)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"metadata[{i}] = {int(values[i])} not in 0..{_U32_MAX}")
+    return values.astype(np.uint32)

@@ -69,13 +69,14 @@ async def test_metadata_is_harmless_to_dpdk_and_not_carried(testpmd_bin, abstrac
                     received.extend(bytes(burst[i]) for i in range(len(burst)))
                     metadata.extend(burst.metadata.tolist())
 
-            reader = asyncio.ensure_future(receive())
-            for start in range(0, len(packets), 50):  # stay within what testpmd echoes at once
-                chunk = packets[start : start + 50]
-                await txq.send_burst(chunk, metadata=range(start + 1, start + 51))
-                while len(received) < start + 50 and not reader.done():
-                    await asyncio.sleep(0.001)
-            await asyncio.wait_for(reader, 30)
+            async def send():
+                for start in range(0, len(packets), 50):  # within what testpmd echoes at once
+                    chunk = packets[start : start + 50]
+                    await txq.send_burst(chunk, metadata=range(start + 1, start + 51))
+                    while len(received) < start + 50:
+                        await asyncio.sleep(0.001)
+
+            await asyncio.wait_for(asyncio.gather(send(), receive()), 30)
             assert received == packets
             assert set(metadata) == {0}
     finally:

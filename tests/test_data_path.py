@@ -14,7 +14,7 @@ from traffic import Pattern, echo_integrity
 
 import memif_aio
 from helpers import PeerProcess
-from memif_aio import DisconnectedError, PeerProtocolError
+from memif_aio import DisconnectedError, LocalProtocolError, PeerProtocolError
 
 
 @pytest.mark.parametrize("local_role", ["master", "slave"])
@@ -418,6 +418,39 @@ async def test_send_burst_of_a_received_burst_waits_for_room_and_keeps_metadata(
     assert received[size - 4 :] == list(zip(packets, range(100, 100 + len(packets)), strict=True))
     with pytest.raises(ValueError, match="carries its own"):
         await txq.send_burst(burst, metadata=[1])
+    rxq._close("x")
+    txq._close("x")
+    assert not errors
+
+
+async def test_send_burst_of_a_burst_released_while_waiting_stops_with_an_error(qlink):
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    size = qlink.size
+    qlink.mtx.tx_burst([b"p%d" % i for i in range(8)])
+    burst = qlink.srx.rx_burst()
+    assert qlink.stx.tx_burst([b"x"] * (size - 3)) == size - 3  # 3 slots left: 5 must wait
+    sending = asyncio.ensure_future(txq.send_burst(burst))
+    await asyncio.sleep(0.005)
+    assert not sending.done()
+    burst.release()  # e.g. another task took the next burst
+    qlink.mrx.rx_burst()
+    qlink.mrx.release()  # room again: the sender must notice the burst is gone, not resend
+    with pytest.raises(LocalProtocolError, match="3 of 8 packets sent"):
+        await asyncio.wait_for(sending, 2)
+    # After forward() took the leading packets, send_burst(burst) copies the rest.
+    qlink.mtx.tx_burst([b"a", b"b", b"c" * 300, b"d"], metadata=[1, 2, 3, 4])
+    burst = qlink.srx.rx_burst()
+    assert qlink.stx.forward(burst) == 2
+    assert await txq.send_burst(burst) == 2
+    got = qlink.mrx.rx_burst()
+    assert [bytes(got[i]) for i in range(len(got))][-4:] == [b"a", b"b", b"c" * 300, b"d"]
+    assert got.metadata.tolist()[-4:] == [1, 2, 3, 4]
+    # Metadata is checked in full before the first packet goes.
+    before = qlink.mrx.pending()
+    with pytest.raises(ValueError, match=r"metadata\[40\] = 4294967296"):
+        await txq.send_burst([b"m"] * 41, metadata=[0] * 40 + [2**32])
+    assert qlink.mrx.pending() == before
     rxq._close("x")
     txq._close("x")
     assert not errors

@@ -396,7 +396,7 @@ def test_unsealed_memfd_that_can_be_sealed_is_accepted():
     "region_fd, accepted",
     [
         (hs.FdInfo("memfd", 4096, seals=hs.SEAL_SEAL), True),  # DPDK's memseg memfd
-        (hs.FdInfo("file", 4096), True),  # a hugetlbfs file
+        (hs.FdInfo("file", 4096), False),  # a file on disk (hugetlbfs files are "memfd")
         (hs.FdInfo("other"), False),  # still not shared memory at all
         (hs.FdInfo("file", 100), False),  # still checked against the declared size
     ],

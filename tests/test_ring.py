@@ -367,6 +367,33 @@ def test_metadata_is_checked_before_anything_is_sent(R, make_link):
             tx.commit([1, 1], metadata=[1])
         assert tx.commit([1], metadata=np.array([9], np.int64)) == 1  # any integers
         assert tx.free_slots() == free - 1 and tx.staged == 0
+        # Values of packets that would not fit now are checked too: nothing goes.
+        offered = [b"x"] * (free + 1)
+        with pytest.raises(ValueError, match=rf"metadata\[{free}\] = -5"):
+            tx.tx_burst(offered, metadata=[0] * free + [-5])
+        assert tx.free_slots() == free - 1
+
+
+def test_burst_views_stay_read_only_and_generation_tracks_release(R, make_link):
+    link = make_link(R, log2=3)
+    link.stx.tx_burst([b"a", b"b"], metadata=[5, 6])
+    burst = link.mrx.rx_burst()
+    generation = burst.generation
+    for view in (burst.lengths, burst.nsegments, burst.metadata):
+        assert not view.flags.writeable
+        for array in (view, view.base):
+            with pytest.raises(ValueError):
+                array.flags.writeable = True  # the C code trusts these arrays
+    assert burst.generation == generation
+    burst.release()
+    assert burst.generation != generation
+    link.stx.tx_burst([b"c"])
+    burst = link.mrx.rx_burst()
+    assert burst.metadata.tolist() == [0]
+    generation = burst.generation
+    link.mrx.close()
+    assert burst.generation != generation
+    assert len(burst) == 0 and len(burst.lengths) == 0 and len(burst.metadata) == 0
 
 
 def test_forward_keeps_metadata(R, make_link):
@@ -765,6 +792,8 @@ def test_tx_burst_from_copies_a_received_burst_with_its_metadata(R, make_link):
     assert link.mtx.tx_burst_from(burst, 4) == 0
     with pytest.raises(IndexError, match="start 5 outside 0..4"):
         link.mtx.tx_burst_from(burst, 5)
+    with pytest.raises(IndexError):
+        link.mtx.tx_burst_from(burst, -1)
     got = link.srx.rx_burst()
     assert [bytes(got[i]) for i in range(len(got))] == packets + packets[2:]
     assert got.metadata.tolist() == [1, 2, 3, 4, 3, 4]
@@ -778,6 +807,10 @@ def test_tx_burst_from_copies_a_received_burst_with_its_metadata(R, make_link):
     again = link.mrx.rx_burst()
     assert [bytes(again[i]) for i in range(len(again))] == packets + packets[2:]
     assert again.metadata.tolist() == [1, 2, 3, 4, 3, 4]
+    link.srx.close()  # a closed source is refused whatever the start
+    for start in (0, 3):
+        with pytest.raises(LocalProtocolError, match="rx ring is closed"):
+            link.stx.tx_burst_from(got, start)
 
 
 def test_forward_checks(R, make_link):
