@@ -194,6 +194,16 @@ def qlink():
     link.close()
 
 
+@pytest.fixture
+async def queues(qlink):
+    """(rxq, txq, errors): queues over ``qlink`` (master rx, slave tx), closed at teardown."""
+    errors: list = []
+    rxq, txq = _queues(qlink, errors)
+    yield rxq, txq, errors
+    rxq._close("test over")  # idempotent: a test may have closed them already
+    txq._close("test over")
+
+
 def _queues(link, errors: list):
     from memif_aio.queues import RxQueue, TxQueue
 
@@ -202,9 +212,8 @@ def _queues(link, errors: list):
     return rxq, txq
 
 
-async def test_packet_stream_chain_in_the_middle_and_wakeups(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_packet_stream_chain_in_the_middle_and_wakeups(qlink, queues):
+    rxq, txq, errors = queues
     big = bytes(range(256)) * 2 + b"tail"  # 3 buffers of 256
     await txq.send(b"first")
     await txq.send(big)
@@ -225,14 +234,11 @@ async def test_packet_stream_chain_in_the_middle_and_wakeups(qlink):
     assert bytes(pkt) == b"woken"
     await task
     del pkt
-    rxq._close("done")
-    txq._close("done")
     assert not errors
 
 
-async def test_packet_stream_link_down_mid_burst_and_while_waiting(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_packet_stream_link_down_mid_burst_and_while_waiting(qlink, queues):
+    rxq, txq, errors = queues
     qlink.stx.tx_burst([b"a", b"b", b"c"])
     seen = []
     with pytest.raises(DisconnectedError, match="gone"):
@@ -245,9 +251,8 @@ async def test_packet_stream_link_down_mid_burst_and_while_waiting(qlink):
     assert not errors
 
 
-async def test_packet_stream_disconnect_wakes_a_waiting_iterator(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_packet_stream_disconnect_wakes_a_waiting_iterator(qlink, queues):
+    rxq, txq, errors = queues
 
     async def consume():
         async for _ in rxq:
@@ -261,22 +266,18 @@ async def test_packet_stream_disconnect_wakes_a_waiting_iterator(qlink):
     txq._close("peer left")
 
 
-async def test_packet_stream_peer_error_calls_the_hook(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_packet_stream_peer_error_calls_the_hook(qlink, queues):
+    rxq, txq, errors = queues
     qlink.s_s2m.set_descriptor(0, 0, 9, 10, 0)  # region 9 does not exist
     qlink.s_s2m.head = 1
     with pytest.raises(PeerProtocolError, match="region 9"):
         async for _ in rxq:
             pass
     assert len(errors) == 1 and isinstance(errors[0], PeerProtocolError)
-    rxq._close("x")
-    txq._close("x")
 
 
-async def test_send_stages_and_flushes_once_per_iteration(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_send_stages_and_flushes_once_per_iteration(qlink, queues):
+    rxq, txq, errors = queues
     efd = qlink.efds[0]
     for i in range(5):
         await txq.send(b"p%d" % i)  # completes at once: staged, not yet published
@@ -291,14 +292,11 @@ async def test_send_stages_and_flushes_once_per_iteration(qlink):
     assert [bytes(burst[i]) for i in range(len(burst))] == [b"p%d" % i for i in range(8)]
     burst.release()
     os.read(efd, 8)
-    rxq._close("x")
-    txq._close("x")
     assert not errors
 
 
-async def test_send_backpressure_on_full_ring_and_drops_on_close(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_send_backpressure_on_full_ring_and_drops_on_close(qlink, queues):
+    rxq, txq, errors = queues
     size = qlink.size
     for i in range(size):
         await txq.send(i.to_bytes(2, "little"))
@@ -324,9 +322,8 @@ async def test_send_backpressure_on_full_ring_and_drops_on_close(qlink):
     rxq._close("down")
 
 
-async def test_send_to_a_polling_peer_publishes_every_32(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_send_to_a_polling_peer_publishes_every_32(qlink, queues):
+    rxq, txq, errors = queues
     rxq.polling = True  # MASK_INT: the receiver polls, a flush is only a store
     for i in range(31):
         await txq.send(b"%d" % i)
@@ -334,8 +331,6 @@ async def test_send_to_a_polling_peer_publishes_every_32(qlink):
     await txq.send(b"31")
     assert qlink.mrx.pending() == 32 and qlink.stx.staged == 0  # published at once
     assert qlink.mrx.drain_eventfd() == 0
-    rxq._close("x")
-    txq._close("x")
 
 
 async def test_packets_left_in_the_ring_at_disconnect_are_counted_as_drops(abstract_path):
@@ -351,9 +346,8 @@ async def test_packets_left_in_the_ring_at_disconnect_are_counted_as_drops(abstr
             assert slave.stats()["rx_packets"] == 0
 
 
-async def test_every_queue_transmit_call_carries_metadata(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_every_queue_transmit_call_carries_metadata(qlink, queues):
+    rxq, txq, errors = queues
     size = qlink.size
     received: list[tuple[bytes, int]] = []
 
@@ -390,14 +384,11 @@ async def test_every_queue_transmit_call_carries_metadata(qlink):
     assert [meta for _, meta in received] == [7, 8, 9, 10]
     with pytest.raises(ValueError, match="metadata"):
         await txq.send(b"x", metadata=-1)
-    rxq._close("x")
-    txq._close("x")
     assert not errors
 
 
-async def test_send_burst_of_a_received_burst_waits_for_room_and_keeps_metadata(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)  # txq: slave -> master; rxq reads the master's side
+async def test_send_burst_of_a_received_burst_waits_for_room_and_keeps_metadata(qlink, queues):
+    rxq, txq, errors = queues  # txq: slave -> master; rxq reads the master's side
     size = qlink.size
     packets = [bytes([i]) * (300 if i % 7 == 0 else 40) for i in range(size - 8)]  # some chained
     assert qlink.mtx.tx_burst(packets, metadata=range(100, 100 + len(packets))) == len(packets)
@@ -418,14 +409,11 @@ async def test_send_burst_of_a_received_burst_waits_for_room_and_keeps_metadata(
     assert received[size - 4 :] == list(zip(packets, range(100, 100 + len(packets)), strict=True))
     with pytest.raises(ValueError, match="carries its own"):
         await txq.send_burst(burst, metadata=[1])
-    rxq._close("x")
-    txq._close("x")
     assert not errors
 
 
-async def test_send_burst_of_a_burst_released_while_waiting_stops_with_an_error(qlink):
-    errors: list = []
-    rxq, txq = _queues(qlink, errors)
+async def test_send_burst_of_a_burst_released_while_waiting_stops_with_an_error(qlink, queues):
+    rxq, txq, errors = queues
     size = qlink.size
     qlink.mtx.tx_burst([b"p%d" % i for i in range(8)])
     burst = qlink.srx.rx_burst()
@@ -451,6 +439,4 @@ async def test_send_burst_of_a_burst_released_while_waiting_stops_with_an_error(
     with pytest.raises(ValueError, match=r"metadata\[40\] = 4294967296"):
         await txq.send_burst([b"m"] * 41, metadata=[0] * 40 + [2**32])
     assert qlink.mrx.pending() == before
-    rxq._close("x")
-    txq._close("x")
     assert not errors

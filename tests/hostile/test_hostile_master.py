@@ -295,20 +295,8 @@ async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(ab
             mem.close()
         await asyncio.wait_for(iface.wait_disconnected(), 5)
         # Even so, the size is still checked just before mapping.
-        mem = PeerMemory(seal=False, sealing=False)
-        steps = slave_steps(mem)
-        chan = await RawChannel.connect(abstract_path)
-        try:
-            await chan.expect(p.Hello)
-            for step in steps[:-1]:
-                chan.send(step.data, step.fds)
-                await chan.expect(p.Ack)
-            os.ftruncate(mem.region_fds[1], 4096)
-            chan.send(steps[-1].data)
-            assert hs.REGION_TOO_SMALL in await chan.expect_disconnect()
-        finally:
-            chan.close()
-            mem.close()
+        reason = await _shrink_buffers_before_connect(abstract_path, sealing=False)
+        assert hs.REGION_TOO_SMALL in reason
 
 
 async def test_allow_unsealed_regions_is_a_master_option(abstract_path):
@@ -317,25 +305,31 @@ async def test_allow_unsealed_regions_is_a_master_option(abstract_path):
             await sock.create_interface(id=0, role="slave", allow_unsealed_regions=True)
 
 
+async def _shrink_buffers_before_connect(path: str, sealing: bool) -> str:
+    """A raw slave shrinks its buffer region after ADD_REGION was accepted, then sends
+    CONNECT; returns the master's DISCONNECT reason."""
+    mem = PeerMemory(seal=False, sealing=sealing)
+    steps = slave_steps(mem)
+    chan = await RawChannel.connect(path)
+    try:
+        await chan.expect(p.Hello)
+        for step in steps[:-1]:
+            chan.send(step.data, step.fds)
+            await chan.expect(p.Ack)
+        os.ftruncate(mem.region_fds[1], 4096)
+        chan.send(steps[-1].data)
+        return await chan.expect_disconnect()
+    finally:
+        chan.close()
+        mem.close()
+
+
 async def test_region_shrunk_between_add_region_and_connect(abstract_path, caplog):
     """The size is checked again after sealing, just before mapping."""
     async with memif_aio.Socket(abstract_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        mem = PeerMemory(seal=False)
-        steps = slave_steps(mem)
-        chan = await RawChannel.connect(abstract_path)
-        try:
-            await chan.expect(p.Hello)
-            for step in steps[:-1]:
-                chan.send(step.data, step.fds)
-                await chan.expect(p.Ack)
-            os.ftruncate(mem.region_fds[1], 4096)
-            chan.send(steps[-1].data)
-            reason = await chan.expect_disconnect()
-        finally:
-            chan.close()
-            mem.close()
+        reason = await _shrink_buffers_before_connect(abstract_path, sealing=True)
         assert hs.REGION_TOO_SMALL in reason
         await one_warning(caplog, hs.REGION_TOO_SMALL, PEER)
         await before.assert_released()
