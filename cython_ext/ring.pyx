@@ -52,6 +52,7 @@ from cpython.buffer cimport (
 )
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_Fetch, PyErr_Restore
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject, PyTypeObject
@@ -60,7 +61,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from ring cimport *
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
 from posix.unistd cimport read, write
 
@@ -122,10 +123,42 @@ cdef bint _is_slave(str role, object max_burst) except -1:
     return role == "slave"
 
 
-cdef object _readonly_view(object owner):
-    """A numpy view of ``owner`` that nobody can make writable (its base is a read-only
-    buffer): the ring's C code trusts these arrays."""
-    return np.frombuffer(memoryview(owner).toreadonly(), owner.dtype)
+@cython.final
+cdef class _U32Array:
+    """Owner of a C uint32 array, exported read-only: the ring's C code trusts these values,
+    so nothing reachable from the numpy views handed out may write them."""
+
+    cdef uint32_t *data
+    cdef Py_ssize_t n
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __cinit__(self, Py_ssize_t n):
+        self.data = <uint32_t *>_xmalloc(n * sizeof(uint32_t))
+        self.n = n
+
+    def __dealloc__(self):
+        PyMem_Free(self.data)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("read-only: the ring owns these values")
+        self.shape[0] = self.n
+        self.strides[0] = sizeof(uint32_t)
+        view.buf = self.data
+        view.obj = self
+        view.len = self.n * sizeof(uint32_t)
+        view.readonly = 1
+        view.itemsize = sizeof(uint32_t)
+        view.format = b"I"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
 
 
 cdef void *_xmalloc(size_t n) except NULL:
@@ -302,11 +335,20 @@ cdef class RegionTable:
 
     cdef void _release_exports(self) noexcept:
         cdef Py_ssize_t i
+        cdef PyObject *etype
+        cdef PyObject *evalue
+        cdef PyObject *etb
         if not self._held:
             return
         self._held = False
         for i in range(self.n):
             PyBuffer_Release(&self.bufs[i])
+        # Reached from a buffer release, possibly while an exception propagates: keep it.
+        PyErr_Fetch(&etype, &evalue, &etb)
+        self._release_views()
+        PyErr_Restore(etype, evalue, etb)
+
+    cdef void _release_views(self) noexcept:
         for mv in self._views:
             try:
                 mv.release()
@@ -684,7 +726,6 @@ cdef class RxRing:
     cdef object _lengths_arr
     cdef object _nsegs_arr
     cdef object _meta_arr
-    cdef object _owned      # the arrays behind the three views above
     cdef readonly Burst burst
     cdef readonly uint64_t generation  # bumped whenever the burst's contents go away
     cdef readonly uint64_t packets
@@ -716,13 +757,13 @@ cdef class RxRing:
         self.c.base = regions.base
         self.c.rsize = regions.sizes
         self.c.nregions = regions.n
-        self._owned = (np.zeros(max_burst, np.uint32), np.zeros(max_burst, np.uint32),
-                       np.zeros(max_burst, np.uint32))
-        self.c.lengths = <uint32_t *>cnp.PyArray_DATA(self._owned[0])
-        self.c.nsegs = <uint32_t *>cnp.PyArray_DATA(self._owned[1])
-        self.c.meta = <uint32_t *>cnp.PyArray_DATA(self._owned[2])
+        cdef _U32Array lengths = _U32Array(max_burst), nsegs = _U32Array(max_burst)
+        cdef _U32Array meta = _U32Array(max_burst)
+        self.c.lengths = lengths.data
+        self.c.nsegs = nsegs.data
+        self.c.meta = meta.data
         self._lengths_arr, self._nsegs_arr, self._meta_arr = [
-            _readonly_view(a) for a in self._owned]
+            np.frombuffer(a, np.uint32) for a in (lengths, nsegs, meta)]
         self.c.first = <uint32_t *>_xmalloc(max_burst * sizeof(uint32_t))
         self.c.seg_region = <uint16_t *>_xmalloc(ring.size * sizeof(uint16_t))
         self.c.seg_offset = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
@@ -1216,7 +1257,7 @@ cdef void _tx_write(tx_ctx *c) noexcept nogil:
                 off = c.snap_off[d]
                 cap = c.snap_cap[d]
             take = rem if rem < cap else cap
-            memcpy(c.base[region] + off, src, take)
+            memmove(c.base[region] + off, src, take)  # a hostile peer may overlap them
             src += take
             rem -= take
             desc = &c.descs[slot]
@@ -1303,6 +1344,7 @@ cdef class TxRing:
     cdef int fd
     cdef uint32_t max_burst
     cdef uint32_t alloc_n
+    cdef bint in_call       # a transmit call is running (see _enter)
     cdef uint32_t sdesc     # staged: descriptors written after pos, not published yet
     cdef uint32_t spk       # staged packets
     cdef uint64_t sbytes    # staged bytes
@@ -1370,6 +1412,15 @@ cdef class TxRing:
         """Copy of the slave's per-slot buffer offsets (None for the master)."""
         return None if self._table_arr is None else self._table_arr.copy()
 
+    cdef int _enter(self) except -1:
+        # A transmit call must not start while another one on this ring is between reading
+        # the ring and publishing (a GC finalizer that sends, run by an allocation inside
+        # the first call): it would overwrite the first call's plan.
+        if self.in_call:
+            raise LocalProtocolError("transmit call re-entered while another is in progress")
+        self.in_call = True
+        return 0
+
     cdef int _check_ready(self) except -1:
         if self.closed:
             raise LocalProtocolError("tx ring is closed")
@@ -1406,6 +1457,13 @@ cdef class TxRing:
 
         Publishes staged packets first (:meth:`flush`).
         """
+        self._enter()
+        try:
+            return self._free_slots_unguarded()
+        finally:
+            self.in_call = False
+
+    cdef object _free_slots_unguarded(self):
         if self.closed:
             raise LocalProtocolError("tx ring is closed")
         if self.sdesc:
@@ -1436,6 +1494,13 @@ cdef class TxRing:
     def flush(self):
         """Publish every staged packet: one release store, at most one eventfd write (none
         under MASK_INT). Returns how many packets went out (0 if nothing was staged)."""
+        self._enter()
+        try:
+            return self._flush_unguarded()
+        finally:
+            self.in_call = False
+
+    cdef object _flush_unguarded(self):
         if self.closed:
             raise LocalProtocolError("tx ring is closed")
         if self.sdesc == 0:
@@ -1497,6 +1562,13 @@ cdef class TxRing:
         return self._stage(data, _meta_value(metadata, 0)) == 1
 
     cdef int _stage(self, data, uint32_t metadata) except -1:
+        self._enter()
+        try:
+            return self._stage_unguarded(data, metadata)
+        finally:
+            self.in_call = False
+
+    cdef int _stage_unguarded(self, data, uint32_t metadata) except -1:
         cdef Py_buffer pb
         cdef int ok
         cdef uint32_t free
@@ -1534,15 +1606,16 @@ cdef class TxRing:
                 self.errors += 1
         return 0
 
-    cdef int _plan(self, uint32_t npk) except -1:
-        """How many of c.src_len[:npk] fit (c.n, c.ndesc); raises on a peer violation."""
+    cdef int _plan(self, uint32_t npk, uint64_t first=0) except -1:
+        """How many of c.src_len[:npk] fit (c.n, c.ndesc); raises on a peer violation.
+        ``first``: the caller's index of packet 0, for messages."""
         cdef int rc
         self.c.npk = npk
         rc = _tx_plan(&self.c)
         if rc == ERR_PKT_TOO_BIG:
             e = &self.c.err
             raise LocalProtocolError(
-                f"packet {e.a}: {e.b} bytes need {e.c} descriptors, ring has {e.d}")
+                f"packet {e.a + first}: {e.b} bytes need {e.c} descriptors, ring has {e.d}")
         if rc:
             self.errors += 1
             raise PeerProtocolError(_err_message(&self.c.err))
@@ -1572,6 +1645,13 @@ cdef class TxRing:
         that does not fit whole, and after ``max_burst`` packets. Raises ``PeerProtocolError`` (nothing sent) if a peer
         descriptor is invalid, ``LocalProtocolError`` if a packet could never fit.
         """
+        self._enter()
+        try:
+            return self._tx_burst_unguarded(packets, metadata)
+        finally:
+            self.in_call = False
+
+    cdef object _tx_burst_unguarded(self, packets, metadata=None):
         self._check_ready()
         cdef uint32_t free = self._free()
         cdef Py_ssize_t count = len(packets)
@@ -1601,6 +1681,13 @@ cdef class TxRing:
         ``lengths`` is a 1-D uint32 array, one entry per row, each ``<= data.shape[1]``;
         ``metadata`` is None or one u32 per row.
         """
+        self._enter()
+        try:
+            return self._tx_burst_array_unguarded(data, lengths, metadata)
+        finally:
+            self.in_call = False
+
+    cdef object _tx_burst_array_unguarded(self, data, lengths, metadata=None):
         self._check_ready()
         cdef Py_buffer db, lb
         cdef uint32_t npk, i, free
@@ -1651,6 +1738,13 @@ cdef class TxRing:
         tables. ``LocalProtocolError`` if the burst's ring is closed or packet ``start`` was
         forwarded, ``IndexError`` if ``start`` is outside ``0..len(burst)``.
         """
+        self._enter()
+        try:
+            return self._tx_burst_from_unguarded(burst, start)
+        finally:
+            self.in_call = False
+
+    cdef object _tx_burst_from_unguarded(self, Burst burst, Py_ssize_t start=0):
         self._check_ready()
         cdef RxRing rx = burst.rx
         rx._check_open()
@@ -1666,14 +1760,15 @@ cdef class TxRing:
             npk = n - <uint32_t>start
         if free < npk:
             npk = free
+        cdef list joined = []
         for k in range(npk):
             i = <uint32_t>start + k
             self.c.src_len[k] = rx.c.lengths[i]
             self.c.src_meta[k] = rx.c.meta[i]
-        self._plan(npk)
-        cdef list joined = None
         rx.regions.busy += 1
+        self.regions.busy += 1
         try:
+            self._plan(npk, start)
             for k in range(self.c.n):
                 i = <uint32_t>start + k
                 f = rx.c.first[i]
@@ -1681,13 +1776,12 @@ cdef class TxRing:
                     self.c.src[k] = rx.regions.base[rx.c.seg_region[f]] + rx.c.seg_offset[f]
                 else:  # only packets that fit are joined
                     packet = _packet(rx, i)
-                    if joined is None:
-                        joined = []
                     joined.append(packet)  # alive until copied below
                     self.c.src[k] = PyBytes_AS_STRING(packet)
-            self._write_and_publish()
         finally:
+            self.regions.busy -= 1
             rx.regions.busy -= 1
+        self._write_and_publish()
         return self.c.n
 
     def alloc(self, Py_ssize_t n):
@@ -1697,6 +1791,13 @@ cdef class TxRing:
         them, then :meth:`commit`. Until then other transmit calls raise
         ``LocalProtocolError``. Returns ``[]`` (and nothing is pending) when the ring is full.
         """
+        self._enter()
+        try:
+            return self._alloc_unguarded(n)
+        finally:
+            self.in_call = False
+
+    cdef object _alloc_unguarded(self, Py_ssize_t n):
         self._check_ready()
         if n < 0:
             raise ValueError("n must be >= 0")
@@ -1731,6 +1832,13 @@ cdef class TxRing:
         ``ValueError``, allocation still pending). The rest of the allocation is abandoned.
         Returns the count.
         """
+        self._enter()
+        try:
+            return self._commit_unguarded(lengths, metadata)
+        finally:
+            self.in_call = False
+
+    cdef object _commit_unguarded(self, lengths, metadata=None):
         if self.closed:
             raise LocalProtocolError("tx ring is closed")
         cdef Py_ssize_t m = len(lengths)
@@ -1743,7 +1851,7 @@ cdef class TxRing:
             raise LocalProtocolError("commit() without alloc()")
         if m > self.alloc_n:
             raise LocalProtocolError(f"commit of {m} buffers, only {self.alloc_n} allocated")
-        lens = [int(x) for x in lengths]
+        lens = [PyNumber_Index(x) for x in lengths]
         for i in range(m):
             cap = self.c.bs if self.slave else self.c.snap_cap[i]
             if not 0 <= lens[i] <= cap:
@@ -1777,6 +1885,13 @@ cdef class TxRing:
         the first chained packet, a full ring or ``max_burst``; returns how many. Forwarded
         packets can no longer be read from the burst.
         """
+        self._enter()
+        try:
+            return self._forward_unguarded(burst)
+        finally:
+            self.in_call = False
+
+    cdef object _forward_unguarded(self, Burst burst):
         self._check_ready()
         cdef RxRing rx = burst.rx
         if not self.slave or not rx.slave:

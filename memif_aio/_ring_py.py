@@ -10,6 +10,7 @@ needs no explicit barriers here because the oracle is only ever run in one proce
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import select
@@ -267,19 +268,19 @@ class Burst:
     @property
     def lengths(self) -> np.ndarray:
         if self._lengths_view is None:
-            self._lengths_view = self._rx._lengths_arr[: self._rx._n]
+            self._lengths_view = _frozen(self._rx._lengths_w[: self._rx._n])
         return self._lengths_view
 
     @property
     def nsegments(self) -> np.ndarray:
         if self._nsegs_view is None:
-            self._nsegs_view = self._rx._nsegs_arr[: self._rx._n]
+            self._nsegs_view = _frozen(self._rx._nsegs_w[: self._rx._n])
         return self._nsegs_view
 
     @property
     def metadata(self) -> np.ndarray:
         if self._meta_view is None:
-            self._meta_view = self._rx._meta_arr[: self._rx._n]
+            self._meta_view = _frozen(self._rx._meta_w[: self._rx._n])
         return self._meta_view
 
     @property
@@ -305,7 +306,7 @@ class Burst:
     def _segs(self, i: int):
         rx = self._rx
         f = rx._first[i]
-        return rx._segs[f : f + int(rx._nsegs_arr[i])]
+        return rx._segs[f : f + int(rx._nsegs_w[i])]
 
     def __getitem__(self, i: int):
         i = self._check_packet(i)
@@ -323,7 +324,7 @@ class Burst:
 
     def copy_into(self, i: int, out) -> int:
         i = self._check_packet(i)
-        total = int(self._rx._lengths_arr[i])
+        total = int(self._rx._lengths_w[i])
         with memoryview(out) as mv:
             if mv.readonly:
                 raise BufferError("out is not writable")
@@ -343,6 +344,29 @@ class Burst:
 
     def __repr__(self) -> str:
         return f"<Burst packets={self._rx._n}>"
+
+
+def _guarded(method):
+    """A transmit call may not start while another on the same ring is in progress (a GC
+    finalizer that sends, run by an allocation inside the first call)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self._in_call:
+            raise LocalProtocolError("transmit call re-entered while another is in progress")
+        self._in_call = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_call = False
+
+    return call
+
+
+def _frozen(values: np.ndarray) -> np.ndarray:
+    """A read-only copy nobody can make writable (over bytes): what users see of the
+    ring's per-packet arrays."""
+    return np.frombuffer(values.tobytes(), values.dtype)
 
 
 def _meta_value(value, i: int) -> int:
@@ -406,14 +430,9 @@ class RxRing:
         self._size = ring.size
         self._mask = ring.size - 1
         self._closed = False
-        self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees read-only views
+        self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees frozen copies
         self._nsegs_w = np.zeros(max_burst, np.uint32)
         self._meta_w = np.zeros(max_burst, np.uint32)
-        # Views nobody can make writable again (their base is a read-only buffer).
-        self._lengths_arr, self._nsegs_arr, self._meta_arr = (
-            np.frombuffer(memoryview(a).toreadonly(), np.uint32)
-            for a in (self._lengths_w, self._nsegs_w, self._meta_w)
-        )
         self.generation = 0
         self._first = [0] * max_burst
         self._segs: list[tuple[int, int, int]] = [(0, 0, 0)] * ring.size
@@ -671,6 +690,7 @@ class TxRing:
         self._mask = ring.size - 1
         self._closed = False
         self._alloc_n = 0
+        self._in_call = False
         self._sdesc = self._spk = self._sbytes = self._sfree = 0  # stage(): not published yet
         self._snap: list[tuple[int, int, int]] = []
         self._pos = ring.head if self._slave else ring.tail
@@ -714,6 +734,7 @@ class TxRing:
             raise self._peer_error(f"head moved by {used} > ring size {self._size}")
         return used
 
+    @_guarded
     def free_slots(self) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
@@ -734,6 +755,7 @@ class TxRing:
         self.bytes += nbytes
         return n
 
+    @_guarded
     def flush(self) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
@@ -767,6 +789,7 @@ class TxRing:
         self._sbytes += nbytes
         return True
 
+    @_guarded
     def stage(self, data, metadata: int = 0) -> bool:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
@@ -819,7 +842,7 @@ class TxRing:
             )
         return region, off, cap
 
-    def _plan(self, lens: list[int], free: int) -> tuple[int, int]:
+    def _plan(self, lens: list[int], free: int, first: int = 0) -> tuple[int, int]:
         mem = self._ring._mem()
         snap = self._snap = []
         n = d = 0
@@ -829,7 +852,8 @@ class TxRing:
                 need = 1 if length == 0 else -(-length // self._bs)
                 if need > self._size:
                     raise LocalProtocolError(
-                        f"packet {n}: {length} bytes need {need} descriptors, ring has {self._size}"
+                        f"packet {n + first}: {length} bytes need {need} descriptors, "
+                        f"ring has {self._size}"
                     )
                 if d + need > free:
                     break
@@ -884,10 +908,10 @@ class TxRing:
                     break
         return nbytes
 
-    def _run(self, srcs: list, metas: list[int]) -> int:
+    def _run(self, srcs: list, metas: list[int], first: int = 0) -> int:
         free = self._free_n
         try:
-            n, ndesc = self._plan([len(s) for s in srcs], free)
+            n, ndesc = self._plan([len(s) for s in srcs], free, first)
         except PeerProtocolError:
             self.errors += 1
             raise
@@ -897,6 +921,7 @@ class TxRing:
         self.bytes += nbytes
         return n
 
+    @_guarded
     def tx_burst(self, packets: Sequence, metadata=None) -> int:
         self._check_ready()
         free = self._free_n = self._free()
@@ -912,6 +937,7 @@ class TxRing:
             srcs.append(mv)
         return self._run(srcs, _metadata(metadata, len(packets), npk))
 
+    @_guarded
     def tx_burst_array(self, data, lengths, metadata=None) -> int:
         self._check_ready()
         dmv = memoryview(data)
@@ -936,6 +962,7 @@ class TxRing:
         srcs = [flat[i * width : i * width + lens[i]] for i in range(npk)]
         return self._run(srcs, metas)
 
+    @_guarded
     def tx_burst_from(self, burst: Burst, start: int = 0) -> int:
         if not isinstance(burst, Burst):
             raise TypeError("burst must be a Burst")
@@ -952,8 +979,9 @@ class TxRing:
         free = self._free_n = self._free()
         npk = min(self._max_burst, n - start, free)
         srcs = [memoryview(burst[i]) for i in range(start, start + npk)]
-        return self._run(srcs, [int(m) for m in rx._meta_w[start : start + npk]])
+        return self._run(srcs, [int(m) for m in rx._meta_w[start : start + npk]], start)
 
+    @_guarded
     def alloc(self, n: int) -> list[memoryview]:
         self._check_ready()
         if n < 0:
@@ -978,6 +1006,7 @@ class TxRing:
         self._alloc_n = k
         return views
 
+    @_guarded
     def commit(self, lengths: Sequence[int], metadata=None) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
@@ -988,7 +1017,7 @@ class TxRing:
             raise LocalProtocolError("commit() without alloc()")
         if m > self._alloc_n:
             raise LocalProtocolError(f"commit of {m} buffers, only {self._alloc_n} allocated")
-        lens = [int(x) for x in lengths]
+        lens = [operator.index(x) for x in lengths]
         for i in range(m):
             cap = self._bs if self._slave else self._snap[i][2]
             if not 0 <= lens[i] <= cap:
@@ -1012,6 +1041,7 @@ class TxRing:
         self.bytes += sum(lens)
         return m
 
+    @_guarded
     def forward(self, burst: Burst) -> int:
         self._check_ready()
         if not isinstance(burst, Burst):
@@ -1031,7 +1061,7 @@ class TxRing:
         k, i, nbytes = 0, rx._fwd, 0
         while i < rx._n and k < free and k < self._max_burst:
             f = rx._first[i]
-            if rx._nsegs_arr[i] != 1:
+            if rx._nsegs_w[i] != 1:
                 break
             rslot = (rx._bstart + f) & rx._mask
             tslot = (self._pos + k) & self._mask

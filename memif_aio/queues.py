@@ -341,18 +341,22 @@ class TxQueue(_Queue):
 
 
 def _metadata_array(metadata: Any, count: int) -> np.ndarray | None:
-    """``metadata`` checked in full once, as a uint32 array the ring copies without checks."""
+    """``metadata`` checked in full once, as a private uint32 array the ring then copies
+    without checks; indexed like the ring indexes it, with the ring's messages."""
     if metadata is None:
         return None
     if len(metadata) != count:
         raise ValueError(f"{len(metadata)} metadata values for {count} packets")
-    values = np.asarray(metadata)
-    if values.ndim == 1 and values.dtype == np.uint32:
-        return np.ascontiguousarray(values)
-    if values.ndim != 1 or values.dtype.kind not in "iu":
-        values = np.array([operator.index(v) for v in metadata], dtype=object)
-    bad = (values < 0) | (values > _U32_MAX)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"metadata[{i}] = {int(values[i])} not in 0..{_U32_MAX}")
-    return values.astype(np.uint32)
+    if isinstance(metadata, np.ndarray) and metadata.ndim == 1 and metadata.dtype.kind in "iu":
+        bad = (metadata < 0) | (metadata > _U32_MAX)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"metadata[{i}] = {int(metadata[i])} not in 0..{_U32_MAX}")
+        return metadata.astype(np.uint32)  # a copy: the caller may change theirs meanwhile
+    values = np.empty(count, np.uint32)
+    for i in range(count):
+        value = operator.index(metadata[i])
+        if not 0 <= value <= _U32_MAX:
+            raise ValueError(f"metadata[{i}] = {value} not in 0..{_U32_MAX}")
+        values[i] = value
+    return values

@@ -76,7 +76,12 @@ async def test_metadata_is_harmless_to_dpdk_and_not_carried(testpmd_bin, abstrac
                     while len(received) < start + 50:
                         await asyncio.sleep(0.001)
 
-            await asyncio.wait_for(asyncio.gather(send(), receive()), 30)
+            sender = asyncio.ensure_future(send())
+            try:
+                await asyncio.wait_for(receive(), 30)
+                await asyncio.wait_for(sender, 5)
+            finally:
+                sender.cancel()
             assert received == packets
             assert set(metadata) == {0}
     finally:

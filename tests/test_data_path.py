@@ -421,16 +421,21 @@ async def test_send_burst_of_a_burst_released_while_waiting_stops_with_an_error(
     sending = asyncio.ensure_future(txq.send_burst(burst))
     await asyncio.sleep(0.005)
     assert not sending.done()
-    burst.release()  # e.g. another task took the next burst
+    # Another task took the next burst: the same Burst object now holds other packets.
+    qlink.mtx.tx_burst([b"new%d" % i for i in range(8)])
+    assert len(qlink.srx.rx_burst()) == 8
     qlink.mrx.rx_burst()
-    qlink.mrx.release()  # room again: the sender must notice the burst is gone, not resend
+    qlink.mrx.release()  # room again: the sender must notice, not send the new packets
     with pytest.raises(LocalProtocolError, match="3 of 8 packets sent"):
         await asyncio.wait_for(sending, 2)
+    got = qlink.mrx.rx_burst()
+    assert [bytes(got[i]) for i in range(len(got))] == []
+    qlink.srx.release()
     # After forward() took the leading packets, send_burst(burst) copies the rest.
     qlink.mtx.tx_burst([b"a", b"b", b"c" * 300, b"d"], metadata=[1, 2, 3, 4])
     burst = qlink.srx.rx_burst()
     assert qlink.stx.forward(burst) == 2
-    assert await txq.send_burst(burst) == 2
+    assert await asyncio.wait_for(txq.send_burst(burst), 2) == 2
     got = qlink.mrx.rx_burst()
     assert [bytes(got[i]) for i in range(len(got))][-4:] == [b"a", b"b", b"c" * 300, b"d"]
     assert got.metadata.tolist()[-4:] == [1, 2, 3, 4]

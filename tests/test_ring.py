@@ -374,6 +374,13 @@ def test_metadata_is_checked_before_anything_is_sent(R, make_link):
         assert tx.free_slots() == free - 1
 
 
+def _base_chain(array):
+    owner = array
+    while owner is not None:
+        yield owner
+        owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+
+
 def test_burst_views_stay_read_only_and_generation_tracks_release(R, make_link):
     link = make_link(R, log2=3)
     link.stx.tx_burst([b"a", b"b"], metadata=[5, 6])
@@ -381,9 +388,15 @@ def test_burst_views_stay_read_only_and_generation_tracks_release(R, make_link):
     generation = burst.generation
     for view in (burst.lengths, burst.nsegments, burst.metadata):
         assert not view.flags.writeable
-        for array in (view, view.base):
-            with pytest.raises(ValueError):
-                array.flags.writeable = True  # the C code trusts these arrays
+        # The C code trusts these values: nothing reachable from a view may change them.
+        for owner in _base_chain(view):
+            if isinstance(owner, np.ndarray):
+                with pytest.raises(ValueError):
+                    owner.flags.writeable = True
+            else:
+                with memoryview(owner) as raw:
+                    assert raw.readonly
+    assert burst.lengths.tolist() == [1, 1] and burst.metadata.tolist() == [5, 6]
     assert burst.generation == generation
     burst.release()
     assert burst.generation != generation
@@ -811,6 +824,36 @@ def test_tx_burst_from_copies_a_received_burst_with_its_metadata(R, make_link):
     for start in (0, 3):
         with pytest.raises(LocalProtocolError, match="rx ring is closed"):
             link.stx.tx_burst_from(got, start)
+
+
+def test_a_transmit_call_cannot_be_reentered(R, make_link):
+    """Python code run inside a transmit call (here the packets sequence; in real life a GC
+    finalizer) must not transmit on the same ring: it would overwrite the call's plan."""
+    link = make_link(R, log2=4)
+    refused = []
+
+    class Packets:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            for call in (
+                lambda: link.stx.stage(b"zz"),
+                lambda: link.stx.tx_burst([b"zz"]),
+                lambda: link.stx.flush(),
+            ):
+                try:
+                    call()
+                except LocalProtocolError as exc:
+                    refused.append(str(exc))
+            return b"p%d" % i
+
+    assert link.stx.tx_burst(Packets(), metadata=[7, 8, 9]) == 3
+    got = link.mrx.rx_burst()
+    assert [bytes(got[i]) for i in range(len(got))] == [b"p0", b"p1", b"p2"]
+    assert got.metadata.tolist() == [7, 8, 9]
+    assert len(refused) == 9 and all("re-entered" in reason for reason in refused)
+    assert link.stx.stage(b"after") and link.stx.flush() == 1  # the guard is released
 
 
 def test_forward_checks(R, make_link):

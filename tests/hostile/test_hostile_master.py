@@ -281,7 +281,9 @@ async def test_unsealed_memfd_is_sealed_by_us_and_accepted(abstract_path):
             mem.close()
 
 
-async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(abstract_path):
+async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(
+    abstract_path, caplog
+):
     async with memif_aio.Socket(abstract_path) as sock:
         iface = await sock.create_interface(id=0, role="master", allow_unsealed_regions=True)
         mem = PeerMemory(seal=False, sealing=False)  # like DPDK's zero-copy memseg memfd
@@ -294,6 +296,10 @@ async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(ab
             chan.close()
             mem.close()
         await asyncio.wait_for(iface.wait_disconnected(), 5)
+        assert any(
+            r.levelname == "WARNING" and "cannot be sealed" in r.getMessage()
+            for r in caplog.records
+        )
         # Even so, the size is still checked just before mapping.
         reason = await _shrink_buffers_before_connect(abstract_path, sealing=False)
         assert hs.REGION_TOO_SMALL in reason
