@@ -1745,6 +1745,9 @@ cdef class TxRing:
             self.in_call = False
 
     cdef object _tx_burst_from_unguarded(self, Burst burst, Py_ssize_t start=0):
+        # The only GC-tracked allocation, before any ring state is read: no finalizer can
+        # run (and release the burst) between reading the burst and copying it.
+        cdef list joined = []
         self._check_ready()
         cdef RxRing rx = burst.rx
         rx._check_open()
@@ -1760,7 +1763,6 @@ cdef class TxRing:
             npk = n - <uint32_t>start
         if free < npk:
             npk = free
-        cdef list joined = []
         for k in range(npk):
             i = <uint32_t>start + k
             self.c.src_len[k] = rx.c.lengths[i]
