@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import mmap
-import os
 import time
 
-import numpy as np
+from bench_ring import Loopback
 
 from memif_aio import _ring as R
 from memif_aio.queues import RxQueue, TxQueue
@@ -32,54 +30,17 @@ from memif_aio.queues import RxQueue, TxQueue
 BURST = 256
 
 
-class Pair:
-    """Slave tx -> master rx (S2M) and master tx -> slave rx (M2S) in this process."""
-
-    def __init__(self, log2: int = 10, buffer_size: int = 2048) -> None:
-        size = 1 << log2
-        rb = R.ring_bytes(log2)
-        self.fds = [os.memfd_create("bench-rings"), os.memfd_create("bench-buffers")]
-        sizes = [2 * rb, 2 * size * buffer_size]
-        for fd, n in zip(self.fds, sizes, strict=True):
-            os.ftruncate(fd, n)
-        self.maps = [mmap.mmap(fd, n) for fd, n in zip(self.fds, sizes, strict=True)]
-        self.maps += [mmap.mmap(fd, n) for fd, n in zip(self.fds, sizes, strict=True)]
-        self.S = R.RegionTable(self.maps[:2])
-        self.M = R.RegionTable(self.maps[2:])
-        s2m, m2s = R.Ring(self.S, 0, 0, log2), R.Ring(self.S, 0, rb, log2)
-        for ring in (s2m, m2s):
-            ring.initialize()
-        self.efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
-        offs = np.arange(size, dtype=np.uint64) * buffer_size
-        kw = dict(buffer_size=buffer_size, max_burst=BURST)
-        self.stx = R.TxRing(s2m, role="slave", eventfd=self.efds[0], buffer_offsets=offs, **kw)
-        self.srx = R.RxRing(
-            m2s, role="slave", eventfd=self.efds[1], buffer_offsets=offs + size * buffer_size, **kw
-        )
-        self.mrx = R.RxRing(
-            R.Ring(self.M, 0, 0, log2), role="master", eventfd=self.efds[0], max_burst=BURST
-        )
-        self.mtx = R.TxRing(
-            R.Ring(self.M, 0, rb, log2), role="master", eventfd=self.efds[1], max_burst=BURST
-        )
-        self.srx.refill()
-
-    def close(self) -> None:
-        for q in (self.stx, self.srx, self.mrx, self.mtx):
-            q.close()
-        self.S.close()
-        self.M.close()
-        for m in self.maps:
-            m.close()
-        for fd in self.fds + self.efds:
-            os.close(fd)
+def loopback() -> Loopback:
+    """Slave tx -> master rx (S2M) and master tx -> slave rx (M2S) in this process, with
+    eventfds (queues wait on them)."""
+    return Loopback(R, 10, 2048, BURST, eventfds=True)
 
 
 def best(fn, runs: int = 5) -> float:
     return min(fn() for _ in range(runs))
 
 
-def bench_sync(pair: Pair, packets: list[bytes], count: int) -> dict[str, float]:
+def bench_sync(pair: Loopback, packets: list[bytes], count: int) -> dict[str, float]:
     stx, mrx = pair.stx, pair.mrx
     rounds = max(1, count // BURST)
     out = {}
@@ -130,7 +91,7 @@ def bench_sync(pair: Pair, packets: list[bytes], count: int) -> dict[str, float]
     return out
 
 
-async def bench_async(pair: Pair, packets: list[bytes], count: int) -> dict[str, float]:
+async def bench_async(pair: Loopback, packets: list[bytes], count: int) -> dict[str, float]:
     out = {}
     rxq = RxQueue(0, pair.mrx, pair.efds[0], lambda exc: None)
     txq = TxQueue(0, pair.stx, lambda exc: None)
@@ -172,7 +133,7 @@ async def bench_async(pair: Pair, packets: list[bytes], count: int) -> dict[str,
 
 async def bench_echo(packets: list[bytes], count: int, mode: str = "packet") -> float:
     """Slave rx -> echo -> slave tx, the master side driven by bursts."""
-    pair = Pair()
+    pair = loopback()
     try:
         rxq = RxQueue(0, pair.srx, pair.efds[1], lambda exc: None)
         txq = TxQueue(0, pair.stx, lambda exc: None)
@@ -222,7 +183,7 @@ def main() -> None:
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = ap.parse_args()
     packets = [bytes([i & 0xFF]) * args.size for i in range(BURST)]
-    pair = Pair()
+    pair = loopback()
     try:
         res = bench_sync(pair, packets, args.count)
         if args.loop == "uvloop":

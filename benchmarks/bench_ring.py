@@ -23,9 +23,11 @@ IMPLS = {"cython": "memif_aio._ring", "python": "memif_aio._ring_py"}
 
 
 class Loopback:
-    """Slave and master ends of one memif link over shared memfds, in this process."""
+    """Slave and master ends of one memif link over shared memfds, in this process.
 
-    def __init__(self, R, log2: int, buffer_size: int, burst: int) -> None:
+    ``eventfds``: S2M and M2S interrupt eventfds (``efds``), as a queue on the loop needs."""
+
+    def __init__(self, R, log2: int, buffer_size: int, burst: int, eventfds: bool = False) -> None:
         size = 1 << log2
         rb = R.ring_bytes(log2)
         self.fds = [os.memfd_create("bench-rings"), os.memfd_create("bench-buffers")]
@@ -39,12 +41,17 @@ class Loopback:
         s2m, m2s = R.Ring(self.slave, 0, 0, log2), R.Ring(self.slave, 0, rb, log2)
         for ring in (s2m, m2s):
             ring.initialize()
+        self.efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)] if eventfds else []
+        s2m_fd, m2s_fd = self.efds or (-1, -1)
         offs = np.arange(size, dtype=np.uint64) * buffer_size
         kw = dict(buffer_size=buffer_size, max_burst=burst)
-        self.stx = R.TxRing(s2m, role="slave", buffer_offsets=offs, **kw)
-        self.srx = R.RxRing(m2s, role="slave", buffer_offsets=offs + size * buffer_size, **kw)
-        self.mrx = R.RxRing(R.Ring(self.master, 0, 0, log2), role="master", max_burst=burst)
-        self.mtx = R.TxRing(R.Ring(self.master, 0, rb, log2), role="master", max_burst=burst)
+        self.stx = R.TxRing(s2m, role="slave", eventfd=s2m_fd, buffer_offsets=offs, **kw)
+        self.srx = R.RxRing(
+            m2s, role="slave", eventfd=m2s_fd, buffer_offsets=offs + size * buffer_size, **kw
+        )
+        s2m_master, m2s_master = R.Ring(self.master, 0, 0, log2), R.Ring(self.master, 0, rb, log2)
+        self.mrx = R.RxRing(s2m_master, role="master", eventfd=s2m_fd, max_burst=burst)
+        self.mtx = R.TxRing(m2s_master, role="master", eventfd=m2s_fd, max_burst=burst)
         self.srx.refill()
 
     def close(self) -> None:
@@ -54,7 +61,7 @@ class Loopback:
         self.master.close()
         for m in self.maps:
             m.close()
-        for fd in self.fds:
+        for fd in self.fds + self.efds:
             os.close(fd)
 
 

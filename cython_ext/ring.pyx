@@ -114,13 +114,20 @@ cdef int _check_geometry(int log2_size, int cacheline) except -1:
     return 0
 
 
-cdef bint _is_slave(str role, object max_burst) except -1:
-    """Checks shared by RxRing and TxRing; True for the slave (buffer owner)."""
+cdef object _side_table(Ring ring, str role, object max_burst, object buffer_size,
+                        object buffer_region, object buffer_offsets):
+    """Checks shared by RxRing and TxRing; the slave's (buffer owner's) validated buffer
+    table, None for the master."""
     if role not in ("slave", "master"):
         raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
     if not 1 <= max_burst <= 65536:
         raise ValueError(f"max_burst {max_burst} not in 1..65536")
-    return role == "slave"
+    ring.regions._check()
+    if role == "slave":
+        return _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
+    if buffer_offsets is not None:
+        raise ValueError("buffer_offsets is only used with role='slave'")
+    return None
 
 
 @cython.final
@@ -736,16 +743,14 @@ cdef class RxRing:
                  buffer_region=1, buffer_offsets=None, max_burst=256):
         if self.burst is not None:
             raise LocalProtocolError("RxRing is already initialised")
-        self.slave = _is_slave(role, max_burst)
+        self._table_arr = _side_table(
+            ring, role, max_burst, buffer_size, buffer_region, buffer_offsets)
+        self.slave = self._table_arr is not None
         cdef RegionTable regions = ring.regions
-        regions._check()
         if self.slave:
-            self._table_arr = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
             self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)
             self.c.br = buffer_region
             self.c.bs = buffer_size
-        elif buffer_offsets is not None:
-            raise ValueError("buffer_offsets is only used with role='slave'")
         self.ring = ring
         self.regions = regions
         self.fd = eventfd
@@ -1360,16 +1365,14 @@ cdef class TxRing:
                  buffer_region=1, buffer_offsets=None, max_burst=256):
         if self.ring is not None:
             raise LocalProtocolError("TxRing is already initialised")
-        self.slave = _is_slave(role, max_burst)
+        self._table_arr = _side_table(
+            ring, role, max_burst, buffer_size, buffer_region, buffer_offsets)
+        self.slave = self._table_arr is not None
         cdef RegionTable regions = ring.regions
-        regions._check()
         if self.slave:
-            self._table_arr = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
             self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)
             self.c.br = buffer_region
             self.c.bs = buffer_size
-        elif buffer_offsets is not None:
-            raise ValueError("buffer_offsets is only used with role='slave'")
         self.regions = regions
         self.fd = eventfd
         self.max_burst = max_burst

@@ -385,19 +385,8 @@ def _metadata(metadata, count: int, n: int) -> list[int]:
     return [_meta_value(metadata[i], i) for i in range(count)][:n]
 
 
-def _is_slave(ring: Ring, role: str, max_burst: int) -> bool:
-    """Checks shared by RxRing and TxRing; True for the slave (buffer owner)."""
-    if not isinstance(ring, Ring):
-        raise TypeError("ring must be a Ring")
-    if role not in ("slave", "master"):
-        raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
-    if not 1 <= max_burst <= 65536:
-        raise ValueError(f"max_burst {max_burst} not in 1..65536")
-    return role == "slave"
-
-
-class RxRing:
-    """Receive side of one ring (see the Cython module for the full contract)."""
+class _RingSide:
+    """What RxRing and TxRing share: arguments, the slave's buffer table, counters."""
 
     def __init__(
         self,
@@ -410,7 +399,13 @@ class RxRing:
         buffer_offsets=None,
         max_burst: int = 256,
     ) -> None:
-        self._slave = _is_slave(ring, role, max_burst)
+        if not isinstance(ring, Ring):
+            raise TypeError("ring must be a Ring")
+        if role not in ("slave", "master"):
+            raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
+        if not 1 <= max_burst <= 65536:
+            raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        self._slave = role == "slave"
         regions = ring.regions
         regions._check()
         self._table = None
@@ -425,11 +420,33 @@ class RxRing:
         self._ring = ring
         self._regions = regions
         self._fd = eventfd
-        self._fd_nonblock = eventfd < 0 or not os.get_blocking(eventfd)
         self._max_burst = max_burst
         self._size = ring.size
         self._mask = ring.size - 1
         self._closed = False
+        self.packets = 0
+        self.bytes = 0
+        self.errors = 0
+
+    ring = property(lambda self: self._ring)
+    role = property(lambda self: "slave" if self._slave else "master")
+
+    @property
+    def buffer_offsets(self):
+        return None if self._table is None else self._table.copy()
+
+    def _peer_error(self, reason: str) -> PeerProtocolError:
+        self.errors += 1
+        return PeerProtocolError(reason)
+
+
+class RxRing(_RingSide):
+    """Receive side of one ring (see the Cython module for the full contract)."""
+
+    def __init__(self, ring: Ring, **kwargs) -> None:
+        super().__init__(ring, **kwargs)
+        self._fd_nonblock = self._fd < 0 or not os.get_blocking(self._fd)
+        max_burst = self._max_burst
         self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees frozen copies
         self._nsegs_w = np.zeros(max_burst, np.uint32)
         self._meta_w = np.zeros(max_burst, np.uint32)
@@ -442,28 +459,15 @@ class RxRing:
         self._rel = self._last
         self._bstart = self._last
         self._head = ring.head
-        self.packets = 0
-        self.bytes = 0
-        self.errors = 0
         if self._slave and (self._head - self._last) & 0xFFFF > ring.size:
             raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self._burst = Burst(self)
 
-    ring = property(lambda self: self._ring)
     burst = property(lambda self: self._burst)
-    role = property(lambda self: "slave" if self._slave else "master")
-
-    @property
-    def buffer_offsets(self):
-        return None if self._table is None else self._table.copy()
 
     def _check_open(self) -> None:
         if self._closed:
             raise LocalProtocolError("rx ring is closed")
-
-    def _peer_error(self, reason: str) -> PeerProtocolError:
-        self.errors += 1
-        return PeerProtocolError(reason)
 
     def _available(self) -> int:
         ring = self._ring
@@ -656,55 +660,17 @@ class RxRing:
         )
 
 
-class TxRing:
+class TxRing(_RingSide):
     """Transmit side of one ring (see the Cython module for the full contract)."""
 
-    def __init__(
-        self,
-        ring: Ring,
-        *,
-        role: str,
-        eventfd: int = -1,
-        buffer_size: int = 2048,
-        buffer_region: int = 1,
-        buffer_offsets=None,
-        max_burst: int = 256,
-    ) -> None:
-        self._slave = _is_slave(ring, role, max_burst)
-        regions = ring.regions
-        regions._check()
-        self._table = None
-        self._br = 0
-        self._bs = 0
-        if self._slave:
-            self._table = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
-            self._br = buffer_region
-            self._bs = buffer_size
-        elif buffer_offsets is not None:
-            raise ValueError("buffer_offsets is only used with role='slave'")
-        self._ring = ring
-        self._regions = regions
-        self._fd = eventfd
-        self._max_burst = max_burst
-        self._size = ring.size
-        self._mask = ring.size - 1
-        self._closed = False
+    def __init__(self, ring: Ring, **kwargs) -> None:
+        super().__init__(ring, **kwargs)
         self._alloc_n = 0
         self._in_call = False
         self._sdesc = self._spk = self._sbytes = self._sfree = 0  # stage(): not published yet
         self._snap: list[tuple[int, int, int]] = []
         self._pos = ring.head if self._slave else ring.tail
         self._free_n = 0
-        self.packets = 0
-        self.bytes = 0
-        self.errors = 0
-
-    ring = property(lambda self: self._ring)
-    role = property(lambda self: "slave" if self._slave else "master")
-
-    @property
-    def buffer_offsets(self):
-        return None if self._table is None else self._table.copy()
 
     def _check_ready(self) -> None:
         if self._closed:
@@ -714,10 +680,6 @@ class TxRing:
         if self._sdesc:
             self._flush()
         self._sfree = 0
-
-    def _peer_error(self, reason: str) -> PeerProtocolError:
-        self.errors += 1
-        return PeerProtocolError(reason)
 
     def _free(self) -> int:
         ring = self._ring
