@@ -3,7 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
-SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxd)
+SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxd cython_ext/*.pxi cython_ext/*.h)
 
 .PHONY: demo test build lint dpdk bench clean
 

@@ -8,7 +8,8 @@ extensions = [
     Extension(
         "memif_aio._ring",
         ["cython_ext/ring.pyx"],
-        include_dirs=[numpy.get_include()],
+        depends=["cython_ext/ring.pxd", "cython_ext/signal.pxi", "cython_ext/memif_signal.h"],
+        include_dirs=[numpy.get_include(), "cython_ext"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )

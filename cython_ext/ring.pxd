@@ -74,8 +74,10 @@ cdef enum:
     ERR_CHAIN = 4         # a = ring size
     ERR_CAP_ZERO = 5
     ERR_CAP_BOUNDS = 6    # a = offset, b = capacity, c = region, d = region size
-    ERR_PKT_OVERFLOW = 7  # a = length so far
+    ERR_PKT_TOO_LONG = 7  # a = length so far, b = max_packet_size
     ERR_PKT_TOO_BIG = 8   # local: a = packet index, b = length, c = descriptors needed, d = size
+    ERR_PKT_OVER_MAX = 9  # local: a = packet index, b = length, c = max_packet_size
+    ERR_NEVER_FITS = 10   # local: a = packet index, b = length, c = ring capacity, d = size
 
 
 cdef struct ring_err:
@@ -102,6 +104,7 @@ cdef struct rx_ctx:
     uint16_t br
     uint32_t bs
     uint32_t maxp
+    uint64_t max_packet    # longest packet accepted (bytes, chains joined)
     uint32_t avail
     uint32_t n             # out: packets
     uint32_t ndesc         # out: descriptors consumed
@@ -132,6 +135,7 @@ cdef struct tx_ctx:
     const char **src
     uint64_t *src_len
     uint32_t *src_meta     # per packet: metadata for each of its descriptors
+    uint64_t max_packet    # longest packet we send
     uint32_t npk
     uint16_t *snap_region  # master: validated copies of the peer's empty descriptors
     uint32_t *snap_off

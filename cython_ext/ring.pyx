@@ -63,7 +63,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from ring cimport *
 from libc.string cimport memcpy, memmove, memset
 from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
-from posix.unistd cimport read, write
 
 import os
 
@@ -77,21 +76,16 @@ cnp.import_array()
 cdef class RxRing
 cdef class TxRing
 cdef class _PacketBuffer
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum:
-        POLLIN
+cdef class Signaller
 
 RING_COOKIE = 0x3E31F20
 DESC_FLAG_NEXT = 1
 RING_FLAG_MASK_INT = 1
 DESC_SIZE = 16
 MAX_LOG2_RING_SIZE = 14
+#: Default bound on one packet (chained descriptors joined): the largest IP packet plus
+#: link-layer headers, with room to spare. A longer packet from the peer is a peer error.
+DEFAULT_MAX_PACKET_SIZE = 65536 + 512
 
 cdef uint32_t COOKIE = 0x3E31F20
 cdef uint16_t NEXT = 1
@@ -115,13 +109,18 @@ cdef int _check_geometry(int log2_size, int cacheline) except -1:
 
 
 cdef object _side_table(Ring ring, str role, object max_burst, object buffer_size,
-                        object buffer_region, object buffer_offsets):
+                        object buffer_region, object buffer_offsets, object max_packet_size,
+                        object start):
     """Checks shared by RxRing and TxRing; the slave's (buffer owner's) validated buffer
     table, None for the master."""
     if role not in ("slave", "master"):
         raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
     if not 1 <= max_burst <= 65536:
         raise ValueError(f"max_burst {max_burst} not in 1..65536")
+    if not 1 <= max_packet_size <= U32_MAX:
+        raise ValueError(f"max_packet_size {max_packet_size} not in 1..{U32_MAX}")
+    if start is not None and not 0 <= start <= 0xFFFF:
+        raise ValueError(f"start {start} is not a u16 counter value")
     ring.regions._check()
     if role == "slave":
         return _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
@@ -190,9 +189,23 @@ cdef object _err_message(ring_err *e):
     if e.code == ERR_CAP_BOUNDS:
         return (f"descriptor {e.slot}: offset {e.a} + capacity {e.b} beyond region {e.c} "
                 f"({e.d} bytes)")
-    if e.code == ERR_PKT_OVERFLOW:
-        return f"descriptor {e.slot}: packet longer than 4 GiB ({e.a} bytes)"
+    if e.code == ERR_PKT_TOO_LONG:
+        return (f"descriptor {e.slot}: packet of at least {e.a} bytes exceeds "
+                f"max_packet_size {e.b}")
     return f"ring error {e.code}"
+
+
+LOCAL_ERRORS = frozenset((ERR_PKT_TOO_BIG, ERR_PKT_OVER_MAX, ERR_NEVER_FITS))
+
+
+cdef object _local_message(ring_err *e, uint64_t first):
+    """The message of a transmit the caller asked for that can never succeed."""
+    if e.code == ERR_PKT_OVER_MAX:
+        return f"packet {e.a + first}: {e.b} bytes exceed max_packet_size {e.c}"
+    if e.code == ERR_NEVER_FITS:
+        return (f"packet {e.a + first}: {e.b} bytes can never fit the peer's ring "
+                f"({e.d} slots holding {e.c} bytes in all)")
+    return f"packet {e.a + first}: {e.b} bytes need {e.c} descriptors, ring has {e.d}"
 
 
 cdef inline int _set_err(ring_err *e, int code, uint32_t slot, uint64_t a, uint64_t b,
@@ -204,19 +217,6 @@ cdef inline int _set_err(ring_err *e, int code, uint32_t slot, uint64_t a, uint6
     e.c = c
     e.d = d
     return code
-
-
-cdef inline bint _signal(int fd) noexcept nogil:
-    """Write one u64 1 to the eventfd; a full counter (EAGAIN) still means 'woken'."""
-    cdef uint64_t one = 1
-    cdef ssize_t r
-    while True:
-        r = write(fd, &one, 8)
-        if r == 8:
-            return True
-        if r < 0 and errno == EINTR:
-            continue
-        return r < 0 and errno == EAGAIN
 
 
 cdef object _buffer_table(Ring ring, object buffer_region, object buffer_size, object offsets):
@@ -553,8 +553,8 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
                     return _set_err(&c.err, ERR_BOUNDS, slot, off, length, region,
                                     c.rsize[region])
             total += length
-            if total > U32_MAX:
-                return _set_err(&c.err, ERR_PKT_OVERFLOW, slot, total, 0, 0, 0)
+            if total > c.max_packet:
+                return _set_err(&c.err, ERR_PKT_TOO_LONG, slot, total, c.max_packet, 0, 0)
             if d == start:
                 meta = desc.metadata
             c.seg_region[d] = region
@@ -712,17 +712,17 @@ cdef class RxRing:
     region/offset/length are validated against the regions; released slots are returned with
     one ``tail`` store.
 
-    The ring's head/tail must already be in their connected state (``Ring.reset()``) when this
-    object is built: our own counter is cached here and never re-read. ``eventfd`` must be
-    non-blocking (it is polled otherwise). Not thread-safe.
+    A packet longer than ``max_packet_size`` bytes (descriptors of a chain added up) is a peer
+    violation. Our own counter is cached here and never re-read from shared memory: ``start``
+    is the value both counters have when the link comes up (0 after CONNECT); without it the
+    ring's current head/tail are taken as the connected state (tests). The peer may write any
+    counter at any time: each burst bound-checks what it reads. Not thread-safe.
     """
 
     cdef readonly Ring ring
     cdef RegionTable regions
     cdef bint slave
     cdef bint closed
-    cdef int fd
-    cdef bint fd_nonblock
     cdef uint32_t max_burst
     cdef uint16_t rel       # slots before rel are back with their owner
     cdef uint16_t head      # slave: what we published; cached, never re-read
@@ -739,12 +739,13 @@ cdef class RxRing:
     cdef readonly uint64_t bytes
     cdef readonly uint64_t errors
 
-    def __init__(self, Ring ring not None, *, str role, int eventfd=-1, buffer_size=2048,
-                 buffer_region=1, buffer_offsets=None, max_burst=256):
+    def __init__(self, Ring ring not None, *, str role, buffer_size=2048, buffer_region=1,
+                 buffer_offsets=None, max_burst=256, max_packet_size=DEFAULT_MAX_PACKET_SIZE,
+                 start=None):
         if self.burst is not None:
             raise LocalProtocolError("RxRing is already initialised")
-        self._table_arr = _side_table(
-            ring, role, max_burst, buffer_size, buffer_region, buffer_offsets)
+        self._table_arr = _side_table(ring, role, max_burst, buffer_size, buffer_region,
+                                      buffer_offsets, max_packet_size, start)
         self.slave = self._table_arr is not None
         cdef RegionTable regions = ring.regions
         if self.slave:
@@ -753,9 +754,8 @@ cdef class RxRing:
             self.c.bs = buffer_size
         self.ring = ring
         self.regions = regions
-        self.fd = eventfd
-        self.fd_nonblock = eventfd < 0 or bool(fcntl(eventfd, F_GETFL) & O_NONBLOCK)
         self.max_burst = max_burst
+        self.c.max_packet = max_packet_size
         self.c.size = ring.size
         self.c.mask = ring.mask
         self.c.slave = self.slave
@@ -774,12 +774,15 @@ cdef class RxRing:
         self.c.seg_offset = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
         self.c.seg_len = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
         cdef char *hdr = ring._hdr()
-        self.c.last = memif_load_acquire(<uint16_t *>(hdr + ring.cacheline))
+        if start is not None:
+            self.c.last = self.head = start
+        else:
+            self.c.last = memif_load_acquire(<uint16_t *>(hdr + ring.cacheline))
+            self.head = memif_load_acquire(<uint16_t *>(hdr + 6))
+            if self.slave and <uint16_t>(self.head - self.c.last) > ring.size:
+                raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self.rel = self.c.last
         self.bstart = self.c.last
-        self.head = memif_load_acquire(<uint16_t *>(hdr + 6))
-        if self.slave and <uint16_t>(self.head - self.c.last) > ring.size:
-            raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self.burst = Burst(self)
 
     def __dealloc__(self):
@@ -946,28 +949,6 @@ cdef class RxRing:
             memif_flags_or(flags, MASK_INT)
         else:
             memif_flags_and(flags, <uint16_t>~MASK_INT)
-
-    def drain_eventfd(self):
-        """Read (and reset) the eventfd counter without blocking; 0 if nothing or no fd."""
-        cdef uint64_t value = 0
-        cdef ssize_t r
-        cdef pollfd p
-        if self.fd < 0:
-            return 0
-        if not self.fd_nonblock:
-            p.fd = self.fd
-            p.events = POLLIN
-            p.revents = 0
-            if poll(&p, 1, 0) <= 0:
-                return 0
-        r = read(self.fd, &value, 8)
-        if r == 8:
-            return value
-        if r < 0 and errno == EAGAIN:
-            return 0
-        if r < 0:
-            raise OSError(errno, os.strerror(errno))
-        return 0
 
     def close(self):
         """Stop using the ring (idempotent): no shared memory is touched afterwards."""
@@ -1208,6 +1189,8 @@ cdef int _tx_plan(tx_ctx *c) noexcept nogil:
     c.nsnap = 0
     while n < c.npk:
         length = c.src_len[n]
+        if length > c.max_packet:
+            return _set_err(&c.err, ERR_PKT_OVER_MAX, 0, n, length, c.max_packet, 0)
         if c.slave:
             need = 1 if length == 0 else (length + c.bs - 1) // c.bs
             if need > c.size:
@@ -1220,6 +1203,11 @@ cdef int _tx_plan(tx_ctx *c) noexcept nogil:
             rem = length
             while True:
                 if d >= c.free:
+                    if start == 0 and c.free >= c.size:
+                        # Every slot of the ring is ours and the packet still does not fit:
+                        # waiting for room would wait forever.
+                        return _set_err(&c.err, ERR_NEVER_FITS, 0, n, length, length - rem,
+                                        c.size)
                     d = start
                     break
                 if d >= c.nsnap:
@@ -1336,17 +1324,21 @@ cdef class TxRing:
     ``role="master"``: the ring is M2S; the slave published empty descriptors in
     ``[tail, head)``; each one's ``length`` is its capacity (validated, never assumed).
 
-    Every call publishes at most one counter store and writes the eventfd at most once,
-    unless the receiver set MASK_INT. At most ``max_burst`` packets go per call. A packet
-    larger than a buffer is split over NEXT-chained descriptors; a packet goes whole or not
-    at all, and a burst stops at the first packet that does not fit. Not thread-safe.
+    Every call publishes at most one counter store and signals the peer at most once (through
+    ``signaller``, slot of ``eventfd``), unless the receiver set MASK_INT. At most
+    ``max_burst`` packets go per call. A packet larger than a buffer is split over
+    NEXT-chained descriptors; a packet goes whole or not at all, and a burst stops at the first
+    packet that does not fit. A packet longer than ``max_packet_size``, or one that cannot fit
+    even when the peer has given us the whole ring, raises ``LocalProtocolError``. ``start``:
+    as for :class:`RxRing`. Not thread-safe.
     """
 
     cdef readonly Ring ring
     cdef RegionTable regions
     cdef bint slave
     cdef bint closed
-    cdef int fd
+    cdef Signaller signaller
+    cdef int signal_slot
     cdef uint32_t max_burst
     cdef uint32_t alloc_n
     cdef bint in_call       # a transmit call is running (see _enter)
@@ -1361,12 +1353,15 @@ cdef class TxRing:
     cdef readonly uint64_t bytes
     cdef readonly uint64_t errors
 
-    def __init__(self, Ring ring not None, *, str role, int eventfd=-1, buffer_size=2048,
-                 buffer_region=1, buffer_offsets=None, max_burst=256):
+    def __init__(self, Ring ring not None, *, str role, Signaller signaller=None, int eventfd=-1,
+                 buffer_size=2048, buffer_region=1, buffer_offsets=None, max_burst=256,
+                 max_packet_size=DEFAULT_MAX_PACKET_SIZE, start=None):
         if self.ring is not None:
             raise LocalProtocolError("TxRing is already initialised")
-        self._table_arr = _side_table(
-            ring, role, max_burst, buffer_size, buffer_region, buffer_offsets)
+        if (signaller is None) != (eventfd < 0):
+            raise ValueError("signaller and eventfd go together")
+        self._table_arr = _side_table(ring, role, max_burst, buffer_size, buffer_region,
+                                      buffer_offsets, max_packet_size, start)
         self.slave = self._table_arr is not None
         cdef RegionTable regions = ring.regions
         if self.slave:
@@ -1374,8 +1369,10 @@ cdef class TxRing:
             self.c.br = buffer_region
             self.c.bs = buffer_size
         self.regions = regions
-        self.fd = eventfd
+        self.signal_slot = -1 if signaller is None else signaller.add(eventfd)
+        self.signaller = signaller
         self.max_burst = max_burst
+        self.c.max_packet = max_packet_size
         self.c.size = ring.size
         self.c.mask = ring.mask
         self.c.slave = self.slave
@@ -1391,7 +1388,9 @@ cdef class TxRing:
             self.c.snap_off = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
             self.c.snap_cap = <uint32_t *>_xmalloc(ring.size * sizeof(uint32_t))
         cdef char *hdr = ring._hdr()
-        if self.slave:
+        if start is not None:
+            self.c.pos = start
+        elif self.slave:
             self.c.pos = memif_load_acquire(<uint16_t *>(hdr + 6))
         else:
             self.c.pos = memif_load_acquire(<uint16_t *>(hdr + ring.cacheline))
@@ -1533,10 +1532,8 @@ cdef class TxRing:
         if rc == 0 and self.c.n:
             _tx_write(&self.c)
         self.c.pos = pos
-        if rc == ERR_PKT_TOO_BIG:
-            e = &self.c.err
-            raise LocalProtocolError(
-                f"packet {e.a}: {e.b} bytes need {e.c} descriptors, ring has {e.d}")
+        if rc in LOCAL_ERRORS:
+            raise LocalProtocolError(_local_message(&self.c.err, 0))
         if rc:
             self.errors += 1
             raise PeerProtocolError(_err_message(&self.c.err))
@@ -1604,9 +1601,9 @@ cdef class TxRing:
             memif_store_release(<uint16_t *>(hdr + 6), self.c.pos)
         else:
             memif_store_release(<uint16_t *>(hdr + self.ring.cacheline), self.c.pos)
-        if self.fd >= 0 and not (memif_load_relaxed(<uint16_t *>(hdr + 4)) & MASK_INT):
-            if not _signal(self.fd):
-                self.errors += 1
+        if self.signaller is not None and not (
+                memif_load_relaxed(<uint16_t *>(hdr + 4)) & MASK_INT):
+            self.signaller._signal(self.signal_slot)
         return 0
 
     cdef int _plan(self, uint32_t npk, uint64_t first=0) except -1:
@@ -1615,10 +1612,8 @@ cdef class TxRing:
         cdef int rc
         self.c.npk = npk
         rc = _tx_plan(&self.c)
-        if rc == ERR_PKT_TOO_BIG:
-            e = &self.c.err
-            raise LocalProtocolError(
-                f"packet {e.a + first}: {e.b} bytes need {e.c} descriptors, ring has {e.d}")
+        if rc in LOCAL_ERRORS:
+            raise LocalProtocolError(_local_message(&self.c.err, first))
         if rc:
             self.errors += 1
             raise PeerProtocolError(_err_message(&self.c.err))
@@ -1934,9 +1929,9 @@ cdef class TxRing:
         return k
 
     def signal(self):
-        """Write the eventfd now (regardless of MASK_INT); no-op without an fd."""
-        if self.fd >= 0 and not _signal(self.fd):
-            raise OSError(errno, os.strerror(errno))
+        """Wake the peer now (regardless of MASK_INT); no-op without a signaller."""
+        if self.signaller is not None:
+            self.signaller.signal(self.signal_slot)
 
     def close(self):
         """Stop using the ring (idempotent): no shared memory is touched afterwards.
@@ -1949,3 +1944,6 @@ cdef class TxRing:
     def __repr__(self):
         return (f"<TxRing role={self.role} size={self.c.size} packets={self.packets} "
                 f"errors={self.errors}>")
+
+
+include "signal.pxi"

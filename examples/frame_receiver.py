@@ -8,7 +8,7 @@ import argparse
 import json
 
 import memif_aio
-from memif_aio.frames import FrameReceiver, yuv420_size
+from memif_aio.frames import FrameReceiver, frame_packet_size, yuv420_size
 from memif_aio.perf import percentile
 
 
@@ -16,7 +16,9 @@ async def main(args: argparse.Namespace) -> None:
     size = yuv420_size(args.width, args.height)
     async with memif_aio.Socket(args.socket) as sock:
         # The receiver listens (master); the sender's buffers decide the chain length.
-        iface = await sock.create_interface(id=0, role="master")
+        iface = await sock.create_interface(
+            id=0, role="master", max_packet_size=frame_packet_size(size)
+        )
         print(f"waiting for frames on {args.socket}", flush=True)
         await iface.wait_connected()
         receiver = FrameReceiver(iface.rx_queues[0], size)

@@ -13,13 +13,16 @@ import asyncio
 import time
 
 import memif_aio
-from memif_aio.frames import FrameSender, yuv420_size
+from memif_aio.frames import FrameSender, frame_packet_size, yuv420_size
 
 
 async def main(args: argparse.Namespace) -> None:
     size = yuv420_size(args.width, args.height)
     # Big buffers keep a 3 MB frame to 48 descriptors; the ring must hold a whole frame.
-    async with memif_aio.connect(args.socket, buffer_size=65536, ring_size=1024) as iface:
+    # A frame is one packet: both ends must accept packets that large.
+    async with memif_aio.connect(
+        args.socket, buffer_size=65536, ring_size=1024, max_packet_size=frame_packet_size(size)
+    ) as iface:
         sender = FrameSender(iface.tx_queues[0], size)
         start = time.perf_counter()
         for n in range(args.frames):

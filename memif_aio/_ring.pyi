@@ -22,6 +22,8 @@ DESC_FLAG_NEXT: int
 RING_FLAG_MASK_INT: int
 DESC_SIZE: int
 MAX_LOG2_RING_SIZE: int
+DEFAULT_MAX_PACKET_SIZE: int
+MAX_SIGNAL_SLOTS: int
 
 _Metadata = Sequence[int] | npt.NDArray[np.integer] | None
 
@@ -122,11 +124,12 @@ class RxRing:
         ring: Ring,
         *,
         role: Literal["slave", "master"],
-        eventfd: int = -1,
         buffer_size: int = 2048,
         buffer_region: int = 1,
         buffer_offsets: npt.ArrayLike | None = None,
         max_burst: int = 256,
+        max_packet_size: int = ...,
+        start: int | None = None,
     ) -> None: ...
     @property
     def ring(self) -> Ring: ...
@@ -149,15 +152,13 @@ class RxRing:
     def pending(self) -> int:
         """Descriptors the peer published that we have not read."""
     mask_interrupts: bool
-    def drain_eventfd(self) -> int:
-        """Read and reset the eventfd counter without blocking (0 if nothing or fd -1)."""
     def close(self) -> None:
         """Stop using the ring; shared memory is not touched afterwards."""
 
 class TxRing:
     """Transmit side. slave: S2M ring, own buffers; master: M2S ring, peer's empty descriptors.
 
-    Each call: at most max_burst packets, one counter store, at most one eventfd write, none
+    Each call: at most max_burst packets, one counter store, at most one signal, none
     while the receiver has set MASK_INT. stage() copies without publishing; every other
     transmit call flushes the staged packets first, so order is kept. Packets go whole or not
     at all, in order; a call stops at the first packet that does not fit. Large packets are
@@ -175,11 +176,14 @@ class TxRing:
         ring: Ring,
         *,
         role: Literal["slave", "master"],
+        signaller: Signaller | None = None,
         eventfd: int = -1,
         buffer_size: int = 2048,
         buffer_region: int = 1,
         buffer_offsets: npt.ArrayLike | None = None,
         max_burst: int = 256,
+        max_packet_size: int = ...,
+        start: int | None = None,
     ) -> None: ...
     @property
     def ring(self) -> Ring: ...
@@ -223,7 +227,7 @@ class TxRing:
     def forward(self, burst: Burst) -> int:
         """Slave only, zero-copy: swap buffers of the burst's leading single-segment packets."""
     def signal(self) -> None:
-        """Write the eventfd now, regardless of MASK_INT."""
+        """Signal the peer now through the signaller, regardless of MASK_INT."""
     def close(self) -> None: ...
 
 class Completed:
@@ -260,3 +264,31 @@ class StagedSender:
         max_burst: int,
     ) -> None: ...
     def __call__(self, data: Buffer, metadata: int = 0) -> Awaitable[None]: ...
+
+def signal_backend() -> Literal["io_uring", "thread"]:
+    """How this process writes peer eventfds without ever blocking (probed once)."""
+
+class Signaller:
+    """Writes 1 to the peer's eventfds of one link; no call ever blocks the caller.
+
+    ``on_fault(reason)`` is called once if the peer breaks its eventfd (made it blocking).
+    """
+
+    def __init__(
+        self,
+        on_fault: Callable[[str], None] | None = None,
+        *,
+        backend: Literal["io_uring", "thread"] | None = None,
+    ) -> None: ...
+    @property
+    def backend(self) -> str: ...
+    closed: bool
+    fault: str | None
+    signals: int
+    failures: int
+    def add(self, fd: int) -> int:
+        """Give ``fd`` a slot; return it."""
+    def signal(self, slot: int) -> None:
+        """Wake the peer through ``slot``; never blocks."""
+    def close(self) -> None:
+        """Stop signalling; close the fds afterwards."""

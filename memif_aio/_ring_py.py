@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
-import select
 import struct
 from collections.abc import Sequence
 
@@ -22,6 +20,7 @@ import numpy as np
 from .errors import LocalProtocolError, PeerProtocolError
 
 __all__ = [
+    "DEFAULT_MAX_PACKET_SIZE",
     "DESC_FLAG_NEXT",
     "DESC_SIZE",
     "MAX_LOG2_RING_SIZE",
@@ -40,12 +39,12 @@ DESC_FLAG_NEXT = 1
 RING_FLAG_MASK_INT = 1
 DESC_SIZE = 16
 MAX_LOG2_RING_SIZE = 14
+DEFAULT_MAX_PACKET_SIZE = 65536 + 512
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _DESC = struct.Struct("<HHIII")
 _FLAGS = struct.Struct("<H")
-_ONE = (1).to_bytes(8, "little")
 _U32_MAX = 0xFFFFFFFF
 
 
@@ -60,16 +59,6 @@ def _check_geometry(log2_size: int, cacheline: int) -> None:
         raise ValueError(f"log2 ring size {log2_size} not in 0..{MAX_LOG2_RING_SIZE}")
     if cacheline not in (64, 128):
         raise ValueError(f"cache line size {cacheline} is neither 64 nor 128")
-
-
-def _signal(fd: int) -> bool:
-    try:
-        os.write(fd, _ONE)
-    except BlockingIOError:
-        return True  # counter full: the reader is woken anyway
-    except OSError:
-        return False
-    return True
 
 
 def _buffer_table(ring: Ring, buffer_region: int, buffer_size: int, offsets) -> np.ndarray:
@@ -393,11 +382,12 @@ class _RingSide:
         ring: Ring,
         *,
         role: str,
-        eventfd: int = -1,
         buffer_size: int = 2048,
         buffer_region: int = 1,
         buffer_offsets=None,
         max_burst: int = 256,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        start: int | None = None,
     ) -> None:
         if not isinstance(ring, Ring):
             raise TypeError("ring must be a Ring")
@@ -405,6 +395,10 @@ class _RingSide:
             raise ValueError(f"role must be 'slave' or 'master', not {role!r}")
         if not 1 <= max_burst <= 65536:
             raise ValueError(f"max_burst {max_burst} not in 1..65536")
+        if not 1 <= max_packet_size <= _U32_MAX:
+            raise ValueError(f"max_packet_size {max_packet_size} not in 1..{_U32_MAX}")
+        if start is not None and not 0 <= start <= 0xFFFF:
+            raise ValueError(f"start {start} is not a u16 counter value")
         self._slave = role == "slave"
         regions = ring.regions
         regions._check()
@@ -419,8 +413,9 @@ class _RingSide:
             raise ValueError("buffer_offsets is only used with role='slave'")
         self._ring = ring
         self._regions = regions
-        self._fd = eventfd
         self._max_burst = max_burst
+        self._max_packet = max_packet_size
+        self._start = start
         self._size = ring.size
         self._mask = ring.size - 1
         self._closed = False
@@ -445,7 +440,6 @@ class RxRing(_RingSide):
 
     def __init__(self, ring: Ring, **kwargs) -> None:
         super().__init__(ring, **kwargs)
-        self._fd_nonblock = self._fd < 0 or not os.get_blocking(self._fd)
         max_burst = self._max_burst
         self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees frozen copies
         self._nsegs_w = np.zeros(max_burst, np.uint32)
@@ -455,12 +449,15 @@ class RxRing(_RingSide):
         self._segs: list[tuple[int, int, int]] = [(0, 0, 0)] * ring.size
         self._n = 0
         self._fwd = 0
-        self._last = ring.tail
+        if self._start is not None:
+            self._last = self._head = self._start
+        else:
+            self._last = ring.tail
+            self._head = ring.head
+            if self._slave and (self._head - self._last) & 0xFFFF > ring.size:
+                raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self._rel = self._last
         self._bstart = self._last
-        self._head = ring.head
-        if self._slave and (self._head - self._last) & 0xFFFF > ring.size:
-            raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self._burst = Burst(self)
 
     burst = property(lambda self: self._burst)
@@ -554,9 +551,10 @@ class RxRing(_RingSide):
                             f"{region} ({rsize} bytes)"
                         )
                 total += length
-                if total > _U32_MAX:
+                if total > self._max_packet:
                     raise PeerProtocolError(
-                        f"descriptor {slot}: packet longer than 4 GiB ({total} bytes)"
+                        f"descriptor {slot}: packet of at least {total} bytes exceeds "
+                        f"max_packet_size {self._max_packet}"
                     )
                 if d == start:
                     first_meta = meta
@@ -638,17 +636,6 @@ class RxRing(_RingSide):
         else:
             self._ring.flags = flags & ~RING_FLAG_MASK_INT & 0xFFFF
 
-    def drain_eventfd(self) -> int:
-        if self._fd < 0:
-            return 0
-        if not self._fd_nonblock and not select.select([self._fd], [], [], 0)[0]:
-            return 0
-        try:
-            data = os.read(self._fd, 8)
-        except BlockingIOError:
-            return 0
-        return int.from_bytes(data, "little") if len(data) == 8 else 0
-
     def close(self) -> None:
         self._closed = True
         self._forget_burst()
@@ -663,13 +650,20 @@ class RxRing(_RingSide):
 class TxRing(_RingSide):
     """Transmit side of one ring (see the Cython module for the full contract)."""
 
-    def __init__(self, ring: Ring, **kwargs) -> None:
+    def __init__(self, ring: Ring, *, signaller=None, eventfd: int = -1, **kwargs) -> None:
+        if (signaller is None) != (eventfd < 0):
+            raise ValueError("signaller and eventfd go together")
         super().__init__(ring, **kwargs)
+        self._signaller = signaller
+        self._signal_slot = -1 if signaller is None else signaller.add(eventfd)
         self._alloc_n = 0
         self._in_call = False
         self._sdesc = self._spk = self._sbytes = self._sfree = 0  # stage(): not published yet
         self._snap: list[tuple[int, int, int]] = []
-        self._pos = ring.head if self._slave else ring.tail
+        if self._start is not None:
+            self._pos = self._start
+        else:
+            self._pos = ring.head if self._slave else ring.tail
         self._free_n = 0
 
     def _check_ready(self) -> None:
@@ -782,8 +776,8 @@ class TxRing(_RingSide):
             ring.head = self._pos
         else:
             ring.tail = self._pos
-        if self._fd >= 0 and not ring.flags & RING_FLAG_MASK_INT and not _signal(self._fd):
-            self.errors += 1
+        if self._signaller is not None and not ring.flags & RING_FLAG_MASK_INT:
+            self._signaller.signal(self._signal_slot)
 
     def _snap_desc(self, mem: memoryview, d: int) -> tuple[int, int, int]:
         """Master: validated (region, offset, capacity) of the peer's descriptor at pos + d."""
@@ -810,6 +804,10 @@ class TxRing(_RingSide):
         n = d = 0
         while n < len(lens):
             length = lens[n]
+            if length > self._max_packet:
+                raise LocalProtocolError(
+                    f"packet {n + first}: {length} bytes exceed max_packet_size {self._max_packet}"
+                )
             if self._slave:
                 need = 1 if length == 0 else -(-length // self._bs)
                 if need > self._size:
@@ -824,6 +822,11 @@ class TxRing(_RingSide):
                 start, rem = d, length
                 while True:
                     if d >= free:
+                        if start == 0 and free >= self._size:
+                            raise LocalProtocolError(
+                                f"packet {n + first}: {length} bytes can never fit the peer's "
+                                f"ring ({self._size} slots holding {length - rem} bytes in all)"
+                            )
                         d = start
                         break
                     if d >= len(snap):
@@ -1043,11 +1046,8 @@ class TxRing(_RingSide):
         return k
 
     def signal(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.write(self._fd, _ONE)
-            except BlockingIOError:
-                pass
+        if self._signaller is not None:
+            self._signaller.signal(self._signal_slot)
 
     def close(self) -> None:
         self._closed = True

@@ -2,8 +2,8 @@
 
 It only moves bytes and descriptors; the meaning of a frame is the handshake's business. Reads
 run from ``loop.add_reader`` and never block the loop. Callbacks receive every fd that arrived
-(the receiver owns them), and a frame of the wrong size is delivered as is so the protocol
-layer can reject it with a reason.
+(the receiver owns them: the peer's fds are closed with :func:`memif_aio.fds.close_later`), and
+a frame of the wrong size is delivered as is so the protocol layer can reject it with a reason.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 
+from . import fds as _fds
 from .errors import ConfigError
 from .protocol import MESSAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-MAX_FDS_PER_FRAME = 4  # the protocol attaches at most one; room to see (and close) extras
+# The kernel's SCM_MAX_FD. Room for every fd one message can carry: fds that do not fit are
+# closed by the kernel inside our recvmsg(), on the loop thread, and such a close can block.
+MAX_FDS_PER_FRAME = 253
 _ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
 _FRAMES_PER_WAKEUP = 64  # fairness: a flooding peer cannot monopolise the loop
 
@@ -138,6 +141,11 @@ class ControlChannel:
                 self._fail(exc)
                 return
             fds = _fds_from(ancdata)
+            if flags & socket.MSG_CTRUNC:
+                # Cannot happen with room for SCM_MAX_FD fds; if it does, the frame is unusable.
+                _fds.close_later(fds)
+                self._fail(ConnectionError("ancillary data truncated"))
+                return
             if not data and not fds:
                 self._fail(None)
                 return

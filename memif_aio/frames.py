@@ -12,7 +12,8 @@ both ends share on one host, so the receiver can measure latency.
 
 Size the interface for it: a 1920x1080 YUV420 frame (3 110 400 bytes) needs 48 buffers of
 64 KiB or 1 519 of 2 KiB, and the ring must hold at least one whole frame
-(``buffer_size=65536`` with the default 1024-slot ring works).
+(``buffer_size=65536`` with the default 1024-slot ring works). Both ends must also accept such
+a packet: ``max_packet_size=frame_packet_size(max_frame_size)`` (the default bound is 64 KiB).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ YUV420_1080P = 1920 * 1080 * 3 // 2  # 3 110 400 bytes
 
 def yuv420_size(width: int, height: int) -> int:
     return width * height * 3 // 2
+
+
+def frame_packet_size(max_frame_size: int) -> int:
+    """The ``max_packet_size`` both interfaces need to carry frames of ``max_frame_size``."""
+    return max_frame_size + TRAILER.size
 
 
 class FrameSender:

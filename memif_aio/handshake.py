@@ -19,11 +19,7 @@ over in ``LinkUp`` or asks for them to be closed (``CloseFds``).
 from __future__ import annotations
 
 import enum
-import errno
-import fcntl
 import hmac
-import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +50,9 @@ REGION_NOT_FILE = "region fd is not a regular file"
 REGION_NOT_MEMFD = "region fd is not a memfd"
 REGION_NOT_SEALABLE = "region fd cannot be sealed against shrinking"
 RING_NOT_EVENTFD = "ring fd is not a non-blocking eventfd"
+RING_SEMAPHORE = "ring eventfd is a semaphore"
+RING_EVENTFD_SHARED = "ring eventfd already used by another ring"
+EVENTFD_IN_USE = "ring eventfd already used by another link"
 REGION_SIZE = "bad region size"
 RING_LIMIT = "ring index beyond limit"
 RING_DUPLICATE = "ring index repeated"
@@ -67,6 +66,7 @@ BAD_FRAME = "malformed message"
 TIMEOUT = "handshake timeout"
 PEER_UNSUPPORTED = "peer limits unusable"
 TOO_MANY_PENDING = "too many pending connections"
+TOO_MANY_PENDING_FROM_PEER = "too many pending connections from this process"
 PEER_CLOSED = "peer closed the control channel"  # EOF without DISCONNECT: not a refusal
 LOCAL_CLOSE = "interface closed"
 
@@ -115,6 +115,7 @@ class RingSpec:
     offset: int
     log2_size: int
     eventfd: int
+    eventfd_id: int | None = None  # the kernel's id of a peer's eventfd (master), if known
 
 
 @dataclass(frozen=True)
@@ -214,39 +215,22 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class FdInfo:
-    """What a received fd is, as far as the rules care (see ``inspect_fd``).
+    """What a received fd is, as far as the rules care (gathered by the I/O layer).
 
     ``kind``: ``"memfd"`` (shared memory that supports seals: memfd, or a hugetlbfs/tmpfs
     file), ``"file"`` (another regular file: on disk, it can be truncated under our mapping),
-    ``"eventfd"``, or ``"other"``. ``seals`` are the F_GET_SEALS bits of a memfd; ``blocking``
-    is set for an eventfd opened without O_NONBLOCK (a write to it can block the loop).
+    ``"eventfd"``, or ``"other"``. ``seals`` are the F_GET_SEALS bits of a memfd. For an
+    eventfd: ``blocking`` (opened without O_NONBLOCK), ``semaphore`` (EFD_SEMAPHORE) and the
+    kernel's ``eventfd_id`` (None where the kernel does not tell), which tells one eventfd
+    handed in twice apart from two.
     """
 
     kind: str
     size: int = 0
     seals: int = 0
     blocking: bool = False
-
-
-def inspect_fd(fd: int) -> FdInfo:
-    """Classify ``fd`` without changing it: the query the master's rules are checked against."""
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode):
-        try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            return FdInfo("file", st.st_size)
-        return FdInfo("memfd", st.st_size, seals)
-    try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        target = ""
-    if target == "anon_inode:[eventfd]":
-        blocking = not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
-        return FdInfo("eventfd", blocking=blocking)
-    return FdInfo("other")
+    semaphore: bool = False
+    eventfd_id: int | None = None
 
 
 def _error_for(reason: str) -> HandshakeError:
@@ -487,13 +471,16 @@ class _PendingSetup:
     slave_app_name: str
     regions: list[RegionSpec] = field(default_factory=list)
     rings: dict[tuple[bool, int], RingSpec] = field(default_factory=dict)
+    eventfd_ids: set[int] = field(default_factory=set)
 
 
 class MasterHandshake(_Handshake):
     """The listening side of one accepted channel.
 
     ``lookup(id)`` returns the interface config or None; ``is_taken(id)`` tells whether another
-    channel holds it. Both are queries; the claim itself is the ``ClaimInterface`` action.
+    channel holds it; ``inspect_fd(fd)`` gives the facts about a received fd (the I/O layer
+    gathers them: see :func:`memif_aio.fds.inspect_fd`). All three are queries; the claim
+    itself is the ``ClaimInterface`` action.
     """
 
     role = Role.MASTER
@@ -503,9 +490,9 @@ class MasterHandshake(_Handshake):
         app_name: str,
         lookup: Callable[[int], MasterInterfaceConfig | None],
         is_taken: Callable[[int], bool],
+        inspect_fd: Callable[[int], FdInfo],
         now: float = 0.0,
         timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-        inspect_fd: Callable[[int], FdInfo] = inspect_fd,
         hello: p.Hello | None = None,
     ) -> None:
         super().__init__(now, timeout)
@@ -606,13 +593,18 @@ class MasterHandshake(_Handshake):
             return self._reject(f"{RING_REGION}: {msg.region}")
         info = self._inspect_fd(fd)
         if info.kind != "eventfd" or info.blocking:
-            # We write to it from the loop: anything else could block or fail there.
             return self._reject(f"{RING_NOT_EVENTFD}: {direction} {msg.index}")
+        if info.semaphore:
+            return self._reject(f"{RING_SEMAPHORE}: {direction} {msg.index}")
+        if info.eventfd_id is not None:
+            if info.eventfd_id in pending.eventfd_ids:
+                return self._reject(f"{RING_EVENTFD_SHARED}: {direction} {msg.index}")
+            pending.eventfd_ids.add(info.eventfd_id)
         end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
         if end > pending.regions[msg.region].size:
             return self._reject(f"{RING_OUTSIDE}: {direction} {msg.index}")
         pending.rings[(msg.s2m, msg.index)] = RingSpec(
-            msg.s2m, msg.index, msg.region, msg.offset, msg.log2_ring_size, fd
+            msg.s2m, msg.index, msg.region, msg.offset, msg.log2_ring_size, fd, info.eventfd_id
         )
         return [Send(p.Ack())]
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import _ring
 from . import handshake as hs
+from .dataplane import DataPlane
 from .errors import (
     ConfigError,
     DisconnectedError,
@@ -26,8 +27,8 @@ from .errors import (
     MemifError,
     PeerProtocolError,
 )
-from .memory import RingMemory, SharedMemory
-from .protocol import SECRET_SIZE, Mode, encode_string
+from .memory import SharedMemory
+from .protocol import SECRET_SIZE, Mode, encode_string, printable
 from .queues import RxQueue, TxQueue
 
 if TYPE_CHECKING:
@@ -90,7 +91,10 @@ class Interface:
     ``"punt_inject"``), ``rx_queues``/``tx_queues`` (a slave asks for them; a master accepts at
     most that many), ``ring_size`` (power of two, 2..16384), ``buffer_size`` (slave's packet
     buffers), ``name`` (interface name sent in CONNECT/CONNECTED), ``app_name`` (defaults to the
-    socket's), ``cacheline`` (64; 128 for peers built on aarch64).
+    socket's), ``cacheline`` (64; 128 for peers built on aarch64), ``max_packet_size`` (the
+    longest packet, chained descriptors joined, that the peer may send us or we send; default
+    66 048 bytes: an IP packet of 64 KiB with its headers, with room to spare. A longer packet
+    from the peer is a protocol violation; raise it for video frames and other jumbo payloads).
 
     ``allow_unsealed_regions`` (master only, default False): accept shared-memory regions
     (memfd, hugetlbfs, tmpfs) that cannot be sealed against shrinking, as DPDK's zero-copy
@@ -116,6 +120,7 @@ class Interface:
         app_name: str | None = None,
         cacheline: int = 64,
         allow_unsealed_regions: bool = False,
+        max_packet_size: int = _ring.DEFAULT_MAX_PACKET_SIZE,
     ) -> None:
         if not 0 <= id < 1 << 32:
             raise ConfigError(f"interface id {id} outside 0..2**32-1")
@@ -128,6 +133,8 @@ class Interface:
                 raise ConfigError(f"{label}={count} outside 1..256")
         if cacheline not in (64, 128):
             raise ConfigError(f"cacheline must be 64 or 128, not {cacheline}")
+        if not 64 <= max_packet_size <= 0xFFFFFFFF:
+            raise ConfigError(f"max_packet_size {max_packet_size} outside 64..2**32-1")
         if allow_unsealed_regions and role is not hs.Role.MASTER:
             raise ConfigError("allow_unsealed_regions is for role='master' (it maps the peer's)")
         raw_secret = secret.encode() if isinstance(secret, str) else bytes(secret or b"")
@@ -149,12 +156,13 @@ class Interface:
         self.buffer_size = buffer_size
         self.cacheline = cacheline
         self.allow_unsealed_regions = allow_unsealed_regions
+        self.max_packet_size = max_packet_size
 
         self.state = LinkState.DISCONNECTED
         self.last_disconnect_reason = ""
         self._session: Session | None = None
         self._setup: hs.LinkSetup | None = None
-        self._memory: SharedMemory | None = None
+        self._plane: DataPlane | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._changed = asyncio.Event()  # pulsed on every state change and refusal
@@ -214,8 +222,8 @@ class Interface:
         return InterfaceDetails(
             name=self.name,
             app_name=self.app_name,
-            remote_name=setup.peer_name if setup else "",
-            remote_app_name=setup.peer_app_name if setup else "",
+            remote_name=printable(setup.peer_name) if setup else "",
+            remote_app_name=printable(setup.peer_app_name) if setup else "",
             id=self.id,
             role=self.role.value,
             mode=self.mode.name.lower(),
@@ -304,16 +312,31 @@ class Interface:
         self._set_state(LinkState.CONNECTING)
 
     def _link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
+        try:
+            plane = DataPlane(
+                setup,
+                memory,
+                buffer_size=self.buffer_size,
+                max_packet_size=self.max_packet_size,
+                on_peer_error=self._peer_error,
+            )
+        except (MemifError, ValueError, OSError) as exc:
+            # Nothing of the link is left behind (DataPlane closed what it built and the
+            # memory); the peer hears why. The session's close reports the rest.
+            reason = f"cannot set up the link: {getattr(exc, 'reason', '') or exc}"
+            session.warnings.warning("memif %s: %s", session.peer_label(), printable(reason))
+            session.close(reason)
+            return
         self._setup = setup
-        self._memory = memory
-        self._build_queues(memory)
+        self._plane = plane
+        self.rx_queues, self.tx_queues = plane.rx_queues, plane.tx_queues
         self._set_state(LinkState.CONNECTED)
         log.info(
             "memif %s id %d: connected to %s (%s)",
             self.socket.path,
             self.id,
-            setup.peer_name,
-            setup.peer_app_name,
+            printable(setup.peer_name),
+            printable(setup.peer_app_name),
         )
 
     def _session_closed(self, session: Session, closed: hs.Closed) -> None:
@@ -322,47 +345,23 @@ class Interface:
         self.last_disconnect_reason = closed.reason
         if isinstance(closed.error, HandshakeError):
             self._refusal = closed.error
-        self._close_queues(closed.reason)
-        if self._memory is not None:
-            self._memory.close()
-            self._memory = None
+        self._close_plane(closed.reason)
         self._setup = None
         if was_up:
-            log.info("memif %s id %d: disconnected: %s", self.socket.path, self.id, closed.reason)
+            log.info(
+                "memif %s id %d: disconnected: %s",
+                self.socket.path,
+                self.id,
+                printable(closed.reason),
+            )
         if self.state is not LinkState.CLOSED:
             self._set_state(LinkState.DISCONNECTED)
 
-    def _build_queues(self, memory: SharedMemory) -> None:
-        slave = self.role is hs.Role.SLAVE
-        rx_rings, tx_rings = (memory.m2s, memory.s2m) if slave else (memory.s2m, memory.m2s)
-
-        def ring_options(ring: RingMemory) -> dict:
-            options: dict = {"role": self.role.value, "eventfd": ring.spec.eventfd}
-            if slave:
-                options.update(
-                    buffer_size=self.buffer_size,
-                    buffer_region=ring.buffer_region,
-                    buffer_offsets=ring.buffer_offsets,
-                )
-            return options
-
-        self.rx_queues = [
-            RxQueue(
-                r.spec.index,
-                _ring.RxRing(r.ring, **ring_options(r)),
-                r.spec.eventfd,
-                self._peer_error,
-            )
-            for r in rx_rings
-        ]
-        self.tx_queues = [
-            TxQueue(r.spec.index, _ring.TxRing(r.ring, **ring_options(r)), self._peer_error)
-            for r in tx_rings
-        ]
-
-    def _close_queues(self, reason: str) -> None:
-        for queue in (*self.rx_queues, *self.tx_queues):
-            queue._close(reason)
+    def _close_plane(self, reason: str) -> None:
+        plane, self._plane = self._plane, None
+        if plane is None:
+            return
+        plane.close(reason)
         self._closed_counters = self.stats()
         self.rx_queues, self.tx_queues = [], []
 
@@ -370,7 +369,9 @@ class Interface:
         session = self._session
         if session is None:
             return  # the link is already down: reported once, when it broke
-        log.warning("memif %s: data path: %s", session.peer_label(), exc.reason)
+        session.warnings.warning(
+            "memif %s: data path: %s", session.peer_label(), printable(exc.reason)
+        )
         session.close(exc.reason)
 
     def stats(self) -> dict[str, int]:
@@ -420,6 +421,7 @@ class Interface:
                 self._session_closed,
                 buffer_size=self.buffer_size,
                 peer=f"{self.socket.path} id {self.id}",
+                warnings=self.socket.warnings,
             )
             self._attach(session)
             session.start()

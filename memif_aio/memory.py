@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _ring
+from . import fds as _fds
 from .errors import PeerProtocolError
 from .handshake import (
     REGION_NOT_SEALABLE,
@@ -45,8 +46,14 @@ class RingMemory:
 
 
 class SharedMemory:
-    def __init__(self, fds: list[int], maps: list[mmap.mmap], cacheline: int) -> None:
+    """Mappings and fds of one link. ``peer_fds``: the fds came from the peer, so closing them
+    goes off the loop (:func:`memif_aio.fds.close_later`)."""
+
+    def __init__(
+        self, fds: list[int], maps: list[mmap.mmap], cacheline: int, *, peer_fds: bool = False
+    ) -> None:
         self._fds = fds
+        self._peer_fds = peer_fds
         self._maps = maps
         self.cacheline = cacheline
         self.regions = _ring.RegionTable(maps)
@@ -72,9 +79,12 @@ class SharedMemory:
                 # when that view dies. Closing now would free memory the view points into.
                 log.debug("a mapping is still exported; it is released with its last view")
         self._maps = []
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self._peer_fds:
+            _fds.close_later(self._fds)
+        else:
+            for fd in self._fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._fds = []
 
 
@@ -178,7 +188,7 @@ def map_master_memory(setup: LinkSetup) -> SharedMemory:
                 region.fd, region.size, required=not setup.allow_unsealed_regions
             )
             maps.append(_map(region.fd, region.size))
-        memory = SharedMemory(fds, maps, setup.cacheline)
+        memory = SharedMemory(fds, maps, setup.cacheline, peer_fds=True)
         for spec in setup.s2m_rings + setup.m2s_rings:
             ring = _ring.Ring(
                 memory.regions, spec.region, spec.offset, spec.log2_size, setup.cacheline
@@ -187,20 +197,25 @@ def map_master_memory(setup: LinkSetup) -> SharedMemory:
             ring.reset()  # both sides start from head == tail == 0 at CONNECT
             (memory.s2m if spec.s2m else memory.m2s).append(RingMemory(spec, ring))
     except (OSError, ValueError) as exc:
-        _release(memory, maps, fds)
+        _release(memory, maps, fds, peer_fds=True)
         raise PeerProtocolError(f"cannot map peer memory: {exc}") from exc
     except BaseException:
-        _release(memory, maps, fds)
+        _release(memory, maps, fds, peer_fds=True)
         raise
     return memory
 
 
-def _release(memory: SharedMemory | None, maps: list[mmap.mmap], fds: list[int]) -> None:
+def _release(
+    memory: SharedMemory | None, maps: list[mmap.mmap], fds: list[int], *, peer_fds: bool = False
+) -> None:
     if memory is not None:
         memory.close()
         return
     for m in maps:
         m.close()
+    if peer_fds:
+        _fds.close_later(fds)
+        return
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)

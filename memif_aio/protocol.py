@@ -78,6 +78,27 @@ def decode_string(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
+def printable(text: str) -> str:
+    """``text`` from a peer, safe to log or show: one line, no terminal escapes.
+
+    Control characters (newline, ESC...), backslashes and undecodable bytes (the surrogates
+    :func:`decode_string` keeps) are written as escapes, so a peer cannot forge log lines,
+    move a terminal's cursor, or make a UTF-8 log handler drop the line.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\" or not ch.isprintable():
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class Ack:
     type: ClassVar[MessageType] = MessageType.ACK

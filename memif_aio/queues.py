@@ -1,7 +1,8 @@
 """Queues: the asyncio face of the rings.
 
-An :class:`RxQueue` waits on its ring's interrupt eventfd (registered with the loop, so an idle
-queue costs nothing) or, in polling mode, sets ``MASK_INT`` and is driven by its consumer. A
+An :class:`RxQueue` waits for its ring's interrupts (the link's
+:class:`~memif_aio.interrupts.InterruptSet` watches the eventfd, so an idle queue costs nothing)
+or, in polling mode, sets ``MASK_INT`` and is driven by its consumer. A
 :class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
 waits for room by re-checking on a short, growing timer: backpressure, never a silent drop.
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from . import _ring
 from .errors import DisconnectedError, LocalProtocolError, MemifError, PeerProtocolError
+from .interrupts import InterruptSet
 
 DEFAULT_BURST = 256
 _U32_MAX = 0xFFFFFFFF
@@ -63,15 +65,23 @@ class RxQueue(_Queue):
     - ``rxq.recv_burst_nowait()``: the same without waiting, for busy-poll loops.
     """
 
-    def __init__(self, index: int, ring: _ring.RxRing, eventfd: int, on_peer_error: ErrorHandler):
+    def __init__(
+        self,
+        index: int,
+        ring: _ring.RxRing,
+        eventfd: int,
+        interrupts: InterruptSet,
+        on_peer_error: ErrorHandler,
+    ):
         super().__init__(index, on_peer_error)
         self._ring = ring
         self._eventfd = eventfd
+        self._interrupts = interrupts
         self.drops = 0
         self._loop = asyncio.get_running_loop()
         self._wakeup: asyncio.Future[None] | None = None
         self._polling = False
-        self._loop.add_reader(eventfd, self._interrupt)
+        interrupts.watch(eventfd, self._interrupt)
         if ring.role == "slave":
             ring.refill()  # the master can send as soon as the link is up
 
@@ -90,14 +100,12 @@ class RxQueue(_Queue):
         self._polling = value
         self._ring.mask_interrupts = value
         if value:
-            self._loop.remove_reader(self._eventfd)
+            self._interrupts.unwatch(self._eventfd)
         else:
-            self._loop.add_reader(self._eventfd, self._interrupt)
+            self._interrupts.watch(self._eventfd, self._interrupt)
 
     def _interrupt(self) -> None:
-        # fd callback: never raises; it only drains the eventfd and wakes the consumer.
-        with contextlib.suppress(OSError):
-            self._ring.drain_eventfd()
+        # Interrupt callback: never raises; it only wakes the consumer, which reads the ring.
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -126,8 +134,8 @@ class RxQueue(_Queue):
         if self._polling:
             await asyncio.sleep(0)
             return
-        # No lost wake-up: the eventfd is level-triggered and drained only in _interrupt, so a
-        # signal sent after our empty check leaves it readable until we are waiting.
+        # No lost wake-up: the peer publishes before it signals, and nothing runs between the
+        # caller's empty check and this future, so any later signal finds it.
         self._wakeup = self._loop.create_future()
         try:
             await self._wakeup
@@ -169,7 +177,7 @@ class RxQueue(_Queue):
         with contextlib.suppress(MemifError):
             self.drops += self._ring.pending()
         if not self._polling:
-            self._loop.remove_reader(self._eventfd)
+            self._interrupts.unwatch(self._eventfd)
         self._ring.close()
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():

@@ -9,6 +9,7 @@ and hears about its end through ``Closed``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -20,11 +21,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import fds as _fds
 from . import handshake as hs
 from .control import ControlChannel, new_seqpacket_socket, unix_address
 from .errors import ConfigError, DisconnectedError, MemifError
 from .memory import SharedMemory, create_slave_memory, map_master_memory
-from .protocol import encode
+from .protocol import Disconnect, encode, printable
+from .ratelimit import WarningLimiter
 
 if TYPE_CHECKING:
     from .interface import Interface
@@ -48,9 +51,11 @@ class Session:
         buffer_size: int = 2048,
         on_claim: Callable[[Session, int], None] | None = None,
         peer: str = "",
+        warnings: WarningLimiter | None = None,
     ) -> None:
         self.machine = machine
         self.peer = peer
+        self.warnings = warnings or WarningLimiter(log)
         self._loop = asyncio.get_running_loop()
         self._on_link_up = on_link_up
         self._on_closed = on_closed
@@ -105,9 +110,7 @@ class Session:
             if isinstance(action, hs.Send):
                 self.channel.send(encode(action.message), action.fds)
             elif isinstance(action, hs.CloseFds):
-                for fd in action.fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                _fds.close_later(action.fds)
             elif isinstance(action, hs.ClaimInterface):
                 assert self._on_claim is not None
                 self._on_claim(self, action.interface_id)
@@ -145,6 +148,11 @@ class Session:
         except MemifError as exc:
             self._apply(machine.fail(exc.reason))
             return
+        if not _fds.claim_eventfds(
+            (ring.eventfd_id for ring in setup.s2m_rings + setup.m2s_rings), owner=self
+        ):
+            self._apply(machine.fail(hs.EVENTFD_IN_USE))
+            return
         self._apply(machine.memory_mapped())
 
     def peer_label(self) -> str:
@@ -162,11 +170,15 @@ class Session:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
+        _fds.release_eventfds(self)
         if closed.error is not None and not isinstance(closed.error, DisconnectedError):
             # A refusal (ours or the peer's) is worth a warning; a peer that just left is not.
-            level = logging.INFO if closed.reason == hs.PEER_CLOSED else logging.WARNING
             what = "link closed" if self._was_up else "handshake failed"
-            log.log(level, "memif %s: %s: %s", self.peer_label(), what, closed.reason)
+            args = (self.peer_label(), what, printable(closed.reason))
+            if closed.reason == hs.PEER_CLOSED:
+                log.info("memif %s: %s: %s", *args)
+            else:
+                self.warnings.warning("memif %s: %s: %s", *args)
         self._on_closed(self, closed)
         if not self.done.done() and not self._loop.is_closed():
             self.done.set_result(closed)
@@ -181,6 +193,7 @@ def split_socket_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[
         "reconnect_interval",
         "handshake_timeout",
         "max_pending",
+        "max_pending_per_peer",
     }
     ours = {k: v for k, v in options.items() if k in socket_keys}
     return ours, {k: v for k, v in options.items() if k not in socket_keys}
@@ -198,8 +211,12 @@ class Socket:
     anyone in the network namespace can connect, so use a secret or a filesystem socket.
 
     A master keeps at most ``max_pending`` connections that have not yet said which interface
-    they want (INIT); beyond that the oldest is refused, so a flood of silent connections
-    cannot exhaust fds while an honest slave, which sends INIT at once, still gets through.
+    they want (INIT), and at most ``max_pending_per_peer`` of them from one process (told by
+    its pid and uid, from ``SO_PEERCRED``): a further connection from that process is refused
+    at once, and when all ``max_pending`` are taken the oldest of the process holding most is
+    refused. So one flooding process cannot starve the others: an honest slave, which sends
+    INIT at once, still gets through. Warnings about refused peers are rate-limited (10 per
+    10 s per socket, then one line saying how many were suppressed).
     If the socket file is deleted under a running master, it is created again within
     ``file_check_interval`` seconds; a file put there by someone else is left alone.
     """
@@ -216,9 +233,12 @@ class Socket:
         reconnect_interval: float = 2.0,
         handshake_timeout: float | None = hs.DEFAULT_HANDSHAKE_TIMEOUT,
         max_pending: int = 64,
+        max_pending_per_peer: int = 8,
     ) -> None:
         if max_pending < 1:
             raise ConfigError(f"max_pending={max_pending} must be at least 1")
+        if max_pending_per_peer < 1:
+            raise ConfigError(f"max_pending_per_peer={max_pending_per_peer} must be at least 1")
         self.path = path
         self.address = unix_address(path)
         self.app_name = app_name
@@ -227,11 +247,15 @@ class Socket:
         self.reconnect_interval = reconnect_interval
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
+        self.max_pending_per_peer = max_pending_per_peer
+        self.warnings = WarningLimiter(log)
         self.role: hs.Role | None = None
         self._interfaces: dict[int, Interface] = {}
         self._slave_interfaces: list[Interface] = []
         self._listener: _socket.socket | None = None
-        self._pending: dict[Session, None] = {}  # accepted, INIT not yet routed; oldest first
+        # Accepted, INIT not yet routed, oldest first; each with its peer's (pid, uid).
+        self._pending: dict[Session, tuple[int, int] | None] = {}
+        self._pending_by_peer: collections.Counter[tuple[int, int] | None] = collections.Counter()
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we made
         self._file_check: asyncio.TimerHandle | None = None
         self.closed = False
@@ -280,6 +304,7 @@ class Socket:
         await asyncio.gather(*(interface.close() for interface in interfaces))
         for session in list(self._pending):
             session.close()
+        self.warnings.close()
         if self._file_check is not None:
             self._file_check.cancel()
             self._file_check = None
@@ -404,14 +429,18 @@ class Socket:
                 log.warning("memif socket %s: accept failed: %s", self.path, exc)
                 return
             conn.setblocking(False)
+            creds = _peer_credentials(conn)
+            label = f"{self.path} {_describe_credentials(creds)}"
+            if self._pending_by_peer[creds] >= self.max_pending_per_peer:
+                self._refuse_at_once(conn, label)
+                continue
             if len(self._pending) >= self.max_pending:
-                oldest = next(iter(self._pending))
-                oldest.reject(hs.TOO_MANY_PENDING)
-                self._pending.pop(oldest, None)
+                self._evict_one()
             machine = hs.MasterHandshake(
                 self.app_name,
                 self._lookup,
                 self._is_taken,
+                _fds.inspect_fd,
                 now=time.monotonic(),
                 timeout=self.handshake_timeout,
             )
@@ -421,10 +450,34 @@ class Socket:
                 self._master_link_up,
                 self._master_closed,
                 on_claim=self._claim,
-                peer=f"{self.path} {_peer_credentials(conn)}",
+                peer=label,
+                warnings=self.warnings,
             )
-            self._pending[session] = None
+            self._pending[session] = creds
+            self._pending_by_peer[creds] += 1
             session.start()
+
+    def _refuse_at_once(self, conn: _socket.socket, label: str) -> None:
+        """A peer over its share of pending handshakes: DISCONNECT, close, no session."""
+        reason = hs.TOO_MANY_PENDING_FROM_PEER
+        with contextlib.suppress(OSError):  # a fresh socket's empty buffer: never blocks
+            conn.send(encode(Disconnect(0, reason)))
+        conn.close()
+        self.warnings.warning("memif %s: handshake failed: %s", label, reason)
+
+    def _evict_one(self) -> None:
+        """All pending places taken: refuse the oldest of the peer holding most of them."""
+        greediest = max(self._pending_by_peer, key=lambda peer: self._pending_by_peer[peer])
+        victim = next(s for s, peer in self._pending.items() if peer == greediest)
+        self._forget_pending(victim)
+        victim.reject(hs.TOO_MANY_PENDING)
+
+    def _forget_pending(self, session: Session) -> None:
+        if session in self._pending:
+            creds = self._pending.pop(session)
+            self._pending_by_peer[creds] -= 1
+            if not self._pending_by_peer[creds]:
+                del self._pending_by_peer[creds]
 
     def _lookup(self, interface_id: int) -> hs.MasterInterfaceConfig | None:
         interface = self._interfaces.get(interface_id)
@@ -435,14 +488,14 @@ class Socket:
         return interface is not None and interface._session is not None
 
     def _claim(self, session: Session, interface_id: int) -> None:
-        self._pending.pop(session, None)
+        self._forget_pending(session)
         self._interfaces[interface_id]._attach(session)
 
     def _master_link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
         self._interfaces[setup.interface_id]._link_up(session, setup, memory)
 
     def _master_closed(self, session: Session, closed: hs.Closed) -> None:
-        self._pending.pop(session, None)
+        self._forget_pending(session)
         machine = session.machine
         assert isinstance(machine, hs.MasterHandshake)
         interface_id = machine.requested_id
@@ -467,14 +520,19 @@ class Socket:
         return sock
 
 
-def _peer_credentials(conn: _socket.socket) -> str:
-    """``pid N uid U`` of the connecting process, for the log lines about it."""
+def _peer_credentials(conn: _socket.socket) -> tuple[int, int] | None:
+    """``(pid, uid)`` of the connecting process (as it was at connect time)."""
     try:
         creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
-        return "pid ?"
+        return None
     pid, uid, _ = struct.unpack("3i", creds)
-    return f"pid {pid} uid {uid}"
+    return pid, uid
+
+
+def _describe_credentials(creds: tuple[int, int] | None) -> str:
+    """``pid N uid U``, for the log lines about a peer."""
+    return "pid ?" if creds is None else f"pid {creds[0]} uid {creds[1]}"
 
 
 def _group_id(group: int | str) -> int:

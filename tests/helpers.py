@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from memif_aio.testpmd import Testpmd
@@ -87,3 +88,18 @@ class DpdkTestpmd:
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.pmd.stop)
+
+
+def wait_peer_fds_closed(timeout: float = 5.0) -> None:
+    """fds received from a peer are closed off the loop (memif_aio.fds.close_later): wait for
+    the closer threads before comparing fd tables."""
+    from memif_aio import fds
+
+    end = time.monotonic() + timeout
+    while fds.closing_pending() and time.monotonic() < end:
+        time.sleep(0.005)
+    assert not fds.closing_pending(), f"{fds.closing_pending()} peer fds still open"
+
+
+async def peer_fds_closed(timeout: float = 5.0) -> None:
+    await asyncio.to_thread(wait_peer_fds_closed, timeout)

@@ -9,7 +9,7 @@ import os
 import pytest
 
 import memif_aio
-from helpers import PeerProcess
+from helpers import PeerProcess, peer_fds_closed
 from memif_aio import HandshakeError, SecretMismatch
 
 
@@ -162,7 +162,7 @@ async def test_close_releases_every_fd_and_mapping(abstract_path):
             assert len(memif_mappings()) == len(maps_before) + 4  # 2 regions, both sides
             assert len(open_fds()) > len(fds_before)
             assert slave.connected
-    await asyncio.sleep(0)
+    await peer_fds_closed()
     assert memif_mappings() == maps_before
     assert open_fds() == fds_before
 
@@ -182,4 +182,5 @@ async def test_close_during_handshake_releases_everything(abstract_path):
             assert slave.state is memif_aio.LinkState.CONNECTING
     finally:
         listener.close()
+    await peer_fds_closed()
     assert open_fds() == fds_before

@@ -3,6 +3,7 @@ in the trailer, gaps, wraparound of the 32-bit part, and frames that must be ref
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 
@@ -12,6 +13,7 @@ from test_ring import Link
 
 from memif_aio import _ring
 from memif_aio.frames import TRAILER, FrameDataError, FrameReceiver, FrameSender, yuv420_size
+from memif_aio.interrupts import InterruptSet
 from memif_aio.queues import RxQueue, TxQueue
 
 SIZE = yuv420_size(64, 48)  # 4608 bytes: 5 descriptors of 1 KiB with the trailer
@@ -20,18 +22,20 @@ SIZE = yuv420_size(64, 48)  # 4608 bytes: 5 descriptors of 1 KiB with the traile
 @pytest.fixture(params=["slave-sends", "master-sends"])
 async def frame_link(request):
     link = Link(_ring, log2=6, buffer_size=1024, eventfds=True)
+    interrupts = InterruptSet(asyncio.get_running_loop())
     errors: list = []
     if request.param == "slave-sends":
         txq = TxQueue(0, link.stx, errors.append)
-        rxq = RxQueue(0, link.mrx, link.efds[0], errors.append)
+        rxq = RxQueue(0, link.mrx, link.efds[0], interrupts, errors.append)
         ring = link.s_s2m
     else:
         txq = TxQueue(0, link.mtx, errors.append)
-        rxq = RxQueue(0, link.srx, link.efds[1], errors.append)
+        rxq = RxQueue(0, link.srx, link.efds[1], interrupts, errors.append)
         ring = link.s_m2s
     yield txq, rxq, ring
     rxq._close("done")
     txq._close("done")
+    interrupts.close()
     link.close()
     assert not errors
 

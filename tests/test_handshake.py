@@ -21,6 +21,10 @@ def fake_fd(sizes: dict[int, int], fd: int) -> hs.FdInfo:
     return hs.FdInfo("eventfd")
 
 
+def _no_fds(fd: int) -> hs.FdInfo:
+    raise AssertionError(f"no fd expected, got {fd}")
+
+
 class Pair:
     """A master and slave machine plus fake fds (numbers with sizes) and a frame pump."""
 
@@ -203,7 +207,7 @@ def test_version_mismatch_both_ways():
     slave = hs.SlaveHandshake(hs.SlaveConfig())
     closed = _rejection(slave.receive(p.Hello(min_version=0x0300, max_version=0x0300)))
     assert hs.VERSION_MISMATCH in closed.reason
-    master = hs.MasterHandshake("m", lambda i: hs.MasterInterfaceConfig(), lambda i: False)
+    master = hs.MasterHandshake("m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, _no_fds)
     assert hs.VERSION_MISMATCH in _rejection(master.receive(p.Init(version=0x0100))).reason
 
 
@@ -308,7 +312,7 @@ def test_ring_layout_respects_cacheline():
 
 
 def test_malformed_frame_is_rejected_with_reason():
-    master = hs.MasterHandshake("m", lambda i: None, lambda i: False)
+    master = hs.MasterHandshake("m", lambda i: None, lambda i: False, _no_fds)
     closed = _rejection(master.receive_frame(b"\x03\x00" + bytes(60)))
     assert hs.BAD_FRAME in closed.reason
 
@@ -323,7 +327,9 @@ def test_slave_rejects_fds_from_master_and_unexpected_messages():
 
 
 def test_timeout_is_driven_by_the_caller_clock():
-    master = hs.MasterHandshake("m", lambda i: None, lambda i: False, now=100.0, timeout=3.0)
+    master = hs.MasterHandshake(
+        "m", lambda i: None, lambda i: False, _no_fds, now=100.0, timeout=3.0
+    )
     assert master.deadline == 103.0
     assert master.handle_timer(102.9) == []
     closed = _rejection(master.handle_timer(103.0))
@@ -363,6 +369,7 @@ def test_messages_after_link_up_are_refused():
         ),
         (hs.FdInfo("memfd", 4096), hs.FdInfo("memfd", 4096), hs.RING_NOT_EVENTFD),
         (hs.FdInfo("memfd", 4096), hs.FdInfo("eventfd", blocking=True), hs.RING_NOT_EVENTFD),
+        (hs.FdInfo("memfd", 4096), hs.FdInfo("eventfd", semaphore=True), hs.RING_SEMAPHORE),
     ],
 )
 def test_region_and_ring_fd_kinds(region_fd, ring_fd, reason):
@@ -378,8 +385,26 @@ def test_region_and_ring_fd_kinds(region_fd, ring_fd, reason):
     closed = _rejection(actions)
     assert reason in closed.reason
     assert sorted(fd for a in actions if isinstance(a, hs.CloseFds) for fd in a.fds) == sorted(
-        {10, 20} if reason == hs.RING_NOT_EVENTFD else {10}
+        {10, 20} if reason in (hs.RING_NOT_EVENTFD, hs.RING_SEMAPHORE) else {10}
     )
+
+
+def test_one_eventfd_for_two_rings_is_refused():
+    """The kernel's eventfd id tells one eventfd handed in twice (two fd numbers) apart."""
+    infos = {
+        10: hs.FdInfo("memfd", 1 << 16, seals=hs.SEAL_SHRINK),
+        20: hs.FdInfo("eventfd", eventfd_id=7),
+        21: hs.FdInfo("eventfd", eventfd_id=7),
+    }
+    master = hs.MasterHandshake(
+        "m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, inspect_fd=infos.__getitem__
+    )
+    master.start()
+    master.receive(p.Init())
+    assert master.receive(p.AddRegion(0, 1 << 16), (10,)) == [hs.Send(p.Ack())]
+    assert master.receive(p.AddRing(1, 0, 0, 0, 4), (20,)) == [hs.Send(p.Ack())]
+    closed = _rejection(master.receive(p.AddRing(0, 0, 0, 4096, 4), (21,)))
+    assert closed.reason == f"{hs.RING_EVENTFD_SHARED}: m2s 0"
 
 
 def test_unsealed_memfd_that_can_be_sealed_is_accepted():

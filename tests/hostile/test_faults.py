@@ -16,7 +16,7 @@ from checks import one_warning
 from rawpeer import Resources, memfd_mappings, open_fds
 
 import memif_aio
-from helpers import PeerProcess
+from helpers import PeerProcess, wait_peer_fds_closed
 from memif_aio import DisconnectedError
 
 KINDS = ("/memfd:", "anon_inode:[eventfd]", "socket:")  # pipes belong to the peer process
@@ -190,5 +190,6 @@ def test_loop_stopped_while_connected(loop_factory, variant):
     del main
     gc.collect()
     assert not errors, errors
+    wait_peer_fds_closed()
     assert memfd_mappings() == maps_before
     assert open_fds() == fds_before
