@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+from ._ring import DEFAULT_MAX_PACKET_SIZE
 from .adapters import (
     MemifTransport,
     PacketReader,
@@ -40,6 +41,7 @@ from .socket import Socket, split_socket_options
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_PACKET_SIZE",
     "MemifTransport",
     "PacketReader",
     "PacketWriter",

@@ -34,6 +34,7 @@ class DataPlane:
 
     ``on_peer_error(exc)`` hears of every peer violation found on the data path (a bad
     descriptor, a counter jump, an eventfd made blocking); the owner disconnects.
+    ``on_notice(text)`` hears of peer misbehaviour we only contain (an interrupt storm).
     """
 
     def __init__(
@@ -44,12 +45,14 @@ class DataPlane:
         buffer_size: int,
         max_packet_size: int,
         on_peer_error: ErrorHandler,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self.setup = setup
         self.memory = memory
         self.rx_queues: list[RxQueue] = []
         self.tx_queues: list[TxQueue] = []
         self._on_peer_error = on_peer_error
+        self._on_notice = on_notice
         self._interrupts: InterruptSet | None = None
         self._signaller: _ring.Signaller | None = None
         self.closed = False
@@ -87,7 +90,14 @@ class DataPlane:
         for ring in rx_rings:
             rx = _ring.RxRing(ring.ring, **options(ring))
             self.rx_queues.append(
-                RxQueue(ring.spec.index, rx, ring.spec.eventfd, self._interrupts, self._peer_error)
+                RxQueue(
+                    ring.spec.index,
+                    rx,
+                    ring.spec.eventfd,
+                    self._interrupts,
+                    self._peer_error,
+                    self._on_notice,
+                )
             )
         for ring in tx_rings:
             tx = _ring.TxRing(

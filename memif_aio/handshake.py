@@ -273,7 +273,8 @@ class _Handshake:
         if self.state is State.CLOSED:
             return self._close_fds(fds)
         if isinstance(message, p.Disconnect):
-            return self._peer_disconnected(message.reason or "peer disconnected")
+            # The peer's words reach logs, exceptions and details(): escaped once, here.
+            return self._peer_disconnected(p.printable(message.reason) or "peer disconnected")
         return self._handle(message, fds)
 
     def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:

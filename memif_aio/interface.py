@@ -319,6 +319,7 @@ class Interface:
                 buffer_size=self.buffer_size,
                 max_packet_size=self.max_packet_size,
                 on_peer_error=self._peer_error,
+                on_notice=self._peer_notice,
             )
         except (MemifError, ValueError, OSError) as exc:
             # Nothing of the link is left behind (DataPlane closed what it built and the
@@ -364,6 +365,11 @@ class Interface:
         plane.close(reason)
         self._closed_counters = self.stats()
         self.rx_queues, self.tx_queues = [], []
+
+    def _peer_notice(self, text: str) -> None:
+        session = self._session
+        if session is not None:
+            session.warnings.warning("memif %s: %s", session.peer_label(), text)
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
         session = self._session

@@ -29,8 +29,16 @@ DEFAULT_BURST = 256
 _U32_MAX = 0xFFFFFFFF
 _SPIN_CHECKS = 16  # re-checks of a full tx ring that only yield to the loop
 _MAX_BACKOFF = 0.001  # then sleeps growing from 20 us to this
+# Interrupt storms: a peer signalling without publishing anything. A legitimate peer signals
+# once per burst it publishes; this many empty wake-ups in a window is abuse, and the queue
+# stops listening for a pause (its consumer polls every _STORM_POLL meanwhile).
+_STORM_WINDOW = 0.1
+_STORM_LIMIT = 200
+_STORM_PAUSE = 0.1
+_STORM_POLL = 0.001
 
 ErrorHandler = Callable[[PeerProtocolError], None]
+NoticeHandler = Callable[[str], None]
 
 
 class _Queue:
@@ -63,6 +71,11 @@ class RxQueue(_Queue):
       objects (``len()``, ``burst[i]``, ``burst.lengths`` numpy view, ``burst.segments(i)``),
       valid until the next burst is taken or ``burst.release()``.
     - ``rxq.recv_burst_nowait()``: the same without waiting, for busy-poll loops.
+
+    A peer that signals without publishing packets (more than 200 empty wake-ups in 100 ms)
+    is not listened to for 100 ms at a time: meanwhile the consumer polls every millisecond,
+    so a storm costs a few percent of a CPU instead of all of it. ``on_notice(text)`` hears
+    of the first such pause.
     """
 
     def __init__(
@@ -72,15 +85,21 @@ class RxQueue(_Queue):
         eventfd: int,
         interrupts: InterruptSet,
         on_peer_error: ErrorHandler,
+        on_notice: NoticeHandler | None = None,
     ):
         super().__init__(index, on_peer_error)
         self._ring = ring
         self._eventfd = eventfd
         self._interrupts = interrupts
+        self._on_notice = on_notice
         self.drops = 0
         self._loop = asyncio.get_running_loop()
         self._wakeup: asyncio.Future[None] | None = None
         self._polling = False
+        self._storm_start = 0.0
+        self._empty_wakeups = 0
+        self._deaf: asyncio.TimerHandle | None = None  # set while a storm is being sat out
+        self._storm_reported = False  # one warning per queue, however long the storm
         interrupts.watch(eventfd, self._interrupt)
         if ring.role == "slave":
             ring.refill()  # the master can send as soon as the link is up
@@ -101,14 +120,52 @@ class RxQueue(_Queue):
         self._ring.mask_interrupts = value
         if value:
             self._interrupts.unwatch(self._eventfd)
-        else:
+        elif self._deaf is None:
             self._interrupts.watch(self._eventfd, self._interrupt)
 
     def _interrupt(self) -> None:
         # Interrupt callback: never raises; it only wakes the consumer, which reads the ring.
+        if not self._has_news():
+            self._empty_wakeup()
+            return
+        self._wake()
+
+    def _wake(self) -> None:
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _has_news(self) -> bool:
+        try:
+            return self._ring.pending() > 0
+        except MemifError:
+            return True  # a violation or a closed ring: the consumer finds out and reports it
+
+    def _empty_wakeup(self) -> None:
+        now = self._loop.time()
+        if now - self._storm_start > _STORM_WINDOW:
+            self._storm_start = now
+            self._empty_wakeups = 0
+        self._empty_wakeups += 1
+        if self._empty_wakeups < _STORM_LIMIT:
+            return
+        self._interrupts.unwatch(self._eventfd)
+        self._deaf = self._loop.call_later(_STORM_PAUSE, self._listen_again)
+        self._wake()  # a waiting consumer goes on by polling
+        if self._on_notice is not None and not self._storm_reported:
+            self._storm_reported = True
+            self._on_notice(
+                f"rx queue {self.index}: the peer signals without sending "
+                f"({self._empty_wakeups} empty wake-ups in {_STORM_WINDOW * 1000:.0f} ms): "
+                f"not listening for {_STORM_PAUSE * 1000:.0f} ms"
+            )
+
+    def _listen_again(self) -> None:
+        self._deaf = None
+        self._empty_wakeups = 0
+        if not self.closed and not self._polling:
+            self._interrupts.watch(self._eventfd, self._interrupt)
+        self._wake()
 
     # -- receive --------------------------------------------------------------------------------
 
@@ -133,6 +190,9 @@ class RxQueue(_Queue):
         self._check_open()
         if self._polling:
             await asyncio.sleep(0)
+            return
+        if self._deaf is not None:
+            await asyncio.sleep(_STORM_POLL)
             return
         # No lost wake-up: the peer publishes before it signals, and nothing runs between the
         # caller's empty check and this future, so any later signal finds it.
@@ -176,8 +236,10 @@ class RxQueue(_Queue):
         # memif does not order DISCONNECT with the rings: what is still published to us is lost.
         with contextlib.suppress(MemifError):
             self.drops += self._ring.pending()
-        if not self._polling:
-            self._interrupts.unwatch(self._eventfd)
+        self._interrupts.unwatch(self._eventfd)
+        if self._deaf is not None:
+            self._deaf.cancel()
+            self._deaf = None
         self._ring.close()
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():

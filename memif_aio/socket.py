@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("memif_aio")
 
+_BACKLOG_RETRY = 0.005  # seconds between connect attempts while the master's backlog is full
+
 LinkUpHandler = Callable[["Session", hs.LinkSetup, SharedMemory], None]
 ClosedHandler = Callable[["Session", hs.Closed], None]
 
@@ -511,13 +513,26 @@ class Socket:
     # -- slave side -----------------------------------------------------------------------------
 
     async def _connect(self) -> _socket.socket:
+        """A connected socket. A non-blocking AF_UNIX connect never waits: it fails with
+        EAGAIN while the master's backlog is full (a flood), and becoming writable afterwards
+        does not mean connected. So retry it for a while, as a blocking connect would wait."""
         sock = new_seqpacket_socket()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.handshake_timeout or hs.DEFAULT_HANDSHAKE_TIMEOUT)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, self.address)
+            while True:
+                try:
+                    sock.connect(self.address)
+                    return sock
+                except (BlockingIOError, InterruptedError):
+                    if loop.time() > deadline:
+                        raise ConnectionRefusedError(
+                            errno.EAGAIN, "master's connection backlog stays full"
+                        ) from None
+                    await asyncio.sleep(_BACKLOG_RETRY)
         except BaseException:
             sock.close()
             raise
-        return sock
 
 
 def _peer_credentials(conn: _socket.socket) -> tuple[int, int] | None:

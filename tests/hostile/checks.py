@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 from rawpeer import PeerMemory, RawChannel, RawListener, drive, serve_as_master, slave_steps
@@ -77,3 +78,19 @@ async def wait_state(iface: memif_aio.Interface, *states, timeout: float = 3.0) 
     while iface.state not in states:
         assert loop.time() < end, f"{iface} never reached {states}"
         await asyncio.sleep(0.01)
+
+
+async def idle_cpu(seconds: float = 0.5) -> float:
+    """Share of a CPU the event loop's thread used while the test slept: the victim at rest
+    (the loop-stall watchdog's beats included)."""
+    cpu, wall = time.thread_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (time.thread_time() - cpu) / (time.monotonic() - wall)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

@@ -48,15 +48,24 @@ class RawChannel:
         self.received_fds: list[int] = []  # every fd our peer sent us; closed in close()
 
     @classmethod
-    async def connect(cls, path: str) -> RawChannel:
+    async def connect(cls, path: str, timeout: float = 5.0) -> RawChannel:
+        """Connect like a blocking client: wait while the listener's backlog is full."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
         try:
-            await asyncio.get_running_loop().sock_connect(sock, address(path))
+            while True:
+                try:
+                    sock.connect(address(path))
+                    return cls(sock)
+                except BlockingIOError:
+                    if loop.time() > end:
+                        raise
+                    await asyncio.sleep(0.005)
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
 
     def send(self, data: bytes | p.Message, fds: tuple[int, ...] | list[int] = ()) -> None:
         raw = data if isinstance(data, bytes | bytearray) else p.encode(data)

@@ -183,6 +183,20 @@ CASES = {
         _with("s2m0", lambda s, m, e: Step(s.data, (_extra(e, os.eventfd(0)),))),
         hs.RING_NOT_EVENTFD,
     ),
+    "ring-semaphore-eventfd": (
+        _with(
+            "s2m0",
+            lambda s, m, e: Step(
+                s.data, (_extra(e, os.eventfd(0, os.EFD_NONBLOCK | os.EFD_SEMAPHORE)),)
+            ),
+        ),
+        f"{hs.RING_SEMAPHORE}: s2m 0",
+    ),
+    "ring-eventfd-twice": (
+        # Another fd number for the same eventfd: told apart by the kernel's eventfd id.
+        _with("m2s0", lambda s, m, e: Step(s.data, (_extra(e, os.dup(m.s2m[0].eventfd)),))),
+        f"{hs.RING_EVENTFD_SHARED}: m2s 0",
+    ),
     "ring-outside-region": (
         _with("m2s0", lambda s, m, e: _ring(s, offset=m.sizes[0] - 64)),
         hs.RING_OUTSIDE,

@@ -1,0 +1,198 @@
+"""Attacks through the eventfds we share with the peer (hostile peers, class 1).
+
+The peer holds the same open file description as we do for every ring's eventfd: it can clear
+O_NONBLOCK and fill the counter at any instant, hand one eventfd in for two links, or signal
+without ever sending. None of it may block our loop, spin it while idle, or outlive the link.
+Every test here also runs under the loop-stall watchdog (conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import subprocess
+import sys
+import textwrap
+
+from checks import (
+    honest_master_serves,
+    honest_slave_connects,
+    idle_cpu,
+    one_warning,
+    wait_state,
+    warnings,
+)
+from rawpeer import (
+    PeerMemory,
+    RawChannel,
+    RawListener,
+    Resources,
+    drive,
+    serve_as_master,
+    slave_steps,
+)
+
+import memif_aio
+from memif_aio import handshake as hs
+from memif_aio.interface import LinkState
+
+FULL = (2**64 - 2).to_bytes(8, "little")
+BLOCKED = "the peer made its ring eventfd blocking"
+
+
+def make_blocking_and_full(efd: int) -> None:
+    """What a hostile peer does to an eventfd it shares with us."""
+    fcntl.fcntl(efd, fcntl.F_SETFL, fcntl.fcntl(efd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    with open(f"/proc/self/fdinfo/{efd}") as info:
+        count = int(next(line for line in info if line.startswith("eventfd-count")).split()[1])
+    os.write(efd, (2**64 - 2 - count).to_bytes(8, "little"))  # count 0 so far: cannot block
+
+
+async def _raw_slave_up(path: str, iface) -> tuple[RawChannel, PeerMemory]:
+    mem = PeerMemory()
+    chan = await RawChannel.connect(path)
+    assert await drive(chan, slave_steps(mem)) is None
+    await iface.wait_connected(timeout=3)
+    return chan, mem
+
+
+async def test_master_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
+    """Our master transmits into a ring whose eventfd the peer made blocking and full: the
+    signal cannot block (it is refused at once), the peer is disconnected with the reason."""
+    async with memif_aio.Socket(abstract_path) as sock:
+        iface = await sock.create_interface(id=0, role="master")
+        before = Resources()
+        chan, mem = await _raw_slave_up(abstract_path, iface)
+        try:
+            mem.refill_m2s()
+            make_blocking_and_full(mem.m2s[0].eventfd)
+            await iface.tx_queues[0].send(b"into a trap")
+            got = await chan.expect_disconnect()
+            assert mem.m2s[0].tail == 1  # the packet itself was delivered before the signal
+        finally:
+            chan.close()
+            mem.close()
+        assert got == BLOCKED
+        await one_warning(caplog, BLOCKED, "data path", f"pid {os.getpid()}")
+        await before.assert_released()
+        assert await idle_cpu() < 0.05
+        await honest_slave_connects(abstract_path, iface)
+
+
+async def test_slave_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
+    """The same against our slave: the master makes the eventfd we created (and share with it)
+    blocking and full; our slave disconnects it and serves an honest master afterwards."""
+    listener = RawListener(abstract_path)
+    before = Resources()
+    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    try:
+        iface = await sock.create_interface(id=0, role="slave", ring_size=16)
+        chan = await listener.accept()
+        try:
+            view = await serve_as_master(chan)
+            await iface.wait_connected(timeout=3)
+            make_blocking_and_full(view.s2m[0].eventfd)
+            await iface.tx_queues[0].send(b"into a trap")
+            got = await chan.expect_disconnect()
+            view.close()
+        finally:
+            chan.close()
+        assert got == BLOCKED
+        await one_warning(caplog, BLOCKED, "data path", f"{abstract_path} id 0")
+        await wait_state(iface, LinkState.CONNECTING, LinkState.DISCONNECTED)
+        assert await idle_cpu() < 0.05
+        await honest_master_serves(listener, iface)
+    finally:
+        await sock.close()
+        listener.close()
+    await before.assert_released()
+
+
+async def test_a_full_nonblocking_eventfd_is_just_a_woken_peer(abstract_path, caplog):
+    """A counter at its maximum means the peer has a wake-up pending: no error, no block."""
+    async with memif_aio.Socket(abstract_path) as sock:
+        iface = await sock.create_interface(id=0, role="master")
+        chan, mem = await _raw_slave_up(abstract_path, iface)
+        try:
+            mem.refill_m2s()
+            os.write(mem.m2s[0].eventfd, FULL)
+            for i in range(3):
+                await iface.tx_queues[0].send(b"%d" % i)
+                await asyncio.sleep(0.01)
+            assert mem.m2s[0].tail == 3 and iface.connected
+        finally:
+            chan.close()
+            mem.close()
+    assert warnings(caplog) == []
+
+
+async def test_one_eventfd_for_two_links(abstract_path, caplog):
+    """A peer hands the eventfd of its link to interface 0 in again for interface 1: the second
+    link is refused before it comes up; both interfaces serve honest slaves afterwards."""
+    async with memif_aio.Socket(abstract_path) as sock:
+        first = await sock.create_interface(id=0, role="master")
+        second = await sock.create_interface(id=1, role="master")
+        before = Resources()
+        chan, mem = await _raw_slave_up(abstract_path, first)
+        other = PeerMemory()
+        chan2 = await RawChannel.connect(abstract_path)
+        try:
+            steps = slave_steps(other, id=1)
+            s2m = next(i for i, step in enumerate(steps) if step.label == "s2m0")
+            steps[s2m].fds = (os.dup(mem.s2m[0].eventfd),)
+            extra = steps[s2m].fds[0]
+            got = await drive(chan2, steps)
+            os.close(extra)
+            assert got == hs.EVENTFD_IN_USE
+            assert first.connected and second.state is not LinkState.CONNECTED
+            await one_warning(caplog, hs.EVENTFD_IN_USE, "id 1")
+            mem.send_s2m(b"still mine")
+            assert await asyncio.wait_for(first.rx_queues[0].recv(), 3) == b"still mine"
+        finally:
+            chan.close()
+            chan2.close()
+            mem.close()
+            other.close()
+        await before.assert_released()
+        await honest_slave_connects(abstract_path, first)
+
+
+def _spam(efd: int, seconds: float) -> subprocess.Popen:
+    """Another process writes 1 to ``efd`` as fast as it can, publishing nothing."""
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        end = time.monotonic() + {seconds}
+        one = (1).to_bytes(8, "little")
+        while time.monotonic() < end:
+            for _ in range(1000):
+                os.write({efd}, one)
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", script], pass_fds=[efd])
+
+
+async def test_interrupt_storm_costs_little_and_traffic_still_flows(abstract_path, caplog):
+    """A peer signalling without sending: we stop listening to it for short pauses (the
+    consumer polls), so the storm costs a fraction of a CPU, and packets still arrive."""
+    async with memif_aio.Socket(abstract_path) as sock:
+        iface = await sock.create_interface(id=0, role="master")
+        chan, mem = await _raw_slave_up(abstract_path, iface)
+        rxq = iface.rx_queues[0]
+        spammer = _spam(mem.s2m[0].eventfd, 1.5)
+        try:
+            receiving = asyncio.ensure_future(rxq.recv())
+            await asyncio.sleep(0.2)
+            assert not receiving.done()
+            cpu = await idle_cpu(1.0)
+            mem.send_s2m(b"during the storm")
+            assert await asyncio.wait_for(receiving, 1) == b"during the storm"
+        finally:
+            await asyncio.to_thread(spammer.wait)
+            chan.close()
+            mem.close()
+        assert cpu < 0.15, f"the storm cost {cpu:.0%} of a CPU"  # 5% measured; 30% undamped
+        await one_warning(caplog, "signals without sending", "rx queue 0")
+        await wait_state(iface, LinkState.DISCONNECTED)
+        assert await idle_cpu() < 0.05
