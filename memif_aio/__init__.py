@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+from ._version import __version__
 from .adapters import (
     MemifTransport,
     PacketReader,
@@ -37,9 +38,8 @@ from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
 from .protocol import Mode
 from .socket import Socket, split_socket_options
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "MemifTransport",
     "PacketReader",
     "PacketWriter",
