@@ -18,5 +18,6 @@ echo "smoke: $(basename "$wheel") in $work"
 venv/bin/python -m pip install -q "$wheel" "pytest>=8" "pytest-asyncio>=1.5,<2"
 venv/bin/python check_installed.py
 venv/bin/python exchange.py 10000
-venv/bin/python -m pytest -q -p no:cacheprovider test_installed_plugin.py
+venv/bin/python -m pytest -q -p no:cacheprovider -o asyncio_default_fixture_loop_scope=function \
+    test_installed_plugin.py
 echo "smoke: passed"
