@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from ._ring import DEFAULT_MAX_PACKET_SIZE
+from ._version import __version__
 from .adapters import (
     MemifTransport,
     PacketReader,
@@ -38,9 +39,8 @@ from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
 from .protocol import Mode
 from .socket import Socket, split_socket_options
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "DEFAULT_MAX_PACKET_SIZE",
     "MemifTransport",
     "PacketReader",

@@ -339,6 +339,7 @@ class PacketReader:
         self._protocol = protocol
 
     async def read_packet(self) -> bytes | None:
+        """The next packet, or ``None`` once the peer has gone and every packet was read."""
         return await self._protocol.next_packet()
 
     def at_eof(self) -> bool:

@@ -281,6 +281,9 @@ class TxQueue(_Queue):
         self.send: Callable[..., Awaitable[None]] = _ring.StagedSender(
             ring, self._loop, self._send_slow, self._peer_error, max_burst
         )
+        """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
+        larger than a buffer), waiting while the ring is full; published by the end of the
+        loop iteration, or now with :meth:`flush`."""
 
     @property
     def free_slots(self) -> int:
@@ -323,9 +326,9 @@ class TxQueue(_Queue):
         """Send every packet in order, waiting for room as needed; return the count.
 
         ``metadata`` (one u32 per packet) is checked in full before the first packet goes.
-        A received :class:`Burst` is copied ring to ring with its own metadata, from its first
-        packet not taken by ``forward()``; it must stay unreleased until this returns (else
-        ``LocalProtocolError``: nothing more is sent from it).
+        A received :class:`~memif_aio._ring.Burst` is copied ring to ring with its own metadata,
+        from its first packet not taken by ``forward()``; it must stay unreleased until this
+        returns (else ``LocalProtocolError``: nothing more is sent from it).
         """
         if isinstance(packets, _ring.Burst):
             if lengths is not None or metadata is not None:

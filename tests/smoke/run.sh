@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Smoke test of a built wheel as a user gets it: a fresh virtualenv in an empty directory
+# outside the source tree, holding the wheel (+ pytest and pytest-asyncio for the plugin).
+#   bash tests/smoke/run.sh dist/memif_aio-*-manylinux_*.whl
+set -euo pipefail
+[ $# -eq 1 ] && [ -f "$1" ] || { echo "usage: $0 WHEEL" >&2; exit 2; }
+wheel=$(realpath "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python3}
+work=$(mktemp -d "${TMPDIR:-/tmp}/memif-aio-smoke.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cp "$here/check_installed.py" "$here/exchange.py" "$here/test_installed_plugin.py" "$work/"
+cd "$work"
+unset PYTHONPATH PYTHONHOME
+
+echo "smoke: $(basename "$wheel") in $work"
+"$python" -m venv venv
+venv/bin/python -m pip install -q "$wheel" "pytest>=8" "pytest-asyncio>=1.5,<2"
+venv/bin/python check_installed.py
+venv/bin/python exchange.py 10000
+venv/bin/python -m pytest -q -p no:cacheprovider -o asyncio_default_fixture_loop_scope=function \
+    test_installed_plugin.py
+echo "smoke: passed"
