@@ -127,6 +127,8 @@ class RxRing:
         buffer_region: int = 1,
         buffer_offsets: npt.ArrayLike | None = None,
         max_burst: int = 256,
+        sentinel: bool = False,
+        short_next_ends_packet: bool = False,
     ) -> None: ...
     @property
     def ring(self) -> Ring: ...
@@ -134,6 +136,12 @@ class RxRing:
     def role(self) -> str: ...
     @property
     def burst(self) -> Burst: ...
+    @property
+    def sentinel(self) -> bool:
+        """Slave: at most size - 1 slots published, a capacity-0 descriptor at head (DPDK)."""
+    @property
+    def short_next_ends_packet(self) -> bool:
+        """Slave: NEXT on a partly filled slot ends the packet (stale flag of DPDK < 23.03)."""
     @property
     def buffer_offsets(self) -> npt.NDArray[np.uint32] | None:
         """Copy of the slave's per-slot buffer offsets."""
@@ -148,6 +156,8 @@ class RxRing:
         """Slave: publish every free slot as an empty descriptor (one head store)."""
     def pending(self) -> int:
         """Descriptors the peer published that we have not read."""
+    def unread_packets(self) -> int:
+        """Packets published and never delivered; never raises for the peer, counts no error."""
     mask_interrupts: bool
     def drain_eventfd(self) -> int:
         """Read and reset the eventfd counter without blocking (0 if nothing or fd -1)."""

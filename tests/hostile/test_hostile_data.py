@@ -266,7 +266,7 @@ def _m2s_endless_chain(view) -> None:
 
 SLAVE_RX = {
     "length-beyond-buffer": (_m2s_too_long, "length 257 > buffer size 256"),
-    "tail-jump": (_m2s_tail_jump, "tail moved by 40 > ring size 16"),
+    "tail-jump": (_m2s_tail_jump, "tail 40 is 24 slots past head 16"),
     "endless-next-chain": (_m2s_endless_chain, "NEXT chain longer than ring"),
 }
 
