@@ -165,9 +165,10 @@ class RxQueue(_Queue):
         if self.closed:
             return
         self._closed_reason = reason
-        # memif does not order DISCONNECT with the rings: what is still published to us is lost.
-        with contextlib.suppress(MemifError):
-            self.drops += self._ring.pending()
+        # memif does not order DISCONNECT with the rings: what is still published to us is lost
+        # (so is what a peer published before breaking the rules). Counted as packets, once,
+        # and without counting the peer's error again.
+        self.drops += self._ring.unread_packets()
         if not self._polling:
             self._loop.remove_reader(self._eventfd)
         self._ring.close()
