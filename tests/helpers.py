@@ -87,3 +87,7 @@ class DpdkTestpmd:
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.pmd.stop)
+
+    def forward_stats(self) -> dict[str, int]:
+        """After stop(): testpmd's accumulated forward statistics (Testpmd.forward_stats)."""
+        return self.pmd.forward_stats()
