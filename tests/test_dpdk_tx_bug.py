@@ -13,11 +13,11 @@ import asyncio
 import random
 
 import pytest
-from traffic import Numbered, windowed_echo
 
 import memif_aio
 from helpers import DpdkTestpmd
 from memif_aio.interface import dpdk_defences
+from memif_aio.perf import Numbered, windowed_echo
 
 LISTENING = r"Port 0: [0-9A-F:]{17}"
 RING = 64
