@@ -439,8 +439,9 @@ class Interface:
         """Counters over the interface's life (all links): ``rx_packets``, ``rx_bytes``,
         ``rx_errors``, ``rx_drops``, ``tx_packets``, ``tx_bytes``, ``tx_errors``, ``tx_drops``.
 
-        Drops are packets lost with a link: received but unread when it went down (rx), or
-        sent but never taken by the peer (tx)."""
+        Drops are packets lost with a link: published to us but never delivered when it went
+        down, whether the peer left or broke the rules (rx), or sent but never taken by the
+        peer (tx). Errors count peer violations, each once."""
         totals = dict.fromkeys(_COUNTER_NAMES, 0)
         totals.update(self._closed_counters)
         for prefix, queues in (("rx", self.rx_queues), ("tx", self.tx_queues)):
