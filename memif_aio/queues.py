@@ -36,6 +36,7 @@ class _Queue:
         self.index = index
         self._on_peer_error = on_peer_error
         self._closed_reason: str | None = None
+        self._peer_broke_it = False  # this queue's ring saw the peer's violation
 
     @property
     def closed(self) -> bool:
@@ -47,6 +48,7 @@ class _Queue:
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
         # The interface disconnects with this reason; the caller sees the exception too.
+        self._peer_broke_it = True
         self._on_peer_error(exc)
 
 
@@ -334,8 +336,10 @@ class TxQueue(_Queue):
             return
         self._closed_reason = reason
         self.drops += self._ring.discard()  # staged, never published
-        if self._ring.role == "slave":
+        if self._ring.role == "slave" and not self._peer_broke_it:
             # Descriptors we published that the master never consumed are lost with the link.
+            # (Not when the master's counter broke the rules: asking again would count that
+            # error twice, and what it says is not to be trusted.)
             with contextlib.suppress(MemifError):
                 self.drops += self._ring.ring.size - self._ring.free_slots()
         self._ring.close()

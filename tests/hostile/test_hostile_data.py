@@ -318,5 +318,6 @@ async def test_slave_tx_breach_tail_beyond_head(slave_env, caplog):
         chan.close()
     assert "out of range" in got
     await one_warning(caplog, "out of range", "data path")
+    assert iface.stats()["tx_errors"] == 1  # one breach, counted once
     await wait_state(iface, LinkState.CONNECTING, LinkState.DISCONNECTED)
     await honest_master_serves(listener, iface)
