@@ -25,6 +25,7 @@ import time
 from bench_ring import Loopback
 
 from memif_aio import _ring as R
+from memif_aio.interrupts import InterruptSet
 from memif_aio.queues import RxQueue, TxQueue
 
 BURST = 256
@@ -93,7 +94,8 @@ def bench_sync(pair: Loopback, packets: list[bytes], count: int) -> dict[str, fl
 
 async def bench_async(pair: Loopback, packets: list[bytes], count: int) -> dict[str, float]:
     out = {}
-    rxq = RxQueue(0, pair.mrx, pair.efds[0], lambda exc: None)
+    interrupts = InterruptSet(asyncio.get_running_loop())
+    rxq = RxQueue(0, pair.mrx, pair.efds[0], interrupts, lambda exc: None)
     txq = TxQueue(0, pair.stx, lambda exc: None)
     stx, mrx = pair.stx, pair.mrx
 
@@ -128,6 +130,7 @@ async def bench_async(pair: Loopback, packets: list[bytes], count: int) -> dict[
     out["async for (rxq)"] = min([await rx_step() for _ in range(3)])
     rxq._close("bench")
     txq._close("bench")
+    interrupts.close()
     return out
 
 
@@ -135,7 +138,8 @@ async def bench_echo(packets: list[bytes], count: int, mode: str = "packet") -> 
     """Slave rx -> echo -> slave tx, the master side driven by bursts."""
     pair = loopback()
     try:
-        rxq = RxQueue(0, pair.srx, pair.efds[1], lambda exc: None)
+        interrupts = InterruptSet(asyncio.get_running_loop())
+        rxq = RxQueue(0, pair.srx, pair.efds[1], interrupts, lambda exc: None)
         txq = TxQueue(0, pair.stx, lambda exc: None)
         mtx, mrx = pair.mtx, pair.mrx
 
@@ -171,6 +175,7 @@ async def bench_echo(packets: list[bytes], count: int, mode: str = "packet") -> 
         el = time.perf_counter_ns() - t
         rxq._close("bench")
         txq._close("bench")
+        interrupts.close()
         return el / got
     finally:
         pair.close()

@@ -103,6 +103,8 @@ cdef struct rx_ctx:
     uint32_t *table        # slave: buffer offset owned by each slot
     uint16_t br
     uint32_t bs
+    bint skip_empty        # slave with a sentinel: a leading empty NEXT slot is stepped over
+    bint short_next        # slave facing DPDK < 23.03: NEXT on a partly filled slot is stale
     uint32_t maxp
     uint64_t max_packet    # longest packet accepted (bytes, chains joined)
     uint32_t avail

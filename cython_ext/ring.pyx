@@ -32,6 +32,9 @@
 # used, so a peer rewriting it mid-burst cannot redirect a memcpy. The slave ignores region and
 # offset in M2S descriptors entirely: it reads from the buffer it refilled that slot with.
 #
+# A slave facing DPDK keeps one more slot back (RxRing(sentinel=True)): DPDK's transmit may
+# step one descriptor past head, so head's descriptor is kept empty (capacity 0).
+#
 # Lifetime of a received slot: from rx_burst() until release() (or the next rx_burst()), the
 # packet memoryviews point straight into the peer-visible buffers; after release the peer may
 # overwrite them. RegionTable.close() invalidates every ring built on it: each public call
@@ -520,14 +523,24 @@ cdef class Ring:
 # receive
 
 
+cdef inline void _rx_record(rx_ctx *c, uint32_t n, uint32_t first, uint32_t end,
+                            uint64_t total, uint32_t meta) noexcept nogil:
+    c.first[n] = first
+    c.nsegs[n] = end - first
+    c.lengths[n] = <uint32_t>total
+    c.meta[n] = meta
+
+
 cdef int _rx_parse(rx_ctx *c) noexcept nogil:
     """Validate and record up to maxp whole packets among c.avail descriptors from c.last."""
-    cdef uint32_t d = 0, start, slot, n = 0, meta = 0
+    cdef uint32_t d = 0, start, first, slot, n = 0, meta = 0
     cdef uint64_t total, nbytes = 0, off, length
     cdef uint16_t region
+    cdef bint more
     cdef memif_desc_t desc
     while n < c.maxp and d < c.avail:
         start = d
+        first = d
         total = 0
         while True:
             if d >= c.avail:
@@ -539,9 +552,24 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
             slot = (c.last + d) & c.mask
             memif_desc_snapshot(&c.descs[slot], &desc)
             length = desc.length
+            more = (desc.flags & NEXT) != 0
             if c.slave:
                 if length > c.bs:
                     return _set_err(&c.err, ERR_TOO_LONG, slot, length, c.bs, 0, 0)
+                if more and c.short_next and 0 < length < c.bs:
+                    # DPDK < 23.03 fills every slot it continues from: NEXT on a partly filled
+                    # one is stale, left by a dropped chain on a packet's first slot. So a
+                    # packet starts here, and a chain we are in ended with a stale NEXT too.
+                    if d > first:
+                        _rx_record(c, n, first, d, total, meta)
+                        nbytes += total
+                        n += 1
+                        break
+                    more = False
+                if more and length == 0 and d == first and c.skip_empty:
+                    d += 1  # an empty slot (capacity 0) the peer stepped over
+                    first = d
+                    continue
                 region = c.br
                 off = c.table[slot]
             else:
@@ -555,17 +583,14 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
             total += length
             if total > c.max_packet:
                 return _set_err(&c.err, ERR_PKT_TOO_LONG, slot, total, c.max_packet, 0, 0)
-            if d == start:
+            if d == first:
                 meta = desc.metadata
             c.seg_region[d] = region
             c.seg_offset[d] = <uint32_t>off
             c.seg_len[d] = <uint32_t>length
             d += 1
-            if not (desc.flags & NEXT):
-                c.first[n] = start
-                c.nsegs[n] = d - start
-                c.lengths[n] = <uint32_t>total
-                c.meta[n] = meta
+            if not more:
+                _rx_record(c, n, first, d, total, meta)
                 nbytes += total
                 n += 1
                 break
@@ -717,12 +742,27 @@ cdef class RxRing:
     is the value both counters have when the link comes up (0 after CONNECT); without it the
     ring's current head/tail are taken as the connected state (tests). The peer may write any
     counter at any time: each burst bound-checks what it reads. Not thread-safe.
+
+    Defences against DPDK's ``net_memif`` transmit off-by-one (slave only; README "Interop
+    notes"). DPDK's copy-mode transmit may step one descriptor past our head when a packet
+    needs more slots than it has. ``sentinel=True`` keeps that descriptor empty: we publish at
+    most ``size - 1`` slots and write a capacity-0 descriptor at head, so the extra step copies
+    nothing and DPDK drops the packet instead of writing into a slot we hold (or moving tail
+    past head). The previous sentinel is handed over as it is (capacity 0) unless the peer's
+    tail had reached it: a DPDK burst that read the old head may still step onto it, so it
+    must not change while such a burst can run. A leading empty ``NEXT`` slot is stepped over.
+    ``short_next_ends_packet=True`` (DPDK < 23.03 only, whose real chains fill every slot
+    they continue from) takes ``NEXT`` on a partly filled slot as the stale flag a dropped
+    chain left on it, and ends the packet there.
     """
 
     cdef readonly Ring ring
     cdef RegionTable regions
     cdef bint slave
     cdef bint closed
+    cdef readonly bint sentinel
+    cdef readonly bint short_next_ends_packet
+    cdef uint32_t limit     # slave: most slots ever published (size, or size - 1 with sentinel)
     cdef uint32_t max_burst
     cdef uint16_t rel       # slots before rel are back with their owner
     cdef uint16_t head      # slave: what we published; cached, never re-read
@@ -741,12 +781,21 @@ cdef class RxRing:
 
     def __init__(self, Ring ring not None, *, str role, buffer_size=2048, buffer_region=1,
                  buffer_offsets=None, max_burst=256, max_packet_size=DEFAULT_MAX_PACKET_SIZE,
-                 start=None):
+                 start=None, bint sentinel=False, bint short_next_ends_packet=False):
         if self.burst is not None:
             raise LocalProtocolError("RxRing is already initialised")
         self._table_arr = _side_table(ring, role, max_burst, buffer_size, buffer_region,
                                       buffer_offsets, max_packet_size, start)
         self.slave = self._table_arr is not None
+        if (sentinel or short_next_ends_packet) and not self.slave:
+            raise ValueError("sentinel and short_next_ends_packet are for role='slave'")
+        if sentinel and ring.size < 2:
+            raise ValueError("a sentinel slot needs a ring of at least 2 slots")
+        self.sentinel = sentinel
+        self.short_next_ends_packet = short_next_ends_packet
+        self.limit = ring.size - 1 if sentinel else ring.size
+        self.c.skip_empty = sentinel
+        self.c.short_next = short_next_ends_packet
         cdef RegionTable regions = ring.regions
         if self.slave:
             self.c.table = <uint32_t *>cnp.PyArray_DATA(self._table_arr)
@@ -811,31 +860,44 @@ cdef class RxRing:
         return 0
 
     cdef uint32_t _available(self) except? 0xFFFFFFFF:
+        # Checked against what we had given the peer, before any release or refill: moving
+        # our head first could make an overrun look legal.
         cdef char *hdr = self.ring._hdr()
-        cdef uint16_t cur, avail, published
+        cdef uint16_t cur, avail, published, held
         if self.slave:
             cur = memif_load_acquire(<uint16_t *>(hdr + self.ring.cacheline))
             avail = cur - self.c.last
             published = self.head - self.c.last
-            if avail > self.c.size:
-                self.errors += 1
-                raise PeerProtocolError(f"tail moved by {avail} > ring size {self.c.size}")
             if avail > published:
                 self.errors += 1
                 raise PeerProtocolError(
-                    f"tail moved by {avail} beyond the {published} descriptors we published")
+                    f"tail {cur} is {<uint16_t>(avail - published)} slots past head {self.head} "
+                    f"(ring size {self.c.size})")
         else:
             cur = memif_load_acquire(<uint16_t *>(hdr + 6))
             avail = cur - self.c.last
-            if avail > self.c.size:
+            held = self.c.last - self.rel
+            if avail > self.c.size - held:
                 self.errors += 1
-                raise PeerProtocolError(f"head moved by {avail} > ring size {self.c.size}")
+                raise PeerProtocolError(
+                    f"head moved by {<uint16_t>(cur - self.rel)} > ring size {self.c.size}")
         return avail
 
     def pending(self):
         """Descriptors published by the peer and not yet read (acquire load, validated)."""
         self._check_open()
         return self._available()
+
+    def has_news(self):
+        """Whether the peer's counter moved since we last read: one load, no validation and no
+        error counted (a bogus counter is news too: the next rx_burst() reports it). False
+        once closed. What an interrupt is checked against."""
+        if self.closed or self.regions._closed:
+            return False
+        cdef char *hdr = self.ring._hdr()
+        if self.slave:
+            return memif_load_acquire(<uint16_t *>(hdr + self.ring.cacheline)) != self.c.last
+        return memif_load_acquire(<uint16_t *>(hdr + 6)) != self.c.last
 
     def rx_burst(self, max_packets=None):
         """Receive up to ``max_packets`` (default and cap: ``max_burst``) whole packets.
@@ -856,8 +918,9 @@ cdef class RxRing:
         return self.burst
 
     cdef int _take(self, uint32_t maxp) except -1:
-        self._release()
-        self.c.avail = self._available()
+        cdef uint32_t avail = self._available()
+        self._release(<uint16_t>(self.c.last + avail), True)
+        self.c.avail = avail
         self.c.maxp = maxp
         self._set_hdr()
         cdef int rc
@@ -883,13 +946,15 @@ cdef class RxRing:
         self.burst._nsegs_view = None
         self.burst._meta_view = None
 
-    cdef int _release(self) except -1:
+    cdef int _release(self, uint16_t seen_tail=0, bint have_tail=False) except -1:
         cdef uint16_t slot
         self._forget_burst()
         if self.slave:
             self.rel = self.c.last
             self._set_hdr()
-            self._refill()
+            if not have_tail:
+                seen_tail = memif_load_acquire(<uint16_t *>(self.c.hdr + self.ring.cacheline))
+            self._refill(seen_tail)
         elif self.rel != self.c.last:
             self._set_hdr()
             # Clear the flags of the slots we hand back: DPDK's copy-mode tx never resets them
@@ -911,12 +976,20 @@ cdef class RxRing:
         self._check_open()
         self._release()
 
-    cdef uint32_t _refill(self) noexcept nogil:
-        cdef uint32_t free = self.c.size - <uint16_t>(self.head - self.rel), i, slot
+    cdef uint32_t _refill(self, uint16_t seen_tail) noexcept nogil:
+        cdef uint32_t used = <uint16_t>(self.head - self.rel), free, first = 0, i, slot
         cdef memif_desc_t *d
-        if free == 0:
+        if used >= self.limit:
             return 0
-        for i in range(free):
+        free = self.limit - used
+        if self.sentinel and seen_tail != self.head:
+            # A peer burst that read our previous head may still step onto desc[head]: it must
+            # stay empty, so it is handed over as it is (capacity 0), with at least one real
+            # slot, or not yet.
+            if free < 2:
+                return 0
+            first = 1
+        for i in range(first, free):
             slot = <uint16_t>(self.head + i) & self.c.mask
             d = &self.c.descs[slot]
             d.flags = 0
@@ -924,17 +997,64 @@ cdef class RxRing:
             d.length = self.c.bs
             d.offset = self.c.table[slot]
             d.metadata = 0
+        if self.sentinel:
+            slot = <uint16_t>(self.head + free) & self.c.mask
+            d = &self.c.descs[slot]
+            d.flags = 0
+            d.region = self.c.br
+            d.length = 0
+            d.offset = self.c.table[slot]
+            d.metadata = 0
         self.head += free
         memif_store_release(<uint16_t *>(self.c.hdr + 6), self.head)
         return free
 
     def refill(self):
-        """Slave only: publish an empty descriptor for every free slot; return how many."""
+        """Slave only: publish an empty descriptor for every free slot; return how many.
+
+        With ``sentinel``, one slot stays back and head's descriptor is written empty.
+        """
         self._check_open()
         if not self.slave:
             raise LocalProtocolError("refill() is for role='slave' (the buffer owner)")
         self._set_hdr()
-        return self._refill()
+        return self._refill(memif_load_acquire(<uint16_t *>(self.c.hdr + self.ring.cacheline)))
+
+    def unread_packets(self):
+        """Packets the peer published that were never delivered (at link-down: drops).
+
+        Counts the packets in the descriptors up to the peer's counter, bounded by what we had
+        given it (a chain published in part counts too); never raises for what the peer wrote
+        and counts no error. 0 once closed.
+        """
+        if self.closed or self.regions._closed:
+            return 0
+        cdef char *hdr = self.ring._hdr()
+        cdef uint16_t bound, d, slot
+        cdef uint32_t count = 0
+        cdef memif_desc_t desc
+        cdef bint more = False, in_chain = False
+        if self.slave:
+            bound = memif_load_acquire(<uint16_t *>(hdr + self.ring.cacheline)) - self.c.last
+            if bound > <uint16_t>(self.head - self.c.last):
+                bound = self.head - self.c.last
+        else:
+            bound = memif_load_acquire(<uint16_t *>(hdr + 6)) - self.c.last
+            if bound > self.c.size - <uint16_t>(self.c.last - self.rel):
+                bound = self.c.size - <uint16_t>(self.c.last - self.rel)
+        self._set_hdr()
+        for d in range(bound):  # as _rx_parse splits them
+            slot = <uint16_t>(self.c.last + d) & self.c.mask
+            memif_desc_snapshot(&self.c.descs[slot], &desc)
+            more = (desc.flags & NEXT) != 0
+            if more and self.c.short_next and 0 < desc.length < self.c.bs:
+                count += in_chain
+                more = False
+            if more and desc.length == 0 and not in_chain and self.c.skip_empty:
+                continue
+            in_chain = more
+            count += not more
+        return count + in_chain  # a chain published in part is a packet too
 
     @property
     def mask_interrupts(self):

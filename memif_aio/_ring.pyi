@@ -130,6 +130,8 @@ class RxRing:
         max_burst: int = 256,
         max_packet_size: int = ...,
         start: int | None = None,
+        sentinel: bool = False,
+        short_next_ends_packet: bool = False,
     ) -> None: ...
     @property
     def ring(self) -> Ring: ...
@@ -137,6 +139,12 @@ class RxRing:
     def role(self) -> str: ...
     @property
     def burst(self) -> Burst: ...
+    @property
+    def sentinel(self) -> bool:
+        """Slave: at most size - 1 slots published, a capacity-0 descriptor at head (DPDK)."""
+    @property
+    def short_next_ends_packet(self) -> bool:
+        """Slave: NEXT on a partly filled slot ends the packet (stale flag of DPDK < 23.03)."""
     @property
     def buffer_offsets(self) -> npt.NDArray[np.uint32] | None:
         """Copy of the slave's per-slot buffer offsets."""
@@ -151,6 +159,10 @@ class RxRing:
         """Slave: publish every free slot as an empty descriptor (one head store)."""
     def pending(self) -> int:
         """Descriptors the peer published that we have not read."""
+    def has_news(self) -> bool:
+        """The peer's counter moved since we last read (one load, no validation)."""
+    def unread_packets(self) -> int:
+        """Packets published and never delivered; never raises for the peer, counts no error."""
     mask_interrupts: bool
     def close(self) -> None:
         """Stop using the ring; shared memory is not touched afterwards."""

@@ -438,8 +438,22 @@ class _RingSide:
 class RxRing(_RingSide):
     """Receive side of one ring (see the Cython module for the full contract)."""
 
-    def __init__(self, ring: Ring, **kwargs) -> None:
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        sentinel: bool = False,
+        short_next_ends_packet: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(ring, **kwargs)
+        if (sentinel or short_next_ends_packet) and not self._slave:
+            raise ValueError("sentinel and short_next_ends_packet are for role='slave'")
+        if sentinel and ring.size < 2:
+            raise ValueError("a sentinel slot needs a ring of at least 2 slots")
+        self._sentinel = bool(sentinel)
+        self._short_next = bool(short_next_ends_packet)
+        self._limit = ring.size - 1 if sentinel else ring.size
         max_burst = self._max_burst
         self._lengths_w = np.zeros(max_burst, np.uint32)  # ours; the user sees frozen copies
         self._nsegs_w = np.zeros(max_burst, np.uint32)
@@ -466,26 +480,43 @@ class RxRing(_RingSide):
         if self._closed:
             raise LocalProtocolError("rx ring is closed")
 
+    @property
+    def sentinel(self) -> bool:
+        return self._sentinel
+
+    @property
+    def short_next_ends_packet(self) -> bool:
+        return self._short_next
+
     def _available(self) -> int:
+        """Descriptors the peer published, checked against what we had given it (before any
+        release or refill, so an overrun cannot be made to look legal by moving our head)."""
         ring = self._ring
         if self._slave:
-            avail = (ring.tail - self._last) & 0xFFFF
+            tail = ring.tail
+            avail = (tail - self._last) & 0xFFFF
             published = (self._head - self._last) & 0xFFFF
-            if avail > self._size:
-                raise self._peer_error(f"tail moved by {avail} > ring size {self._size}")
             if avail > published:
                 raise self._peer_error(
-                    f"tail moved by {avail} beyond the {published} descriptors we published"
+                    f"tail {tail} is {avail - published} slots past head {self._head} "
+                    f"(ring size {self._size})"
                 )
         else:
             avail = (ring.head - self._last) & 0xFFFF
-            if avail > self._size:
-                raise self._peer_error(f"head moved by {avail} > ring size {self._size}")
+            if avail > self._size - ((self._last - self._rel) & 0xFFFF):
+                moved = (self._last + avail - self._rel) & 0xFFFF
+                raise self._peer_error(f"head moved by {moved} > ring size {self._size}")
         return avail
 
     def pending(self) -> int:
         self._check_open()
         return self._available()
+
+    def has_news(self) -> bool:
+        if self._closed or self._regions.closed:
+            return False
+        ring = self._ring
+        return (ring.tail if self._slave else ring.head) != self._last
 
     def rx_burst(self, max_packets: int | None = None) -> Burst:
         maxp = self._max_burst
@@ -494,8 +525,8 @@ class RxRing(_RingSide):
                 raise ValueError("max_packets must be >= 0")
             maxp = min(maxp, max_packets)
         self._check_open()
-        self._release()
         avail = self._available()
+        self._release((self._last + avail) & 0xFFFF)
         try:
             n, ndesc, nbytes = self._parse(avail, maxp)
         except PeerProtocolError:
@@ -515,11 +546,9 @@ class RxRing(_RingSide):
         descs = ring.offset + 2 * ring.cacheline
         regions = self._regions
         size, mask, last = self._size, self._mask, self._last
-        lengths = self._lengths_w
-        nsegs = self._nsegs_w
         d = n = nbytes = first_meta = 0
         while n < maxp and d < avail:
-            start = d
+            start = first = d
             total = 0
             while True:
                 if d >= avail:
@@ -532,11 +561,26 @@ class RxRing(_RingSide):
                     break
                 slot = (last + d) & mask
                 flags, region, length, off, meta = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
+                more = flags & DESC_FLAG_NEXT
                 if self._slave:
                     if length > self._bs:
                         raise PeerProtocolError(
                             f"descriptor {slot}: length {length} > buffer size {self._bs}"
                         )
+                    if more and self._short_next and 0 < length < self._bs:
+                        # DPDK < 23.03 fills every slot it continues from: NEXT on a partly
+                        # filled one is stale (a dropped chain left it on a packet's first
+                        # slot). A packet starts here; a chain we are in ended before it.
+                        if d > first:
+                            self._record(n, first, d, total, first_meta)
+                            nbytes += total
+                            n += 1
+                            break
+                        more = 0
+                    if more and length == 0 and d == first and self._sentinel:
+                        d += 1  # an empty slot (capacity 0) the peer stepped over
+                        first = d
+                        continue
                     region = self._br
                     off = int(self._table[slot])
                 else:
@@ -556,21 +600,50 @@ class RxRing(_RingSide):
                         f"descriptor {slot}: packet of at least {total} bytes exceeds "
                         f"max_packet_size {self._max_packet}"
                     )
-                if d == start:
+                if d == first:
                     first_meta = meta
                 self._segs[d] = (region, off, length)
                 d += 1
-                if not flags & DESC_FLAG_NEXT:
-                    self._first[n] = start
-                    nsegs[n] = d - start
-                    lengths[n] = total
-                    self._meta_w[n] = first_meta
+                if not more:
+                    self._record(n, first, d, total, first_meta)
                     nbytes += total
                     n += 1
                     break
             if d == start:
                 break
         return n, d, nbytes
+
+    def _record(self, n: int, first: int, end: int, total: int, meta: int) -> None:
+        self._first[n] = first
+        self._nsegs_w[n] = end - first
+        self._lengths_w[n] = total
+        self._meta_w[n] = meta
+
+    def unread_packets(self) -> int:
+        if self._closed or self._regions.closed:
+            return 0
+        ring = self._ring
+        mem = ring._mem()
+        if self._slave:
+            bound = min((ring.tail - self._last) & 0xFFFF, (self._head - self._last) & 0xFFFF)
+        else:
+            room = self._size - ((self._last - self._rel) & 0xFFFF)
+            bound = min((ring.head - self._last) & 0xFFFF, room)
+        descs = ring.offset + 2 * ring.cacheline
+        count = 0
+        in_chain = False
+        for d in range(bound):  # as _parse splits them
+            slot = (self._last + d) & self._mask
+            flags, _, length, _, _ = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
+            more = bool(flags & DESC_FLAG_NEXT)
+            if more and self._short_next and 0 < length < self._bs:
+                count += in_chain
+                more = False
+            if more and length == 0 and not in_chain and self._sentinel:
+                continue
+            in_chain = more
+            count += not more
+        return count + in_chain  # a chain published in part is a packet too
 
     def _forget_burst(self) -> None:
         self._n = 0
@@ -580,11 +653,11 @@ class RxRing(_RingSide):
         self._burst._nsegs_view = None
         self._burst._meta_view = None
 
-    def _release(self) -> None:
+    def _release(self, seen_tail: int | None = None) -> None:
         self._forget_burst()
         if self._slave:
             self._rel = self._last
-            self._refill()
+            self._refill(seen_tail)
         elif self._rel != self._last:
             # Clear flags of returned slots (DPDK leaves a stale NEXT on a packet's first one).
             ring = self._ring
@@ -601,17 +674,33 @@ class RxRing(_RingSide):
         self._check_open()
         self._release()
 
-    def _refill(self) -> int:
+    def _refill(self, seen_tail: int | None = None) -> int:
         ring = self._ring
         mem = ring._mem()
-        free = self._size - ((self._head - self._rel) & 0xFFFF)
-        if free == 0:
+        free = self._limit - ((self._head - self._rel) & 0xFFFF)
+        if free <= 0:
             return 0
         descs = ring.offset + 2 * ring.cacheline
-        for i in range(free):
+        first = 0
+        if self._sentinel:
+            if seen_tail is None:
+                seen_tail = ring.tail
+            if seen_tail != self._head:
+                # A peer burst that read our previous head may still step onto desc[head]: it
+                # must stay empty, so it is handed over as it is (capacity 0), with at least
+                # one real slot, or not yet.
+                if free < 2:
+                    return 0
+                first = 1
+        for i in range(first, free):
             slot = (self._head + i) & self._mask
             _DESC.pack_into(
                 mem, descs + DESC_SIZE * slot, 0, self._br, self._bs, int(self._table[slot]), 0
+            )
+        if self._sentinel:
+            slot = (self._head + free) & self._mask
+            _DESC.pack_into(
+                mem, descs + DESC_SIZE * slot, 0, self._br, 0, int(self._table[slot]), 0
             )
         self._head = (self._head + free) & 0xFFFF
         ring.head = self._head

@@ -69,7 +69,11 @@ class _Progress:
 
 
 def _interface_options(args: argparse.Namespace) -> dict:
-    options = {"id": args.id, "secret": args.secret}
+    options = {
+        "id": args.id,
+        "secret": args.secret,
+        "dpdk_workaround": getattr(args, "dpdk_workaround", None),
+    }
     if getattr(args, "allow_unsealed_regions", False):
         options["allow_unsealed_regions"] = True
     return {k: v for k, v in options.items() if v is not None}
@@ -463,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
                 choices=("master", "slave"),
                 default=role,
                 help=f"our role (default {role})",
+            )
+            p.add_argument(
+                "--dpdk-workaround",
+                choices=("auto", "on", "off"),
+                help="slave: defend the rx rings against DPDK's transmit off-by-one (default "
+                "auto: when the master is DPDK; see README, Interop notes)",
             )
 
     demo = command(

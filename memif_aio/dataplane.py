@@ -35,6 +35,8 @@ class DataPlane:
     ``on_peer_error(exc)`` hears of every peer violation found on the data path (a bad
     descriptor, a counter jump, an eventfd made blocking); the owner disconnects.
     ``on_notice(text)`` hears of peer misbehaviour we only contain (an interrupt storm).
+    ``sentinel`` and ``short_next_ends_packet``: a slave's defences against DPDK's transmit
+    off-by-one (see :class:`~memif_aio._ring.RxRing`).
     """
 
     def __init__(
@@ -46,6 +48,8 @@ class DataPlane:
         max_packet_size: int,
         on_peer_error: ErrorHandler,
         on_notice: Callable[[str], None] | None = None,
+        sentinel: bool = False,
+        short_next_ends_packet: bool = False,
     ) -> None:
         self.setup = setup
         self.memory = memory
@@ -56,6 +60,10 @@ class DataPlane:
         self._interrupts: InterruptSet | None = None
         self._signaller: _ring.Signaller | None = None
         self.closed = False
+        self._rx_defences = {
+            "sentinel": sentinel,
+            "short_next_ends_packet": short_next_ends_packet,
+        }
         try:
             self._build(buffer_size, max_packet_size)
         except BaseException:
@@ -88,7 +96,7 @@ class DataPlane:
             return common
 
         for ring in rx_rings:
-            rx = _ring.RxRing(ring.ring, **options(ring))
+            rx = _ring.RxRing(ring.ring, **options(ring), **(self._rx_defences if slave else {}))
             self.rx_queues.append(
                 RxQueue(
                     ring.spec.index,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("memif_aio")
 
 DEFAULT_LINGER = 0.5  # seconds close() waits for the peer to take what we sent
+DPDK_WORKAROUND_MODES = ("auto", "on", "off")
+_DPDK_NAME = re.compile(r"DPDK (\d+)\.(\d+)")  # HELLO's name: rte_version(), "DPDK 22.11.11"
+_DPDK_FULL_SLOTS_BEFORE = (23, 3)  # until then DPDK fills every slot it chains from
 
 _COUNTER_NAMES = (
     "rx_packets",
@@ -82,6 +86,34 @@ class InterfaceDetails:
     rx_queues: tuple[QueueDetails, ...] = field(default_factory=tuple)
     tx_queues: tuple[QueueDetails, ...] = field(default_factory=tuple)
     last_disconnect_reason: str = ""
+    dpdk_workaround: str = "auto"  # configured ("auto", "on", "off"); a slave option
+    # In force on the current link: "sentinel" (one empty slot kept at head) and, for DPDK
+    # before 23.03, "short-next-ends-packet" (README "Interop notes").
+    dpdk_defences: tuple[str, ...] = ()
+
+
+def dpdk_version(app_name: str) -> tuple[int, int] | None:
+    """(year, month) of a DPDK peer from the name in its HELLO (``"DPDK 22.11.11"``)."""
+    match = _DPDK_NAME.match(app_name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def dpdk_defences(mode: str, peer_app_name: str) -> tuple[str, ...]:
+    """The receive defences a slave uses against a master named ``peer_app_name``.
+
+    DPDK's transmit (every version so far) may step one descriptor past our head: "sentinel"
+    keeps that descriptor empty. Before 23.03 its real chains fill every slot they continue
+    from, so NEXT on a partly filled slot can only be the stale flag a dropped chain left:
+    "short-next-ends-packet". Later versions write short chained slots themselves (and since
+    26.03 clear stale flags), so there the sentinel alone applies. ``mode`` "auto" defends
+    against DPDK only, "on" against any master, "off" never.
+    """
+    version = dpdk_version(peer_app_name)
+    if mode == "off" or (mode == "auto" and version is None):
+        return ()
+    if version is not None and version < _DPDK_FULL_SLOTS_BEFORE:
+        return ("sentinel", "short-next-ends-packet")
+    return ("sentinel",)
 
 
 class Interface:
@@ -102,6 +134,14 @@ class Interface:
     socket's permissions, use a secret): one that shrinks such a region while we map it
     crashes this process with SIGBUS. By default they are refused with a reason; files on
     other file systems are refused either way.
+
+    ``dpdk_workaround`` (slave only: ``"auto"``, ``"on"``, ``"off"``; default ``"auto"``):
+    defend the receive rings against DPDK's ``net_memif`` transmit off-by-one, which can
+    write into a buffer we still hold, publish tail past head, or glue two packets together
+    (README "Interop notes"). ``"auto"`` turns it on when the master's HELLO names DPDK;
+    ``"on"`` for any master (it hands over empty, capacity-0 descriptors, which memif_aio's
+    own master refuses); ``"off"`` never. It costs one ring slot. ``details().dpdk_defences``
+    shows what is in force.
     """
 
     def __init__(
@@ -121,6 +161,7 @@ class Interface:
         cacheline: int = 64,
         allow_unsealed_regions: bool = False,
         max_packet_size: int = _ring.DEFAULT_MAX_PACKET_SIZE,
+        dpdk_workaround: str = "auto",
     ) -> None:
         if not 0 <= id < 1 << 32:
             raise ConfigError(f"interface id {id} outside 0..2**32-1")
@@ -137,6 +178,12 @@ class Interface:
             raise ConfigError(f"max_packet_size {max_packet_size} outside 64..2**32-1")
         if allow_unsealed_regions and role is not hs.Role.MASTER:
             raise ConfigError("allow_unsealed_regions is for role='master' (it maps the peer's)")
+        if dpdk_workaround not in DPDK_WORKAROUND_MODES:
+            raise ConfigError(
+                f"dpdk_workaround={dpdk_workaround!r}: choose one of {DPDK_WORKAROUND_MODES}"
+            )
+        if dpdk_workaround == "on" and role is not hs.Role.SLAVE:
+            raise ConfigError("dpdk_workaround='on' is for role='slave' (it defends its rx rings)")
         raw_secret = secret.encode() if isinstance(secret, str) else bytes(secret or b"")
         if len(raw_secret) > SECRET_SIZE:
             raise ConfigError(f"secret longer than {SECRET_SIZE} bytes")
@@ -157,6 +204,8 @@ class Interface:
         self.cacheline = cacheline
         self.allow_unsealed_regions = allow_unsealed_regions
         self.max_packet_size = max_packet_size
+        self.dpdk_workaround = dpdk_workaround
+        self._defences: tuple[str, ...] = ()  # in force on the current link
 
         self.state = LinkState.DISCONNECTED
         self.last_disconnect_reason = ""
@@ -234,6 +283,8 @@ class Interface:
             rx_queues=tuple(QueueDetails(r.index, 1 << r.log2_size, buffer_size) for r in rx_rings),
             tx_queues=tuple(QueueDetails(r.index, 1 << r.log2_size, buffer_size) for r in tx_rings),
             last_disconnect_reason=self.last_disconnect_reason,
+            dpdk_workaround=self.dpdk_workaround,
+            dpdk_defences=self._defences if setup is not None else (),
         )
 
     async def close(self, *, linger: float = DEFAULT_LINGER) -> None:
@@ -312,6 +363,8 @@ class Interface:
         self._set_state(LinkState.CONNECTING)
 
     def _link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
+        slave = self.role is hs.Role.SLAVE
+        defences = dpdk_defences(self.dpdk_workaround, setup.peer_app_name) if slave else ()
         try:
             plane = DataPlane(
                 setup,
@@ -320,6 +373,8 @@ class Interface:
                 max_packet_size=self.max_packet_size,
                 on_peer_error=self._peer_error,
                 on_notice=self._peer_notice,
+                sentinel="sentinel" in defences,
+                short_next_ends_packet="short-next-ends-packet" in defences,
             )
         except (MemifError, ValueError, OSError) as exc:
             # Nothing of the link is left behind (DataPlane closed what it built and the
@@ -330,14 +385,16 @@ class Interface:
             return
         self._setup = setup
         self._plane = plane
+        self._defences = defences
         self.rx_queues, self.tx_queues = plane.rx_queues, plane.tx_queues
         self._set_state(LinkState.CONNECTED)
         log.info(
-            "memif %s id %d: connected to %s (%s)",
+            "memif %s id %d: connected to %s (%s)%s",
             self.socket.path,
             self.id,
             printable(setup.peer_name),
             printable(setup.peer_app_name),
+            f"; rx defences: {', '.join(self._defences)}" if self._defences else "",
         )
 
     def _session_closed(self, session: Session, closed: hs.Closed) -> None:
@@ -384,8 +441,9 @@ class Interface:
         """Counters over the interface's life (all links): ``rx_packets``, ``rx_bytes``,
         ``rx_errors``, ``rx_drops``, ``tx_packets``, ``tx_bytes``, ``tx_errors``, ``tx_drops``.
 
-        Drops are packets lost with a link: received but unread when it went down (rx), or
-        sent but never taken by the peer (tx)."""
+        Drops are packets lost with a link: published to us but never delivered when it went
+        down, whether the peer left or broke the rules (rx), or sent but never taken by the
+        peer (tx). Errors count peer violations, each once."""
         totals = dict.fromkeys(_COUNTER_NAMES, 0)
         totals.update(self._closed_counters)
         for prefix, queues in (("rx", self.rx_queues), ("tx", self.tx_queues)):

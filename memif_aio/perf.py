@@ -1,4 +1,5 @@
-"""Traffic for demos and benchmarks: an echo service, echo throughput, ping-pong latency.
+"""Traffic for demos and benchmarks: an echo service, echo throughput, ping-pong latency, and
+a windowed echo that checks every packet (numbered, sized at random) coming back.
 
 Every figure is measured by the side that sends and receives, so it counts only packets that
 made the whole trip.
@@ -7,10 +8,12 @@ made the whole trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import MemifError
 from .interface import Interface
@@ -190,3 +193,100 @@ async def send_rate(
                 await send(packet)
             count += 1024
     return Throughput(size, api, count, time.perf_counter() - start)
+
+
+_NUMBERED_BLOCK = random.Random(1234).randbytes(1 << 15)
+
+
+class Numbered:
+    """``count`` packets: packet i starts with i (u32, little-endian), then deterministic bytes;
+    its size is drawn (seeded) from ``min_size..max_size``, never one of ``exclude``."""
+
+    def __init__(
+        self, seed: int, count: int, min_size: int = 60, max_size: int = 9000, exclude=()
+    ) -> None:
+        if not 4 <= min_size <= max_size < len(_NUMBERED_BLOCK):
+            limit = len(_NUMBERED_BLOCK) - 1
+            raise ValueError(f"sizes {min_size}..{max_size} not within 4..{limit}")
+        rng = random.Random(seed)
+        self.sizes: list[int] = []
+        while len(self.sizes) < count:
+            size = rng.randint(min_size, max_size)
+            if size not in exclude:
+                self.sizes.append(size)
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def packet(self, i: int) -> bytes:
+        size = self.sizes[i]
+        start = (i * 7919 + self._seed) % (len(_NUMBERED_BLOCK) - size)
+        return (i.to_bytes(4, "little") + _NUMBERED_BLOCK[start : start + size])[:size]
+
+
+@dataclass
+class EchoResult:
+    delivered: int = 0
+    lost: int = 0  # numbers skipped, or still missing when the echo went quiet
+    bad: list[str] = field(default_factory=list)  # corrupt, glued, duplicated, out of order
+
+
+async def windowed_echo(txq, rxq, packets: Numbered, window: int, quiet: float = 0.5):
+    """Send ``packets`` through an echoing peer with up to ``window`` in flight (a packet is in
+    flight until it, or one sent after it, is back); check what comes back. A peer may drop
+    (a later number arriving first means the earlier ones are lost) but must not corrupt,
+    glue, duplicate or reorder. Nothing back for ``quiet`` seconds: what is in flight is lost.
+    """
+    count = len(packets)
+    result = EchoResult()
+    progress = asyncio.Event()
+    state = {"next": 0, "sent": 0}  # every number below "next" is delivered or lost
+
+    def give_up_in_flight() -> None:
+        result.lost += state["sent"] - state["next"]
+        state["next"] = state["sent"]
+
+    async def wait_progress() -> bool:
+        progress.clear()
+        try:
+            await asyncio.wait_for(progress.wait(), quiet)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def sender() -> None:
+        for i in range(count):
+            while i - state["next"] >= window:
+                if not await wait_progress():
+                    give_up_in_flight()
+            await txq.send(packets.packet(i))
+            state["sent"] = i + 1
+
+    async def receiver() -> None:
+        async for pkt in rxq:
+            data = bytes(pkt)
+            number = int.from_bytes(data[:4], "little") if len(data) >= 4 else -1
+            if not 0 <= number < count or data != packets.packet(number):
+                result.bad.append(f"corrupt or glued: {len(data)} bytes, number {number}")
+            elif number < state["next"]:
+                result.bad.append(f"packet {number} duplicated or out of order")
+            else:
+                result.lost += number - state["next"]
+                result.delivered += 1
+                state["next"] = number + 1
+            progress.set()
+
+    receiving = asyncio.ensure_future(receiver())
+    try:
+        await sender()
+        while state["next"] < count and not receiving.done():
+            if not await wait_progress():
+                give_up_in_flight()
+        if receiving.done():
+            receiving.result()  # raises what stopped it (a disconnect, a peer error)
+    finally:
+        receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await receiving
+    return result

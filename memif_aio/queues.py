@@ -46,6 +46,7 @@ class _Queue:
         self.index = index
         self._on_peer_error = on_peer_error
         self._closed_reason: str | None = None
+        self._peer_broke_it = False  # this queue's ring saw the peer's violation
 
     @property
     def closed(self) -> bool:
@@ -57,6 +58,7 @@ class _Queue:
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
         # The interface disconnects with this reason; the caller sees the exception too.
+        self._peer_broke_it = True
         self._on_peer_error(exc)
 
 
@@ -136,10 +138,8 @@ class RxQueue(_Queue):
             waiter.set_result(None)
 
     def _has_news(self) -> bool:
-        try:
-            return self._ring.pending() > 0
-        except MemifError:
-            return True  # a violation or a closed ring: the consumer finds out and reports it
+        # A bogus counter counts as news: the consumer's next read reports it (once).
+        return self._closed_reason is not None or self._ring.has_news()
 
     def _empty_wakeup(self) -> None:
         now = self._loop.time()
@@ -233,9 +233,10 @@ class RxQueue(_Queue):
         if self.closed:
             return
         self._closed_reason = reason
-        # memif does not order DISCONNECT with the rings: what is still published to us is lost.
-        with contextlib.suppress(MemifError):
-            self.drops += self._ring.pending()
+        # memif does not order DISCONNECT with the rings: what is still published to us is lost
+        # (so is what a peer published before breaking the rules). Counted as packets, once,
+        # and without counting the peer's error again.
+        self.drops += self._ring.unread_packets()
         self._interrupts.unwatch(self._eventfd)
         if self._deaf is not None:
             self._deaf.cancel()
@@ -406,8 +407,10 @@ class TxQueue(_Queue):
             return
         self._closed_reason = reason
         self.drops += self._ring.discard()  # staged, never published
-        if self._ring.role == "slave":
+        if self._ring.role == "slave" and not self._peer_broke_it:
             # Descriptors we published that the master never consumed are lost with the link.
+            # (Not when the master's counter broke the rules: asking again would count that
+            # error twice, and what it says is not to be trusted.)
             with contextlib.suppress(MemifError):
                 self.drops += self._ring.ring.size - self._ring.free_slots()
         self._ring.close()

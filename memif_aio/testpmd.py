@@ -121,6 +121,26 @@ class Testpmd:
         ]
         return float(statistics.median(values)) if values else 0.0
 
+    def forward_stats(self) -> dict[str, int]:
+        """testpmd's accumulated forward statistics, printed when it stops (after :meth:`stop`):
+        ``rx_packets``, ``rx_dropped``, ``tx_packets``, ``tx_dropped``. In ``io`` forwarding,
+        ``tx_dropped`` counts the received packets its transmit did not take (freed, lost).
+
+        The memif PMD zeroes its packet counters when its link goes down, so stop testpmd
+        while the link is up for the packet counts; ``tx_dropped`` is testpmd's own and stays.
+        """
+        text = self.output()
+        at = text.rfind("Accumulated forward statistics")
+        if at < 0:
+            raise ValueError("testpmd printed no forward statistics (not stopped yet?)")
+        stats = {}
+        for key in ("RX-packets", "RX-dropped", "TX-packets", "TX-dropped"):
+            match = re.search(rf"{key}:\s+(\d+)", text[at:])
+            if match is None:
+                raise ValueError(f"no {key} in testpmd's forward statistics")
+            stats[key.lower().replace("-", "_")] = int(match.group(1))
+        return stats
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -89,6 +89,10 @@ class DpdkTestpmd:
     async def stop(self) -> None:
         await asyncio.to_thread(self.pmd.stop)
 
+    def forward_stats(self) -> dict[str, int]:
+        """After stop(): testpmd's accumulated forward statistics (Testpmd.forward_stats)."""
+        return self.pmd.forward_stats()
+
 
 def wait_peer_fds_closed(timeout: float = 5.0) -> None:
     """fds received from a peer are closed off the loop (memif_aio.fds.close_later): wait for

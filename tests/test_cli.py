@@ -103,6 +103,8 @@ def test_ping_against_our_responder_and_refusals(abstract_path):
                 "2",
                 "-i",
                 "0",
+                "--dpdk-workaround",
+                "off",
                 "--json",
             ).stdout
         )
@@ -121,6 +123,16 @@ def test_ping_against_our_responder_and_refusals(abstract_path):
             "1",
         )
         assert silent.returncode == 4 and "no ARP reply" in silent.stderr
+
+
+def test_dpdk_workaround_flag_is_a_slave_option(abstract_path):
+    result = run("echo", abstract_path, "--role", "master", "--dpdk-workaround", "on")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "memif-aio echo: dpdk_workaround='on' is for role='slave' (it defends its rx rings)\n"
+    )
+    result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "--dpdk-workaround", "x")
+    assert result.returncode == 2 and "invalid choice: 'x'" in result.stderr
 
 
 def test_id_in_use_is_refused(abstract_path):

@@ -18,6 +18,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from dpdk_model import DpdkServerTx
 
 from memif_aio import _ring
 from memif_aio.errors import LocalProtocolError, PeerProtocolError
@@ -52,6 +53,7 @@ class Link:
         start=0,
         eventfds=False,
         max_burst=256,
+        rx_options=None,
     ):
         self.R = R
         self.size = size = 1 << log2
@@ -86,7 +88,11 @@ class Link:
         common = dict(buffer_size=buffer_size, buffer_region=1, max_burst=max_burst)
         self.stx = R.TxRing(self.s_s2m, role="slave", buffer_offsets=offs, **signal[0], **common)
         self.srx = R.RxRing(
-            self.s_m2s, role="slave", buffer_offsets=offs + size * buffer_size, **common
+            self.s_m2s,
+            role="slave",
+            buffer_offsets=offs + size * buffer_size,
+            **common,
+            **(rx_options or {}),
         )
         self.mrx = R.RxRing(self.m_s2m, role="master", max_burst=max_burst)
         self.mtx = R.TxRing(self.m_m2s, role="master", max_burst=max_burst, **signal[1])
@@ -646,7 +652,9 @@ def test_slave_rx_rejects_overlong_descriptor_and_tail_jumps(R, make_link):
     ring.tail = 1
     _expect_peer_error(link.srx, link.srx.rx_burst, "descriptor 0: length 257 > buffer size 256")
     ring.tail = 40
-    _expect_peer_error(link.srx, link.srx.rx_burst, "tail moved by 40 > ring size 16")
+    _expect_peer_error(
+        link.srx, link.srx.rx_burst, r"tail 40 is 24 slots past head 16 \(ring size 16\)"
+    )
     ring.tail = 0
     assert len(link.srx.rx_burst()) == 0  # usable again once the peer behaves
     link2 = make_link(R, log2=4, buffer_size=256)
@@ -654,7 +662,7 @@ def test_slave_rx_rejects_overlong_descriptor_and_tail_jumps(R, make_link):
     srx = R.RxRing(link2.s_m2s, role="slave", buffer_size=256, buffer_offsets=np.arange(16) * 256)
     link2.queues.append(srx)
     link2.m_m2s.tail = 3  # ...but the master claims to have filled 3
-    _expect_peer_error(srx, srx.pending, "tail moved by 3 beyond the 0 descriptors we published")
+    _expect_peer_error(srx, srx.pending, "tail 3 is 3 slots past head 0")
 
 
 def test_slave_rx_ignores_peer_region_and_offset(R, make_link):
@@ -1248,7 +1256,12 @@ def _apply(link: Link, op):
             _outcome(link.srx.pending),
             _outcome(link.stx.free_slots),
             _outcome(link.mtx.free_slots),
+            link.mrx.unread_packets(),
+            link.srx.unread_packets(),
         ]
+    if kind == "dpdk":
+        link.dpdk.stale_flags = op[2]
+        return link.dpdk.tx_burst([_packet(n) for n in op[1]])
     ring = link.s_s2m if op[1] == "s2m" else link.s_m2s
     if kind == "desc":
         slot = op[2] & (link.size - 1)
@@ -1267,12 +1280,13 @@ def _outcome(call, *args):
         return "error", type(e).__name__, str(e)
 
 
-def _differential(geometry, ops):
+def _differential(geometry, ops, rx_options=None):
     log2, cacheline, bs, start, max_burst = geometry
     cy_mod = importlib.import_module(IMPLS["cython"])
     py_mod = importlib.import_module(IMPLS["python"])
     kw = dict(log2=log2, cacheline=cacheline, buffer_size=bs, start=start, max_burst=max_burst)
-    a, b = Link(cy_mod, **kw), Link(py_mod, **kw)
+    a, b = Link(cy_mod, rx_options=rx_options, **kw), Link(py_mod, rx_options=rx_options, **kw)
+    a.dpdk, b.dpdk = _dpdk(a), _dpdk(b)
     try:
         assert a.memory() == b.memory()
         for step, op in enumerate(ops):
@@ -1341,3 +1355,375 @@ def test_master_rx_clears_flags_of_returned_slots(R, make_link):
         ring.set_descriptor(slot, flags, region, 10 + slot, offset, meta)
     ring.head = 8
     assert list(link.mrx.rx_burst().lengths) == [10, 11, 12, 13]
+
+
+# ------------------------------------------------------------- DPDK's transmit off-by-one
+# tests/dpdk_model.py writes into the M2S ring exactly what DPDK's eth_memif_tx writes.
+
+DEFENCE = {"sentinel": True, "short_next_ends_packet": True}
+
+
+def _dpdk(link, **kw):
+    return DpdkServerTx(link.m_m2s, link.mmaps, **kw)
+
+
+def _numbered(i: int, size: int) -> bytes:
+    return (i.to_bytes(4, "little") + random.Random(i).randbytes(size))[:size]
+
+
+def _fill(dpdk, count: int, first: int = 0, size: int = 100) -> list[bytes]:
+    packets = [_numbered(first + i, size) for i in range(count)]
+    assert dpdk.tx_burst(packets) == count
+    return packets
+
+
+@pytest.mark.parametrize("variant", ["ends-in-stolen-slot", "rolled-back"])
+def test_dpdk_model_without_the_defence_corrupts_and_glues(R, make_link, variant):
+    """The model reproduces what the issue saw; the overrun is caught before any refill."""
+    link = make_link(R, log2=4, buffer_size=256)
+    dpdk = _dpdk(link)
+    held = _fill(dpdk, 15)  # one free slot left of the 16 we published
+    burst = link.srx.rx_burst()
+    assert [bytes(burst[i]) for i in range(15)] == held
+    if variant == "ends-in-stolen-slot":
+        assert dpdk.tx_burst([_numbered(99, 300)]) == 1  # needs 2 slots: the 2nd is slot 0
+        assert link.m_m2s.tail == 17  # free wrapped: tail published past our head
+        _expect_peer_error(
+            link.srx, link.srx.rx_burst, r"tail 17 is 1 slots past head 16 \(ring size 16\)"
+        )
+        assert link.s_m2s.head == 16  # not refilled: the overrun cannot be made to look legal
+        assert len(burst) == 15 and bytes(burst[0]) != held[0]  # a view it wrote under us
+        assert link.srx.unread_packets() == 1
+    else:
+        assert dpdk.tx_burst([_numbered(99, 600)]) == 0  # dropped after writing into slot 0
+        assert bytes(burst[0]) != held[0]
+        late = _fill(dpdk, 1, first=100, size=50)  # lands on slot 15, which kept NEXT
+        assert len(link.srx.rx_burst()) == 0  # looks like the start of a chain
+        after = _fill(dpdk, 1, first=101, size=40)
+        glued = link.srx.rx_burst()
+        assert len(glued) == 1 and bytes(glued[0]) == late[0] + after[0]
+
+
+@pytest.mark.parametrize("size", [300, 600])  # ends in the extra slot; needs yet more
+def test_sentinel_turns_dpdk_extra_step_into_a_drop(R, make_link, size):
+    link = make_link(R, log2=4, buffer_size=256, rx_options=DEFENCE)
+    assert link.s_m2s.head == 15 and link.s_m2s.descriptor(15)[2] == 0  # the sentinel
+    dpdk = _dpdk(link)
+    held = _fill(dpdk, 14)  # exactly one free slot
+    burst = link.srx.rx_burst()
+    views = [burst[i] for i in range(14)]
+    before = link.memory()
+    assert dpdk.tx_burst([_numbered(99, size)]) == 0 and dpdk.dropped == 1
+    assert link.m_m2s.tail == 14
+    assert [bytes(v) for v in views] == held  # nothing written under a held view
+    assert link.s_m2s.descriptor(15) == before_desc(before, link, 15)
+    late = _fill(dpdk, 1, first=100, size=50)  # on slot 14, left with a stale NEXT
+    assert link.s_m2s.descriptor(14)[0] == R.DESC_FLAG_NEXT
+    del views
+    got = link.srx.rx_burst()
+    assert [bytes(got[i]) for i in range(len(got))] == late
+    more = _fill(dpdk, 3, first=101, size=700)
+    got = link.srx.rx_burst()
+    assert [bytes(got[i]) for i in range(len(got))] == more
+    assert link.srx.errors == 0
+
+
+def before_desc(memory: bytes, link, slot: int) -> tuple:
+    at = link.s_m2s.offset + 2 * link.s_m2s.cacheline + 16 * slot
+    return struct.unpack_from("<HHIII", memory, at)
+
+
+def test_without_the_stale_next_rule_dpdk_22_glues_after_a_drop(R, make_link):
+    link = make_link(R, log2=4, buffer_size=256, rx_options={"sentinel": True})
+    dpdk = _dpdk(link)
+    _fill(dpdk, 14)
+    link.srx.rx_burst()
+    assert dpdk.tx_burst([_numbered(99, 600)]) == 0
+    late = _fill(dpdk, 1, first=100, size=50)
+    assert len(link.srx.rx_burst()) == 0
+    after = _fill(dpdk, 1, first=101, size=40)
+    assert bytes(link.srx.rx_burst()[0]) == late[0] + after[0]
+    # DPDK >= 26.03 clears the flags it leaves: the sentinel alone is enough there.
+    link = make_link(R, log2=4, buffer_size=256, rx_options={"sentinel": True})
+    dpdk = _dpdk(link, stale_flags=False)
+    _fill(dpdk, 14)
+    link.srx.rx_burst()
+    assert dpdk.tx_burst([_numbered(99, 600)]) == 0
+    late = _fill(dpdk, 1, first=100, size=50)
+    assert [bytes(p) for p in [link.srx.rx_burst()[0]]] == late
+
+
+def test_sentinel_placement_and_handover_across_wraparound(R, make_link):
+    start = 65530
+    link = make_link(R, log2=3, buffer_size=256, start=start, rx_options=DEFENCE)
+    ring, srx = link.s_m2s, link.srx
+    head = (start + 7) & 0xFFFF
+    assert ring.head == head and ring.descriptor(head & 7)[2] == 0
+    dpdk = _dpdk(link)
+    sent = _fill(dpdk, 3)
+    burst = srx.rx_burst()
+    assert [bytes(burst[i]) for i in range(len(burst))] == sent
+    srx.release()  # tail had not reached head: the old sentinel is handed over empty
+    old, head = head, (start + 10) & 0xFFFF
+    assert ring.head == head
+    assert ring.descriptor(old & 7)[2] == 0  # given as it was: capacity 0
+    assert [ring.descriptor((old + k) & 7)[2] for k in (1, 2)] == [256, 256]
+    assert ring.descriptor(head & 7)[2] == 0  # the new sentinel, the slot before our rel
+    # DPDK steps over the empty slot (it costs the packet on it a slot); we skip it: one
+    # segment, zero-copy.
+    sent = _fill(dpdk, 6, first=10)
+    assert link.m_m2s.tail == head
+    burst = srx.rx_burst()
+    assert [bytes(burst[i]) for i in range(len(burst))] == sent
+    assert set(burst.nsegments.tolist()) == {1}
+    srx.release()  # tail == head: no burst can step onto it any more, it is refilled
+    old, head = head, (head + 7) & 0xFFFF
+    assert ring.head == head and ring.head < start  # wrapped
+    assert [ring.descriptor((old + k) & 7)[2] for k in range(7)] == [256] * 7
+    assert ring.descriptor(head & 7)[2] == 0
+    # One slot freed while tail is short of head: nothing would be gained, wait.
+    _fill(dpdk, 1, first=20)
+    srx.rx_burst()
+    srx.release()
+    assert ring.head == head
+    _fill(dpdk, 1, first=21)
+    srx.rx_burst()
+    srx.release()
+    assert ring.head == (head + 2) & 0xFFFF
+    assert (ring.head - link.m_m2s.tail) & 0xFFFF <= 7
+
+
+def test_refill_never_publishes_more_than_size_minus_one(R, make_link):
+    rng = random.Random(7)
+    link = make_link(R, log2=4, buffer_size=128, start=65500, rx_options=DEFENCE)
+    dpdk = _dpdk(link)
+    seq = 0
+    for _ in range(400):
+        sizes = [rng.choice([60, 100, 128, 129, 300, 500]) for _ in range(rng.randint(1, 6))]
+        dpdk.tx_burst([_numbered(seq + i, n) for i, n in enumerate(sizes)])
+        seq += len(sizes)
+        if rng.random() < 0.7:
+            link.srx.rx_burst(rng.randint(0, 5))
+        if rng.random() < 0.3:
+            link.srx.release()
+        ring = link.s_m2s
+        assert (ring.head - link.srx.ring.tail) & 0xFFFF <= 15
+        assert ring.descriptor(ring.head & 15)[2] == 0
+    assert link.srx.errors == 0
+
+
+def test_sentinel_and_stale_next_rule_are_slave_options(R, make_link):
+    link = make_link(R, log2=3)
+    with pytest.raises(ValueError, match="role='slave'"):
+        R.RxRing(link.m_s2m, role="master", sentinel=True)
+    with pytest.raises(ValueError, match="role='slave'"):
+        R.RxRing(link.m_s2m, role="master", short_next_ends_packet=True)
+    regions = R.RegionTable([bytearray(4096)])
+    one = R.Ring(regions, 0, 0, 0)
+    one.initialize()
+    with pytest.raises(ValueError, match="at least 2"):
+        R.RxRing(
+            one, role="slave", buffer_region=0, buffer_size=64, buffer_offsets=[2048], sentinel=True
+        )
+    regions.close()
+    assert not link.srx.sentinel and not link.srx.short_next_ends_packet
+    link = make_link(R, log2=3, rx_options=DEFENCE)
+    assert link.srx.sentinel and link.srx.short_next_ends_packet
+
+
+@pytest.mark.parametrize("rule", [False, True])
+def test_short_next_rule(R, make_link, rule):
+    link = make_link(
+        R, log2=4, buffer_size=256, rx_options={"short_next_ends_packet": rule, "sentinel": True}
+    )
+    ring = link.m_m2s
+    offs = link.srx.buffer_offsets
+    layout = [
+        (1, 100), (0, 50),  # NEXT on a partly filled slot: stale under the rule
+        (1, 256), (0, 20),  # a real chain either way
+        (1, 0), (0, 30),  # an empty slot the peer stepped over
+        (1, 256), (1, 40), (0, 10),  # a packet starts at 40: the chain before it was stale
+        (1, 256), (1, 0), (0, 5),  # an empty slot inside a chain stays a (0-byte) segment
+    ]  # fmt: skip
+    for slot, (flags, length) in enumerate(layout):
+        ring.set_descriptor(slot, flags, 1, length, int(offs[slot]))
+    ring.tail = len(layout)
+    unread = link.srx.unread_packets()
+    burst = link.srx.rx_burst()
+    if rule:
+        assert burst.lengths.tolist() == [100, 50, 276, 30, 256, 40, 10, 261]
+        assert burst.nsegments.tolist() == [1, 1, 2, 1, 1, 1, 1, 3]
+    else:
+        assert burst.lengths.tolist() == [150, 276, 30, 306, 261]
+        assert burst.nsegments.tolist() == [2, 2, 1, 3, 3]
+    assert unread == len(burst)
+    data = [bytes(burst[i]) for i in range(len(burst))]
+    assert [len(x) for x in data] == burst.lengths.tolist()
+    assert link.srx.unread_packets() == 0
+
+
+def test_empty_next_slot_is_kept_as_a_segment_without_the_sentinel(R, make_link):
+    link = make_link(R, log2=3, buffer_size=256)
+    ring, offs = link.m_m2s, link.srx.buffer_offsets
+    ring.set_descriptor(0, 1, 1, 0, int(offs[0]))
+    ring.set_descriptor(1, 0, 1, 30, int(offs[1]))
+    ring.tail = 2
+    assert link.srx.rx_burst().nsegments.tolist() == [2]
+
+
+def test_master_rx_bounds_head_by_what_it_has_returned(R, make_link):
+    """A peer that refills past the slots we still hold (DPDK's client at a full ring does)
+    is caught even while we hold a burst."""
+    link = make_link(R, log2=4)
+    assert link.stx.tx_burst([b"x"] * 10) == 10
+    burst = link.mrx.rx_burst()
+    assert len(burst) == 10
+    link.s_s2m.head = 17  # 17 beyond the tail we published (0)
+    _expect_peer_error(link.mrx, link.mrx.rx_burst, "head moved by 17 > ring size 16")
+    assert len(burst) == 10 and link.m_s2m.tail == 0  # nothing released
+    link.s_s2m.head = 16
+    assert len(link.mrx.rx_burst()) == 6
+
+
+def test_unread_packets_counts_whole_packets_and_no_error(R, make_link):
+    link = make_link(R, log2=4, buffer_size=256)
+    assert link.mtx.tx_burst([b"a" * 10, b"b" * 600, b"c"]) == 3  # 1 + 3 + 1 descriptors
+    assert link.srx.unread_packets() == 3 and link.srx.pending() == 5
+    assert link.stx.tx_burst([b"d" * 300, b"e"]) == 2
+    assert link.mrx.unread_packets() == 2
+    link.m_m2s.tail = 40
+    before = link.srx.errors
+    # The peer claims more than we gave it: counted up to what we had published (3 packets,
+    # then 11 slots it says it filled one packet each).
+    assert link.srx.unread_packets() == 3 + 11
+    assert link.srx.errors == before
+    link.srx.close()
+    assert link.srx.unread_packets() == 0
+
+
+def _dpdk_run(R, make_link, seed: int, rx_options, steps: int):
+    """Random DPDK bursts against a slave that reads, holds and releases at random, then
+    drains; returns the problems seen (corrupt, glued, duplicated or reordered packets, held
+    views that changed, peer errors), packets DPDK took and dropped, and packets delivered."""
+    rng = random.Random(seed)
+    link = make_link(R, log2=5, buffer_size=256, rx_options=rx_options)
+    dpdk = _dpdk(link)
+    srx = link.srx
+    sent: dict[int, bytes] = {}
+    problems: list[str] = []
+    held: list[tuple[object, bytes]] = []
+    state = {"last": -1, "delivered": 0}
+
+    def receive(max_packets: int) -> int:
+        burst = srx.rx_burst(max_packets)
+        held.clear()
+        for i in range(len(burst)):
+            data = bytes(burst[i])
+            number = int.from_bytes(data[:4], "little")
+            if sent.get(number) != data:
+                problems.append(f"corrupt or glued packet ({len(data)} bytes)")
+            elif number <= state["last"]:
+                problems.append(f"packet {number} duplicated or out of order")
+            else:
+                state["last"] = number
+                state["delivered"] += 1
+                held.append((burst[i], data))
+        return len(burst)
+
+    seq = 0
+    try:
+        for _ in range(steps):
+            count = rng.randint(1, 8)
+            # Exactly one buffer long is the one length the stale-NEXT rule cannot tell from
+            # the start of a chain (README): left out here, pinned by its own test.
+            sizes = [
+                rng.choice([rng.randint(60, 255), rng.randint(257, 1200)]) for _ in range(count)
+            ]
+            packets = [_numbered(seq + i, n) for i, n in enumerate(sizes)]
+            n = dpdk.tx_burst(packets)
+            sent.update((seq + i, packets[i]) for i in range(n))
+            seq += count
+            if any(bytes(view) != data for view, data in held):
+                problems.append("a held view changed")
+            if rng.random() < 0.5:
+                receive(rng.randint(1, 12))
+                if rng.random() < 0.3:
+                    srx.release()
+                    held.clear()
+        while receive(256):
+            pass
+    except PeerProtocolError as exc:
+        problems.append(f"peer error: {exc.reason}")
+    return problems, dpdk.sent, dpdk.dropped, state["delivered"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dpdk_model_soak_with_the_defence_delivers_nothing_bad(R, make_link, seed):
+    steps = 3000 if R.__name__.endswith("._ring") else 600
+    problems, sent, dropped, delivered = _dpdk_run(R, make_link, seed, DEFENCE, steps)
+    assert problems == []
+    assert dropped > steps // 20  # the ring was often full: the extra step really happened
+    assert delivered == sent  # every packet DPDK took arrived, exactly once
+
+
+def test_dpdk_model_soak_without_the_defence_goes_wrong(R, make_link):
+    steps = 3000 if R.__name__.endswith("._ring") else 600
+    problems, *_ = _dpdk_run(R, make_link, 0, {}, steps)
+    assert problems  # the same traffic, undefended: corrupt, glued or an overrun
+
+
+# DPDK as the master's transmitter (the model), never our own TxRing on that ring: both write
+# its tail. The receiver is a slave with or without the defences.
+_DPDK_SIZES = st.lists(st.sampled_from([0, 1, 60, 63, 64, 65, 199, 200, 201, 256, 257, 700]),
+                       min_size=1, max_size=8)  # fmt: skip
+_DPDK_OPS = st.integers(0, 99).flatmap(
+    lambda k: (
+        st.tuples(st.just("dpdk"), _DPDK_SIZES, st.booleans())
+        if k < 40
+        else st.tuples(st.just("rx"), st.just("srx"), st.none() | st.integers(0, 12))
+        if k < 75
+        else st.tuples(st.just("release"), st.just("srx"))
+        if k < 85
+        else st.tuples(st.just("refill"))
+        if k < 88
+        else st.tuples(st.just("query"))
+        if k < 94
+        else st.tuples(st.just("counter"), st.just("m2s"), st.just("tail"), st.integers(-3, 20))
+        if k < 97
+        else st.tuples(
+            st.just("desc"),
+            st.just("m2s"),
+            st.integers(0, 31),
+            st.sampled_from([0, 1]),
+            st.just(1),
+            st.sampled_from([0, 1, 64, 200, 256, 257]),
+            st.sampled_from([0, 64, 256]),
+            st.just(0),
+        )
+    )
+)
+
+
+@_SETTINGS
+@given(
+    _GEOMETRY.filter(lambda g: g[0] >= 1),
+    st.sampled_from([{}, {"sentinel": True}, DEFENCE]),
+    st.lists(_DPDK_OPS, min_size=5, max_size=60),
+)
+def test_differential_dpdk_peer(geometry, rx_options, ops):
+    _differential(geometry, ops, rx_options)
+
+
+def test_has_news_is_one_unvalidated_load(R, make_link):
+    """What an interrupt is checked against: the peer's counter moved, bogus or not, and no
+    error is counted for it (the next rx_burst reports a bogus one, once)."""
+    link = make_link(R, log2=4, buffer_size=256)
+    assert not link.mrx.has_news() and not link.srx.has_news()
+    assert link.stx.tx_burst([b"x"]) == 1
+    assert link.mrx.has_news()
+    assert len(link.mrx.rx_burst()) == 1 and not link.mrx.has_news()
+    link.s_s2m.head = 3000  # bogus
+    assert link.mrx.has_news() and link.mrx.errors == 0
+    _expect_peer_error(link.mrx, link.mrx.rx_burst, "head moved by")
+    link.mrx.close()
+    assert not link.mrx.has_news()
