@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ._ring import DEFAULT_MAX_PACKET_SIZE
+from ._ring import DEFAULT_MAX_PACKET_SIZE, Burst
 from ._version import __version__
 from .adapters import (
     MemifTransport,
@@ -36,12 +36,19 @@ from .errors import (
 )
 from .handshake import Role
 from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
+from .link import Stats
 from .protocol import Mode
-from .socket import Socket, split_socket_options
+from .queues import RxQueue, TxQueue
+from .socket import Socket, open_interface
 
 __all__ = [
     "__version__",
+    "Burst",
     "DEFAULT_MAX_PACKET_SIZE",
+    "RxQueue",
+    "Stats",
+    "TxQueue",
+    "open_interface",
     "MemifTransport",
     "PacketReader",
     "PacketWriter",
@@ -70,17 +77,6 @@ __all__ = [
 ]
 
 
-@contextlib.asynccontextmanager
-async def _open(
-    role: str, path: str, id: int, timeout: float | None, fail_fast: bool, options: dict[str, Any]
-) -> AsyncIterator[Interface]:
-    socket_options, options = split_socket_options(options)
-    async with Socket(path, **socket_options) as sock:
-        interface = await sock.create_interface(id=id, role=role, **options)
-        await interface.wait_connected(timeout, fail_fast=fail_fast)
-        yield interface
-
-
 def connect(
     path: str, id: int = 0, *, timeout: float | None = 10.0, **options: Any
 ) -> contextlib.AbstractAsyncContextManager[Interface]:
@@ -89,15 +85,20 @@ def connect(
     A refusal by the master (wrong secret, unknown id, id in use) raises its
     :class:`HandshakeError` at once; no master within ``timeout`` raises ``HandshakeTimeout``.
     Options are those of :class:`Interface` and :class:`Socket`.
+
+    Example::
+
+        async with memif_aio.connect("@/run/memif.sock", secret="s3cr3t") as iface:
+            await iface.tx_queues[0].send(b"hello")
     """
-    return _open("slave", path, id, timeout, True, options)
+    return open_interface(path, role="slave", id=id, timeout=timeout, fail_fast=True, **options)
 
 
 def listen(
     path: str, id: int = 0, *, timeout: float | None = None, **options: Any
 ) -> contextlib.AbstractAsyncContextManager[Interface]:
     """Master: listen at ``path`` and yield the :class:`Interface` once a slave connects."""
-    return _open("master", path, id, timeout, False, options)
+    return open_interface(path, role="master", id=id, timeout=timeout, **options)
 
 
 T = TypeVar("T")

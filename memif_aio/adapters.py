@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ConfigError, DisconnectedError, MemifError
 from .interface import Interface
-from .socket import Socket, split_socket_options
+from .socket import open_interface
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,16 @@ class MemifTransport(asyncio.DatagramTransport):
         protocol: asyncio.BaseProtocol,
         *,
         queue: int = 0,
-        owns_socket: Socket | None = None,
+        owns: contextlib.AbstractAsyncContextManager[Interface] | None = None,
     ) -> None:
         super().__init__({"memif": iface.details(), "interface": iface})
         self._iface = iface
         self._protocol = protocol
         self._rxq = iface.rx_queues[queue]
         self._txq = iface.tx_queues[queue]
-        self._owned_socket = owns_socket
+        self._owned = owns  # the interface's socket, closed with the transport
         self._loop = asyncio.get_running_loop()
-        self._address = (iface.socket.path, iface.id)
+        self._address = (iface.socket_path, iface.id)
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
         self._high_water = DEFAULT_HIGH_WATER
@@ -223,8 +223,8 @@ class MemifTransport(asyncio.DatagramTransport):
 
     async def _release(self, exc: Exception | None) -> None:
         try:
-            if self._owned_socket is not None:
-                await self._owned_socket.close()
+            if self._owned is not None:
+                await self._owned.__aexit__(None, None, None)
             else:
                 await self._iface.close()
         finally:
@@ -251,19 +251,15 @@ async def create_endpoint(
     Returns once the link is up and ``protocol.connection_made(transport)`` ran. Options are
     those of :class:`~memif_aio.Socket` and :class:`~memif_aio.Interface`.
     """
-    socket_options, options = split_socket_options(options)
-    sock = Socket(path, **socket_options)
-    try:
-        iface = await sock.create_interface(id=id, role=role, **options)
-        await iface.wait_connected(timeout, fail_fast=role in ("slave", "client"))
-    except BaseException:
-        await sock.close()
-        raise
+    opened = open_interface(
+        path, role=role, id=id, timeout=timeout, fail_fast=role in ("slave", "client"), **options
+    )
+    iface = await opened.__aenter__()
     try:
         protocol = protocol_factory()
-        transport = MemifTransport(iface, protocol, queue=queue, owns_socket=sock)
+        transport = MemifTransport(iface, protocol, queue=queue, owns=opened)
     except BaseException:
-        await sock.close()
+        await opened.__aexit__(None, None, None)
         raise
     protocol.connection_made(transport)
     return transport, protocol

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import errno
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_FDS_PER_FRAME = 253
 _ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
 _FRAMES_PER_WAKEUP = 64  # fairness: a flooding peer cannot monopolise the loop
+_BACKLOG_RETRY = 0.005  # seconds between connect attempts while a listener's backlog is full
 
 FrameHandler = Callable[[bytes, list[int]], None]
 CloseHandler = Callable[[Exception | None], None]
@@ -45,6 +47,30 @@ def new_seqpacket_socket() -> socket.socket:
     return socket.socket(
         socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
     )
+
+
+async def connect_seqpacket(address: str, timeout: float) -> socket.socket:
+    """A connected control socket. A non-blocking AF_UNIX connect never waits: it fails with
+    EAGAIN while the listener's backlog is full (a flood), and becoming writable afterwards
+    does not mean connected. So retry it for up to ``timeout`` seconds, as a blocking connect
+    would wait. ``OSError`` (ECONNREFUSED, ENOENT...) when nobody listens."""
+    sock = new_seqpacket_socket()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            try:
+                sock.connect(address)
+                return sock
+            except (BlockingIOError, InterruptedError):
+                if loop.time() > deadline:
+                    raise ConnectionRefusedError(
+                        errno.EAGAIN, "the listener's connection backlog stays full"
+                    ) from None
+                await asyncio.sleep(_BACKLOG_RETRY)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

@@ -51,4 +51,9 @@ class DisconnectedError(MemifError):
 
 
 class HandshakeTimeout(MemifError, TimeoutError):
-    """The peer did not complete the handshake in time."""
+    """The peer did not complete the handshake in time. ``unreachable``: a slave found
+    nobody listening at the socket (rather than a master that did not finish)."""
+
+    def __init__(self, reason: str = "", *, unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.unreachable = unreachable

@@ -33,11 +33,13 @@ _CLOSER_THREADS = 4  # a peer can stall one closer per fd it lingers; more are s
 
 
 def inspect_fd(fd: int) -> FdInfo:
-    """Classify ``fd`` without changing it and without a syscall that can block.
+    """Classify ``fd`` without a syscall that can block; seal shared memory against shrinking.
 
     The facts the handshake checks: ``kind`` (memfd, file, eventfd, other), and for shared
     memory its size and seals, for an eventfd whether it is blocking, a semaphore, and its
-    kernel id (to spot one eventfd handed in twice).
+    kernel id (to spot one eventfd handed in twice). Shared memory that allows it is sealed
+    with ``F_SEAL_SHRINK`` before its size is read, so the size it reports is one the peer
+    can never go below: the region cannot be truncated under a mapping (SIGBUS).
     """
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -54,6 +56,10 @@ def inspect_fd(fd: int) -> FdInfo:
             return FdInfo("other")
         # Not shmem or hugetlbfs: a file on some other file system (maybe FUSE: no fstat).
         return FdInfo("file")
+    if not seals & (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+            seals |= fcntl.F_SEAL_SHRINK
     st = os.fstat(fd)  # shmem/hugetlbfs: answered from the inode, never waits
     if not stat.S_ISREG(st.st_mode):
         return FdInfo("other")

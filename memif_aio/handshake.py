@@ -1,27 +1,32 @@
-"""The memif handshake as two sans-IO state machines, one per role.
+"""The memif handshake as sans-IO state machines, one per role, driven by one table.
 
 Rules (MEMIF-PROTOCOL.md, "Handshake"):
 
 - The master speaks first (HELLO); then the slave drives in lock-step: INIT, ADD_REGION x n,
   ADD_RING x m (S2M rings, then M2S rings), CONNECT, each sent only after the master's ACK
-  (CONNECTED for the last). Anything else is "message out of order".
+  (CONNECTED for the last). A message the table below does not list for the current state is
+  "message out of order".
+- Only ADD_REGION and ADD_RING carry an fd (exactly one). Masters never send fds.
 - A rejection is a DISCONNECT carrying a reason, then the channel closes. Every reason we send
-  is one of the constants below, so tests, logs and users see the same words.
+  is one of the constants below, so tests, logs and users see the same words, and each maps to
+  one exception class (``error_for``).
 - Either side may DISCONNECT at any time; after the link is up that is the only legal message.
 
-The machines never touch sockets, memory or clocks. They consume ``receive(message, fds)``,
-``handle_timer(now)`` and the answers to their own requests (``memory_created``,
-``memory_mapped``), and return a list of actions for the I/O layer to carry out in order.
-Received fds are owned by the machine from the moment they are passed in: it either hands them
-over in ``LinkUp`` or asks for them to be closed (``CloseFds``).
+The machines never touch sockets, memory, fds or clocks. They consume ``receive(message,
+fds)`` / ``receive_frame(frame, fds)``, where each received fd comes with the facts the I/O
+layer gathered about it (:class:`ReceivedFd`), ``handle_timer(now)`` and the answers to their
+own requests (``memory_created``, ``memory_mapped``), and return a list of actions for the I/O
+layer to carry out in order. Received fds are owned by the machine from the moment they are
+passed in: it either hands them over in ``LinkUp`` or asks for them to be closed (``CloseFds``).
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import protocol as p
 from .errors import (
@@ -32,6 +37,51 @@ from .errors import (
     MemifError,
     SecretMismatch,
 )
+from .protocol import MessageType as M
+
+
+class Role(str, enum.Enum):
+    MASTER = "master"
+    SLAVE = "slave"
+
+    @classmethod
+    def parse(cls, value: Role | str) -> Role:
+        aliases = {"server": cls.MASTER, "client": cls.SLAVE}
+        if isinstance(value, str) and value.lower() in aliases:
+            return aliases[value.lower()]
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"role must be master/server or slave/client: {value!r}") from None
+
+
+class State(enum.Enum):
+    WAIT_HELLO = "wait-hello"  # slave
+    WAIT_MEMORY = "wait-memory"  # slave, our CreateMemory is outstanding
+    WAIT_ACK = "wait-ack"  # slave, one message in flight
+    WAIT_CONNECTED = "wait-connected"  # slave
+    WAIT_INIT = "wait-init"  # master
+    WAIT_SETUP = "wait-setup"  # master: regions, rings, CONNECT
+    WAIT_MAPPING = "wait-mapping"  # master, our MapMemory is outstanding
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+# The whole protocol, both roles: (role, state, message received) -> handler. DISCONNECT is
+# accepted in every state but CLOSED; everything else is out of order.
+TRANSITIONS: dict[tuple[Role, State, M], str] = {
+    (Role.SLAVE, State.WAIT_HELLO, M.HELLO): "_on_hello",
+    (Role.SLAVE, State.WAIT_ACK, M.ACK): "_on_ack",
+    (Role.SLAVE, State.WAIT_CONNECTED, M.CONNECTED): "_on_connected",
+    (Role.MASTER, State.WAIT_INIT, M.INIT): "_on_init",
+    (Role.MASTER, State.WAIT_SETUP, M.ADD_REGION): "_on_add_region",
+    (Role.MASTER, State.WAIT_SETUP, M.ADD_RING): "_on_add_ring",
+    (Role.MASTER, State.WAIT_SETUP, M.CONNECT): "_on_connect",
+}
+FDS_CARRIED = {M.ADD_REGION: 1, M.ADD_RING: 1}  # every other message carries none
+_TAKES_FDS = {
+    role: any(FDS_CARRIED.get(m) for r, _, m in TRANSITIONS if r is role) for role in Role
+}
 
 # Reasons sent in DISCONNECT. Keep them short: the field holds 96 bytes.
 UNKNOWN_ID = "unknown interface id"
@@ -70,30 +120,23 @@ TOO_MANY_PENDING_FROM_PEER = "too many pending connections from this process"
 PEER_CLOSED = "peer closed the control channel"  # EOF without DISCONNECT: not a refusal
 LOCAL_CLOSE = "interface closed"
 
+# The exception class of a refusal, by the reason's code (the text before any ": detail").
+# Peers' own words for the same refusal count too: libmemif and DPDK say "Incorrect secret".
+_ERRORS: dict[str, type[MemifError]] = {
+    SECRET_MISMATCH: SecretMismatch,
+    "Incorrect secret": SecretMismatch,
+    TIMEOUT: HandshakeTimeout,
+}
+
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 SEAL_SEAL = 0x1  # F_SEAL_SEAL: no more seals can be added
 SEAL_SHRINK = 0x2  # F_SEAL_SHRINK
 MAX_REGION_SIZE = 1 << 40  # what we are willing to map from a peer
 
 
-class Role(str, enum.Enum):
-    MASTER = "master"
-    SLAVE = "slave"
-
-    @classmethod
-    def parse(cls, value: Role | str) -> Role:
-        aliases = {"server": cls.MASTER, "client": cls.SLAVE}
-        if isinstance(value, str) and value.lower() in aliases:
-            return aliases[value.lower()]
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"role must be master/server or slave/client: {value!r}") from None
-
-
-def ring_bytes(log2_ring_size: int, cacheline: int = 64) -> int:
-    """Bytes of one ring: a two-cache-line header plus 16-byte descriptors."""
-    return 2 * cacheline + (16 << log2_ring_size)
+def error_for(reason: str) -> MemifError:
+    """The exception for a refusal with ``reason`` (ours or the peer's)."""
+    return _ERRORS.get(reason.split(":", 1)[0], HandshakeError)(reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,10 +144,39 @@ def ring_bytes(log2_ring_size: int, cacheline: int = 64) -> int:
 
 
 @dataclass(frozen=True)
+class FdInfo:
+    """What a received fd is, as far as the rules care (gathered by the I/O layer).
+
+    ``kind``: ``"memfd"`` (shared memory that supports seals: memfd, or a hugetlbfs/tmpfs
+    file), ``"file"`` (another regular file: on disk, it can be truncated under our mapping),
+    ``"eventfd"``, or ``"other"``. ``seals`` are the F_GET_SEALS bits of a memfd, after the
+    I/O layer added ``SEAL_SHRINK`` where it could. For an eventfd: ``blocking`` (opened
+    without O_NONBLOCK), ``semaphore`` (EFD_SEMAPHORE) and the kernel's ``eventfd_id`` (None
+    where the kernel does not tell), which tells one eventfd handed in twice apart from two.
+    """
+
+    kind: str
+    size: int = 0
+    seals: int = 0
+    blocking: bool = False
+    semaphore: bool = False
+    eventfd_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ReceivedFd:
+    """An fd that arrived with a frame, and the facts about it."""
+
+    fd: int
+    info: FdInfo
+
+
+@dataclass(frozen=True)
 class RegionSpec:
     index: int
     size: int
     fd: int
+    sealed: bool = True  # cannot shrink below ``size`` (always true for our own memory)
 
 
 @dataclass(frozen=True)
@@ -141,8 +213,6 @@ class LinkSetup:
     m2s_rings: list[RingSpec]
     peer_name: str = ""  # the peer's interface name (CONNECT / CONNECTED)
     peer_app_name: str = ""  # the peer's application name (HELLO / INIT)
-    # Master: the peer may hand over regions that cannot be sealed (see MasterInterfaceConfig).
-    allow_unsealed_regions: bool = False
 
     def fds(self) -> list[int]:
         return [r.fd for r in self.regions] + [r.eventfd for r in self.s2m_rings + self.m2s_rings]
@@ -201,40 +271,7 @@ class Closed:
 Action = Send | CloseFds | ClaimInterface | CreateMemory | MapMemory | LinkUp | Closed
 
 
-class State(enum.Enum):
-    WAIT_HELLO = "wait-hello"  # slave
-    WAIT_MEMORY = "wait-memory"  # slave, our CreateMemory is outstanding
-    WAIT_ACK = "wait-ack"  # slave, one message in flight
-    WAIT_CONNECTED = "wait-connected"  # slave
-    WAIT_INIT = "wait-init"  # master
-    WAIT_SETUP = "wait-setup"  # master: regions, rings, CONNECT
-    WAIT_MAPPING = "wait-mapping"  # master, our MapMemory is outstanding
-    CONNECTED = "connected"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class FdInfo:
-    """What a received fd is, as far as the rules care (gathered by the I/O layer).
-
-    ``kind``: ``"memfd"`` (shared memory that supports seals: memfd, or a hugetlbfs/tmpfs
-    file), ``"file"`` (another regular file: on disk, it can be truncated under our mapping),
-    ``"eventfd"``, or ``"other"``. ``seals`` are the F_GET_SEALS bits of a memfd. For an
-    eventfd: ``blocking`` (opened without O_NONBLOCK), ``semaphore`` (EFD_SEMAPHORE) and the
-    kernel's ``eventfd_id`` (None where the kernel does not tell), which tells one eventfd
-    handed in twice apart from two.
-    """
-
-    kind: str
-    size: int = 0
-    seals: int = 0
-    blocking: bool = False
-    semaphore: bool = False
-    eventfd_id: int | None = None
-
-
-def _error_for(reason: str) -> HandshakeError:
-    return SecretMismatch(reason) if "secret" in reason.lower() else HandshakeError(reason)
+# ---------------------------------------------------------------------------------------------
 
 
 class _Handshake:
@@ -245,40 +282,44 @@ class _Handshake:
         self.deadline = None if timeout is None else now + timeout
         self._owned_fds: list[int] = []
 
-    # -- shared behaviour ---------------------------------------------------------------------
-
     @property
     def connected(self) -> bool:
         return self.state is State.CONNECTED
 
-    def receive_frame(self, frame: bytes, fds: Sequence[int] = ()) -> list[Action]:
+    def receive_frame(self, frame: bytes, fds: Sequence[ReceivedFd] = ()) -> list[Action]:
         """Decode and handle one frame; a malformed frame is rejected like any other breach."""
         if self.state is State.CLOSED:
             return self._close_fds(fds)  # whatever the frame is, its fds are ours to close
-        self._owned_fds.extend(fds)
+        self._owned_fds.extend(r.fd for r in fds)
         try:
             message = p.decode(frame)
         except MemifError as exc:
             return self._reject(f"{BAD_FRAME}: {exc.reason}")
-        return self._dispatch(message, list(fds))
+        return self._dispatch(message, fds)
 
-    def receive(self, message: p.Message, fds: Sequence[int] = ()) -> list[Action]:
+    def receive(self, message: p.Message, fds: Sequence[ReceivedFd] = ()) -> list[Action]:
         """Handle one decoded message and the fds that came with it."""
         if self.state is State.CLOSED:
             return self._close_fds(fds)
-        self._owned_fds.extend(fds)
-        return self._dispatch(message, list(fds))
+        self._owned_fds.extend(r.fd for r in fds)
+        return self._dispatch(message, fds)
 
-    def _dispatch(self, message: p.Message, fds: list[int]) -> list[Action]:
-        if self.state is State.CLOSED:
-            return self._close_fds(fds)
+    def _dispatch(self, message: p.Message, fds: Sequence[ReceivedFd]) -> list[Action]:
         if isinstance(message, p.Disconnect):
             # The peer's words reach logs, exceptions and details(): escaped once, here.
             return self._peer_disconnected(p.printable(message.reason) or "peer disconnected")
-        return self._handle(message, fds)
-
-    def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:
-        raise NotImplementedError
+        if fds and not _TAKES_FDS[self.role]:
+            return self._reject(EXTRA_FDS)
+        handler = TRANSITIONS.get((self.role, self.state, message.type))
+        if handler is None:
+            return self._reject(f"{OUT_OF_ORDER}: {message.type.name} in {self.state.value}")
+        expected = FDS_CARRIED.get(message.type, 0)
+        if len(fds) < expected:
+            return self._reject(f"{MISSING_FD} with {message.type.name}")
+        if len(fds) > expected:
+            return self._reject(f"{EXTRA_FDS} with {message.type.name}")
+        result: list[Action] = getattr(self, handler)(message, *fds)
+        return result
 
     def handle_timer(self, now: float) -> list[Action]:
         """Call when ``deadline`` passes; the handshake fails if it is still incomplete."""
@@ -286,7 +327,7 @@ class _Handshake:
             return []
         if now < self.deadline:
             return []
-        return self._reject(TIMEOUT, error=HandshakeTimeout(TIMEOUT))
+        return self._reject(TIMEOUT)
 
     def peer_closed(self) -> list[Action]:
         """The channel hit EOF or an error without a DISCONNECT."""
@@ -309,13 +350,13 @@ class _Handshake:
         """Reject with ``reason`` found outside the machine (e.g. a bad ring cookie)."""
         return self._reject(reason)
 
-    def _reject(self, reason: str, error: MemifError | None = None) -> list[Action]:
+    def _reject(self, reason: str) -> list[Action]:
         if self.state is State.CLOSED:
             return []
-        return self._finish(reason, error or _error_for(reason), by_peer=False, send=True)
+        return self._finish(reason, error_for(reason), by_peer=False, send=True)
 
     def _peer_disconnected(self, reason: str) -> list[Action]:
-        error = _error_for(reason) if self.state is not State.CONNECTED else None
+        error = error_for(reason) if self.state is not State.CONNECTED else None
         return self._finish(reason, error or DisconnectedError(reason), by_peer=True, send=False)
 
     def _finish(
@@ -324,17 +365,18 @@ class _Handshake:
         actions: list[Action] = []
         if send:
             actions.append(Send(p.Disconnect(0, reason)))
-        actions += self._close_fds(self._owned_fds)
+        if self._owned_fds:
+            actions.append(CloseFds(tuple(self._owned_fds)))
         self._owned_fds = []
         self.state = State.CLOSED
         actions.append(Closed(reason, error, by_peer))
         return actions
 
-    def _close_fds(self, fds: Sequence[int]) -> list[Action]:
-        return [CloseFds(tuple(fds))] if fds else []
+    def _close_fds(self, fds: Sequence[ReceivedFd]) -> list[Action]:
+        return [CloseFds(tuple(r.fd for r in fds))] if fds else []
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------- slave
 
 
 @dataclass
@@ -369,30 +411,6 @@ class SlaveHandshake(_Handshake):
         self._queue: list[Send] = []  # messages still to send, one per ACK
         self._regions: list[RegionSpec] = []
         self._rings: list[RingSpec] = []
-
-    def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:
-        if fds:  # masters never send fds
-            return self._reject(EXTRA_FDS)
-        if self.state is State.WAIT_HELLO and isinstance(message, p.Hello):
-            return self._on_hello(message)
-        if self.state is State.WAIT_ACK and isinstance(message, p.Ack):
-            return self._send_next()
-        if self.state is State.WAIT_CONNECTED and isinstance(message, p.Connected):
-            self.state = State.CONNECTED
-            self._owned_fds = []
-            setup = LinkSetup(
-                role=Role.SLAVE,
-                interface_id=self.config.interface_id,
-                mode=self.config.mode,
-                cacheline=self.config.cacheline,
-                regions=self._regions,
-                s2m_rings=[r for r in self._rings if r.s2m],
-                m2s_rings=[r for r in self._rings if not r.s2m],
-                peer_name=message.if_name,
-                peer_app_name=self.peer_app_name,
-            )
-            return [LinkUp(setup)]
-        return self._reject(f"{OUT_OF_ORDER}: {message.type.name} in {self.state.value}")
 
     def _on_hello(self, hello: p.Hello) -> list[Action]:
         if not hello.min_version <= p.VERSION <= hello.max_version:
@@ -431,13 +449,29 @@ class SlaveHandshake(_Handshake):
             *(Send(_add_ring_message(r), (r.eventfd,)) for r in self._rings),
             Send(p.Connect(cfg.if_name)),
         ]
-        return self._send_next()
+        return self._on_ack(p.Ack())
 
-    def _send_next(self) -> list[Action]:
+    def _on_ack(self, _ack: p.Ack) -> list[Action]:
         # Lock-step: one message per reply from the master.
         send = self._queue.pop(0)
         self.state = State.WAIT_ACK if self._queue else State.WAIT_CONNECTED
         return [send]
+
+    def _on_connected(self, connected: p.Connected) -> list[Action]:
+        self.state = State.CONNECTED
+        self._owned_fds = []
+        setup = LinkSetup(
+            role=Role.SLAVE,
+            interface_id=self.config.interface_id,
+            mode=self.config.mode,
+            cacheline=self.config.cacheline,
+            regions=self._regions,
+            s2m_rings=[r for r in self._rings if r.s2m],
+            m2s_rings=[r for r in self._rings if not r.s2m],
+            peer_name=connected.if_name,
+            peer_app_name=self.peer_app_name,
+        )
+        return [LinkUp(setup)]
 
 
 def _add_ring_message(ring: RingSpec) -> p.AddRing:
@@ -445,7 +479,7 @@ def _add_ring_message(ring: RingSpec) -> p.AddRing:
     return p.AddRing(flags, ring.index, ring.region, ring.offset, ring.log2_size)
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------- master
 
 
 @dataclass
@@ -466,6 +500,14 @@ class MasterInterfaceConfig:
     allow_unsealed_regions: bool = False
 
 
+class InterfaceDirectory(Protocol):
+    """What a master's machine asks about the interfaces on its socket (queries only: the
+    claim itself is the ``ClaimInterface`` action)."""
+
+    def config(self, interface_id: int) -> MasterInterfaceConfig | None: ...
+    def is_taken(self, interface_id: int) -> bool: ...
+
+
 @dataclass
 class _PendingSetup:
     config: MasterInterfaceConfig
@@ -476,31 +518,22 @@ class _PendingSetup:
 
 
 class MasterHandshake(_Handshake):
-    """The listening side of one accepted channel.
-
-    ``lookup(id)`` returns the interface config or None; ``is_taken(id)`` tells whether another
-    channel holds it; ``inspect_fd(fd)`` gives the facts about a received fd (the I/O layer
-    gathers them: see :func:`memif_aio.fds.inspect_fd`). All three are queries; the claim
-    itself is the ``ClaimInterface`` action.
-    """
+    """The listening side of one accepted channel; ``interfaces`` answers which interface ids
+    exist on the socket and which are taken."""
 
     role = Role.MASTER
 
     def __init__(
         self,
         app_name: str,
-        lookup: Callable[[int], MasterInterfaceConfig | None],
-        is_taken: Callable[[int], bool],
-        inspect_fd: Callable[[int], FdInfo],
+        interfaces: InterfaceDirectory,
         now: float = 0.0,
         timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         hello: p.Hello | None = None,
     ) -> None:
         super().__init__(now, timeout)
         self.hello = hello or p.Hello(name=app_name)
-        self._lookup = lookup
-        self._is_taken = is_taken
-        self._inspect_fd = inspect_fd
+        self._interfaces = interfaces
         self._pending: _PendingSetup | None = None
         self._setup: LinkSetup | None = None
         self.requested_id: int | None = None  # from INIT, even when refused
@@ -514,30 +547,14 @@ class MasterHandshake(_Handshake):
         """The master speaks first, before it knows which interface is wanted."""
         return [Send(self.hello)]
 
-    def _handle(self, message: p.Message, fds: list[int]) -> list[Action]:
-        handler = {
-            (State.WAIT_INIT, p.Init): self._on_init,
-            (State.WAIT_SETUP, p.AddRegion): self._on_add_region,
-            (State.WAIT_SETUP, p.AddRing): self._on_add_ring,
-            (State.WAIT_SETUP, p.Connect): self._on_connect,
-        }.get((self.state, type(message)))
-        if handler is None:
-            return self._reject(f"{OUT_OF_ORDER}: {message.type.name} in {self.state.value}")
-        expected_fds = 1 if isinstance(message, (p.AddRegion, p.AddRing)) else 0
-        if len(fds) < expected_fds:
-            return self._reject(f"{MISSING_FD} with {message.type.name}")
-        if len(fds) > expected_fds:
-            return self._reject(f"{EXTRA_FDS} with {message.type.name}")
-        return handler(message, *fds)
-
     def _on_init(self, init: p.Init) -> list[Action]:
         self.requested_id = init.id
         if init.version != p.VERSION:
             return self._reject(f"{VERSION_MISMATCH}: {init.version:#06x}, ours {p.VERSION:#06x}")
-        config = self._lookup(init.id)
+        config = self._interfaces.config(init.id)
         if config is None:
             return self._reject(f"{UNKNOWN_ID} {init.id}")
-        if self._is_taken(init.id):
+        if self._interfaces.is_taken(init.id):
             return self._reject(f"{ALREADY_CONNECTED}: id {init.id}")
         if config.secret and not hmac.compare_digest(
             init.secret.ljust(p.SECRET_SIZE, b"\0"), config.secret.ljust(p.SECRET_SIZE, b"\0")
@@ -549,7 +566,7 @@ class MasterHandshake(_Handshake):
         self.state = State.WAIT_SETUP
         return [ClaimInterface(init.id), Send(p.Ack())]
 
-    def _on_add_region(self, msg: p.AddRegion, fd: int) -> list[Action]:
+    def _on_add_region(self, msg: p.AddRegion, received: ReceivedFd) -> list[Action]:
         pending = self._pending
         assert pending is not None
         if pending.rings:
@@ -560,22 +577,22 @@ class MasterHandshake(_Handshake):
             return self._reject(f"{REGION_NOT_SEQUENTIAL}: {msg.index}")
         if not 0 < msg.size <= MAX_REGION_SIZE:
             return self._reject(f"{REGION_SIZE}: {msg.size}")
-        # A region must be shared memory that can be sealed against shrinking: a peer that
-        # truncates a file under our mapping would kill us with SIGBUS on the next access.
-        info = self._inspect_fd(fd)
+        # A region must be shared memory sealed against shrinking: a peer that truncates a
+        # file under our mapping would kill us with SIGBUS on the next access.
+        info = received.info
         if info.kind == "file":
             return self._reject(REGION_NOT_MEMFD)
         if info.kind != "memfd":
             return self._reject(REGION_NOT_FILE)
-        if info.seals & SEAL_SEAL and not info.seals & SEAL_SHRINK:
-            if not pending.config.allow_unsealed_regions:
-                return self._reject(REGION_NOT_SEALABLE)
+        sealed = bool(info.seals & SEAL_SHRINK)
+        if not sealed and not pending.config.allow_unsealed_regions:
+            return self._reject(REGION_NOT_SEALABLE)
         if info.size < msg.size:
             return self._reject(f"{REGION_TOO_SMALL}: {info.size} < {msg.size}")
-        pending.regions.append(RegionSpec(msg.index, msg.size, fd))
+        pending.regions.append(RegionSpec(msg.index, msg.size, received.fd, sealed))
         return [Send(p.Ack())]
 
-    def _on_add_ring(self, msg: p.AddRing, fd: int) -> list[Action]:
+    def _on_add_ring(self, msg: p.AddRing, received: ReceivedFd) -> list[Action]:
         pending = self._pending
         assert pending is not None
         cfg = pending.config
@@ -592,7 +609,7 @@ class MasterHandshake(_Handshake):
             return self._reject(f"{RING_SIZE}: {msg.log2_ring_size}")
         if msg.region >= len(pending.regions):
             return self._reject(f"{RING_REGION}: {msg.region}")
-        info = self._inspect_fd(fd)
+        info = received.info
         if info.kind != "eventfd" or info.blocking:
             return self._reject(f"{RING_NOT_EVENTFD}: {direction} {msg.index}")
         if info.semaphore:
@@ -601,11 +618,17 @@ class MasterHandshake(_Handshake):
             if info.eventfd_id in pending.eventfd_ids:
                 return self._reject(f"{RING_EVENTFD_SHARED}: {direction} {msg.index}")
             pending.eventfd_ids.add(info.eventfd_id)
-        end = msg.offset + ring_bytes(msg.log2_ring_size, cfg.cacheline)
+        end = msg.offset + p.ring_bytes(msg.log2_ring_size, cfg.cacheline)
         if end > pending.regions[msg.region].size:
             return self._reject(f"{RING_OUTSIDE}: {direction} {msg.index}")
         pending.rings[(msg.s2m, msg.index)] = RingSpec(
-            msg.s2m, msg.index, msg.region, msg.offset, msg.log2_ring_size, fd, info.eventfd_id
+            msg.s2m,
+            msg.index,
+            msg.region,
+            msg.offset,
+            msg.log2_ring_size,
+            received.fd,
+            info.eventfd_id,
         )
         return [Send(p.Ack())]
 
@@ -631,7 +654,6 @@ class MasterHandshake(_Handshake):
             m2s_rings=m2s,
             peer_name=msg.if_name,
             peer_app_name=pending.slave_app_name,
-            allow_unsealed_regions=pending.config.allow_unsealed_regions,
         )
         self.state = State.WAIT_MAPPING
         self._owned_fds = []  # they travel with MapMemory: the mapper closes them on failure

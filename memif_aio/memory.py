@@ -22,15 +22,8 @@ import numpy as np
 from . import _ring
 from . import fds as _fds
 from .errors import PeerProtocolError
-from .handshake import (
-    REGION_NOT_SEALABLE,
-    REGION_TOO_SMALL,
-    LinkSetup,
-    Negotiated,
-    RegionSpec,
-    RingSpec,
-    ring_bytes,
-)
+from .handshake import REGION_TOO_SMALL, LinkSetup, Negotiated, RegionSpec, RingSpec
+from .protocol import ring_bytes
 
 log = logging.getLogger(__name__)
 
@@ -100,26 +93,13 @@ def _memfd(name: str, size: int) -> int:
     return fd
 
 
-def seal_against_shrinking(fd: int, size: int, *, required: bool = True) -> None:
-    """Make sure the peer can never shrink ``fd`` below ``size`` while we map it.
-
-    Seal first, then check the size: a size checked before sealing could shrink in between.
-    Raises ``PeerProtocolError`` with the handshake's reason when that cannot be guaranteed,
-    unless not ``required`` (the user trusts the peer): then only the size is checked.
-    """
-    try:
-        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-    except OSError as exc:
-        if required:
-            raise PeerProtocolError(f"{REGION_NOT_SEALABLE}: {exc.strerror}") from None
-        log.warning(
-            "accepting a peer region that cannot be sealed against shrinking "
-            "(allow_unsealed_regions): the peer can crash this process by truncating it"
-        )
-    actual = os.fstat(fd).st_size
-    if actual < size:
-        raise PeerProtocolError(f"{REGION_TOO_SMALL}: {actual} < {size}")
+def check_unsealed_size(region: RegionSpec) -> None:
+    """A region that could not be sealed (``allow_unsealed_regions``) may have shrunk since
+    ADD_REGION: check its size again just before mapping. It can still shrink afterwards and
+    crash us with SIGBUS: that is the risk the user accepted for a trusted peer."""
+    actual = os.fstat(region.fd).st_size  # shmem or hugetlbfs: answered from the inode
+    if actual < region.size:
+        raise PeerProtocolError(f"{REGION_TOO_SMALL}: {actual} < {region.size}")
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
@@ -177,16 +157,23 @@ def create_slave_memory(
 def map_master_memory(setup: LinkSetup) -> SharedMemory:
     """Map the slave's regions and check every ring's cookie; take ownership of all fds.
 
+    Regions were sealed against shrinking when they arrived (:func:`memif_aio.fds.inspect_fd`),
+    so their size, checked then, still holds.
+
     On failure every fd of ``setup`` is closed and ``PeerProtocolError`` says why.
     """
     fds = setup.fds()
     maps: list[mmap.mmap] = []
     memory: SharedMemory | None = None
     try:
-        for region in setup.regions:
-            seal_against_shrinking(
-                region.fd, region.size, required=not setup.allow_unsealed_regions
+        if any(not region.sealed for region in setup.regions):
+            log.warning(
+                "accepting peer regions that cannot be sealed against shrinking "
+                "(allow_unsealed_regions): the peer can crash this process by truncating them"
             )
+        for region in setup.regions:
+            if not region.sealed:
+                check_unsealed_size(region)
             maps.append(_map(region.fd, region.size))
         memory = SharedMemory(fds, maps, setup.cacheline, peer_fds=True)
         for spec in setup.s2m_rings + setup.m2s_rings:

@@ -25,6 +25,12 @@ REASON_SIZE = 96
 MAX_LOG2_RING_SIZE = 14
 RING_COOKIE = 0x3E31F20
 ADD_RING_FLAG_S2M = 0x1
+DESC_SIZE = 16
+
+
+def ring_bytes(log2_ring_size: int, cacheline: int = 64) -> int:
+    """Bytes of one ring: a two-cache-line header, then ``2**log2`` 16-byte descriptors."""
+    return 2 * cacheline + (DESC_SIZE << log2_ring_size)
 
 _TYPE = struct.Struct("<H")
 

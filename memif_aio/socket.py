@@ -1,9 +1,13 @@
 """A memif control socket: a listener for master interfaces, or the address slaves connect to.
 
-One listening socket serves many master interfaces, told apart by the id in INIT. Each accepted
-connection runs a :class:`Session`: a handshake state machine wired to a control channel, a
-timer and the shared-memory factory. The interface gets the link when the session says LinkUp
-and hears about its end through ``Closed``.
+One listening socket serves many master interfaces, told apart by the id in INIT. Each
+accepted connection runs a :class:`~memif_aio.link.Session`; until its INIT names an interface
+the socket owns it (at most ``max_pending`` such, ``max_pending_per_peer`` per process), then
+the link of that interface does. Slave interfaces connect to the socket's address themselves.
+
+:func:`open_interface` is the one way the library's helpers (``connect``, ``listen``,
+``create_endpoint``, the pytest plugin, the CLI) open a socket with one interface and wait for
+its link.
 """
 
 from __future__ import annotations
@@ -18,177 +22,22 @@ import socket as _socket
 import stat
 import struct
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import Any
 
-from . import fds as _fds
 from . import handshake as hs
-from .control import ControlChannel, new_seqpacket_socket, unix_address
-from .errors import ConfigError, DisconnectedError, MemifError
-from .memory import SharedMemory, create_slave_memory, map_master_memory
-from .protocol import Disconnect, encode, printable
+from .control import new_seqpacket_socket, unix_address
+from .errors import ConfigError
+from .interface import Interface
+from .link import Session, SocketContext
+from .memory import SharedMemory
+from .protocol import Disconnect, encode
 from .ratelimit import WarningLimiter
-
-if TYPE_CHECKING:
-    from .interface import Interface
 
 log = logging.getLogger("memif_aio")
 
-_BACKLOG_RETRY = 0.005  # seconds between connect attempts while the master's backlog is full
-
-LinkUpHandler = Callable[["Session", hs.LinkSetup, SharedMemory], None]
-ClosedHandler = Callable[["Session", hs.Closed], None]
-
-
-class Session:
-    """One control connection from accept/connect to close; executes the machine's actions."""
-
-    def __init__(
-        self,
-        sock: _socket.socket,
-        machine: hs.SlaveHandshake | hs.MasterHandshake,
-        on_link_up: LinkUpHandler,
-        on_closed: ClosedHandler,
-        *,
-        buffer_size: int = 2048,
-        on_claim: Callable[[Session, int], None] | None = None,
-        peer: str = "",
-        warnings: WarningLimiter | None = None,
-    ) -> None:
-        self.machine = machine
-        self.peer = peer
-        self.warnings = warnings or WarningLimiter(log)
-        self._loop = asyncio.get_running_loop()
-        self._on_link_up = on_link_up
-        self._on_closed = on_closed
-        self._on_claim = on_claim
-        self._buffer_size = buffer_size
-        self._memory: SharedMemory | None = None  # ours until LinkUp hands it over
-        self._timer: asyncio.TimerHandle | None = None
-        self.closed: hs.Closed | None = None
-        self._was_up = False
-        self.done = self._loop.create_future()
-        self.channel = ControlChannel(sock, self._on_frame, self._on_channel_closed, self._loop)
-
-    def start(self) -> None:
-        if isinstance(self.machine, hs.MasterHandshake):
-            self._apply(self.machine.start())
-        self._arm_timer()
-
-    def close(self, reason: str = hs.LOCAL_CLOSE) -> None:
-        """Local teardown: DISCONNECT with ``reason``, then close everything."""
-        self._apply(self.machine.close(reason))
-
-    def reject(self, reason: str) -> None:
-        """Refuse the peer for a reason found outside the machine (logged like any refusal)."""
-        self._apply(self.machine.fail(reason))
-
-    # -- inputs ---------------------------------------------------------------------------------
-
-    def _on_frame(self, frame: bytes, fds: list[int]) -> None:
-        self._apply(self.machine.receive_frame(frame, fds))
-
-    def _on_channel_closed(self, exc: Exception | None) -> None:
-        self._apply(self.machine.peer_closed())
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._apply(self.machine.handle_timer(time.monotonic()))
-
-    def _arm_timer(self) -> None:
-        deadline = self.machine.deadline
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and not self.machine.connected and self.closed is None:
-            self._timer = self._loop.call_at(
-                self._loop.time() + max(0.0, deadline - time.monotonic()), self._on_timer
-            )
-
-    # -- outputs --------------------------------------------------------------------------------
-
-    def _apply(self, actions: list[hs.Action]) -> None:
-        for action in actions:
-            if isinstance(action, hs.Send):
-                self.channel.send(encode(action.message), action.fds)
-            elif isinstance(action, hs.CloseFds):
-                _fds.close_later(action.fds)
-            elif isinstance(action, hs.ClaimInterface):
-                assert self._on_claim is not None
-                self._on_claim(self, action.interface_id)
-            elif isinstance(action, hs.CreateMemory):
-                self._create_memory(action.negotiated)
-            elif isinstance(action, hs.MapMemory):
-                self._map_memory(action.setup)
-            elif isinstance(action, hs.LinkUp):
-                memory, self._memory = self._memory, None
-                assert memory is not None
-                self._was_up = True
-                self._on_link_up(self, action.setup, memory)
-            elif isinstance(action, hs.Closed):
-                self._finish(action)
-        self._arm_timer()
-
-    def _create_memory(self, negotiated: hs.Negotiated) -> None:
-        machine = self.machine
-        assert isinstance(machine, hs.SlaveHandshake)
-        try:
-            memory, regions, rings = create_slave_memory(
-                negotiated, self._buffer_size, machine.config.cacheline
-            )
-        except OSError as exc:
-            self._apply(machine.close(f"cannot create shared memory: {exc.strerror}"))
-            return
-        self._memory = memory
-        self._apply(machine.memory_created(regions, rings))
-
-    def _map_memory(self, setup: hs.LinkSetup) -> None:
-        machine = self.machine
-        assert isinstance(machine, hs.MasterHandshake)
-        try:
-            self._memory = map_master_memory(setup)
-        except MemifError as exc:
-            self._apply(machine.fail(exc.reason))
-            return
-        if not _fds.claim_eventfds(
-            (ring.eventfd_id for ring in setup.s2m_rings + setup.m2s_rings), owner=self
-        ):
-            self._apply(machine.fail(hs.EVENTFD_IN_USE))
-            return
-        self._apply(machine.memory_mapped())
-
-    def peer_label(self) -> str:
-        machine = self.machine
-        if isinstance(machine, hs.MasterHandshake) and machine.requested_id is not None:
-            return f"{self.peer} id {machine.requested_id}"
-        return self.peer
-
-    def _finish(self, closed: hs.Closed) -> None:
-        self.closed = closed
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.channel.close()
-        if self._memory is not None:
-            self._memory.close()
-            self._memory = None
-        _fds.release_eventfds(self)
-        if closed.error is not None and not isinstance(closed.error, DisconnectedError):
-            # A refusal (ours or the peer's) is worth a warning; a peer that just left is not.
-            what = "link closed" if self._was_up else "handshake failed"
-            args = (self.peer_label(), what, printable(closed.reason))
-            if closed.reason == hs.PEER_CLOSED:
-                log.info("memif %s: %s: %s", *args)
-            else:
-                self.warnings.warning("memif %s: %s: %s", *args)
-        self._on_closed(self, closed)
-        if not self.done.done() and not self._loop.is_closed():
-            self.done.set_result(closed)
-
-
-def split_socket_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split keyword options into (Socket options, Interface options)."""
-    socket_keys = {
+SOCKET_OPTIONS = frozenset(
+    {
         "app_name",
         "socket_mode",
         "socket_group",
@@ -197,8 +46,7 @@ def split_socket_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[
         "max_pending",
         "max_pending_per_peer",
     }
-    ours = {k: v for k, v in options.items() if k in socket_keys}
-    return ours, {k: v for k, v in options.items() if k not in socket_keys}
+)
 
 
 class Socket:
@@ -220,7 +68,14 @@ class Socket:
     INIT at once, still gets through. Warnings about refused peers are rate-limited (10 per
     10 s per socket, then one line saying how many were suppressed).
     If the socket file is deleted under a running master, it is created again within
-    ``file_check_interval`` seconds; a file put there by someone else is left alone.
+    ``file_check_interval`` seconds (a class attribute, 1 s); a file put there by someone else
+    is left alone.
+
+    Example::
+
+        async with memif_aio.Socket("/run/app/memif.sock") as sock:
+            iface = await sock.create_interface(id=0, role="master")
+            await iface.wait_connected()
     """
 
     file_check_interval = 1.0
@@ -252,9 +107,13 @@ class Socket:
         self.max_pending_per_peer = max_pending_per_peer
         self.warnings = WarningLimiter(log)
         self.role: hs.Role | None = None
-        self._interfaces: dict[int, Interface] = {}
-        self._slave_interfaces: list[Interface] = []
+        self._context = SocketContext(
+            path, self.address, app_name, reconnect_interval, handshake_timeout, self.warnings
+        )
+        self._masters: dict[int, Interface] = {}  # by interface id
+        self._slaves: list[Interface] = []
         self._listener: _socket.socket | None = None
+        self._listener_loop: asyncio.AbstractEventLoop | None = None
         # Accepted, INIT not yet routed, oldest first; each with its peer's (pid, uid).
         self._pending: dict[Session, tuple[int, int] | None] = {}
         self._pending_by_peer: collections.Counter[tuple[int, int] | None] = collections.Counter()
@@ -266,6 +125,11 @@ class Socket:
     def abstract(self) -> bool:
         return self.path.startswith("@")
 
+    @property
+    def interfaces(self) -> list[Interface]:
+        """The interfaces on this socket (masters by id, then slaves)."""
+        return [*self._masters.values(), *self._slaves]
+
     async def __aenter__(self) -> Socket:
         return self
 
@@ -275,24 +139,28 @@ class Socket:
     async def create_interface(
         self, *, id: int = 0, role: str = "master", **options: Any
     ) -> Interface:
-        """Create and start an interface on this socket; see :class:`Interface` for options."""
-        from .interface import Interface
+        """Create and start an interface on this socket; see :class:`Interface` for options.
 
+        A master starts listening (once per socket); a slave starts connecting, and keeps
+        reconnecting every ``reconnect_interval`` until closed.
+        """
         if self.closed:
             raise ConfigError("socket is closed")
         parsed = hs.Role.parse(role)
         if self.role is not None and self.role is not parsed:
             raise ConfigError(f"socket {self.path} already hosts {self.role.value} interfaces")
-        if parsed is hs.Role.MASTER and id in self._interfaces:
+        if parsed is hs.Role.MASTER and id in self._masters:
             raise ConfigError(f"interface id {id} already exists on {self.path}")
-        interface = Interface(self, id=id, role=parsed, **options)
+        interface = Interface(
+            self._context, id=id, role=parsed, on_close=self._forget, **options
+        )
         if parsed is hs.Role.MASTER:
             if self._listener is None:
                 self._listen()
-            self._interfaces[id] = interface
+            self._masters[id] = interface
         else:
-            self._slave_interfaces.append(interface)
-            interface._start_slave()
+            self._slaves.append(interface)
+            interface.link.start()
         self.role = parsed
         return interface
 
@@ -302,8 +170,7 @@ class Socket:
             return
         self.closed = True
         # Together: each may linger (up to 0.5 s) for its peer to take what it sent.
-        interfaces = list(self._interfaces.values()) + self._slave_interfaces
-        await asyncio.gather(*(interface.close() for interface in interfaces))
+        await asyncio.gather(*(interface.close() for interface in self.interfaces))
         for session in list(self._pending):
             session.close()
         self.warnings.close()
@@ -316,11 +183,18 @@ class Socket:
                 os.unlink(self.path)
         self._file_id = None
 
+    def _forget(self, interface: Interface) -> None:
+        if self._masters.get(interface.id) is interface:
+            del self._masters[interface.id]
+        if interface in self._slaves:
+            self._slaves.remove(interface)
+
     def _close_listener(self) -> None:
         if self._listener is None:
             return
-        with contextlib.suppress(RuntimeError):  # the loop may be closed already
-            self._listener_loop.remove_reader(self._listener.fileno())
+        if self._listener_loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                self._listener_loop.remove_reader(self._listener.fileno())
         self._listener.close()
         self._listener = None
 
@@ -333,12 +207,6 @@ class Socket:
         except OSError:
             return False
         return (st.st_dev, st.st_ino) == self._file_id
-
-    def _forget(self, interface: Interface) -> None:
-        if self._interfaces.get(interface.id) is interface:
-            del self._interfaces[interface.id]
-        if interface in self._slave_interfaces:
-            self._slave_interfaces.remove(interface)
 
     # -- master side ----------------------------------------------------------------------------
 
@@ -428,7 +296,7 @@ class Socket:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep listening, say why once
-                log.warning("memif socket %s: accept failed: %s", self.path, exc)
+                self.warnings.warning("memif socket %s: accept failed: %s", self.path, exc)
                 return
             conn.setblocking(False)
             creds = _peer_credentials(conn)
@@ -439,21 +307,10 @@ class Socket:
             if len(self._pending) >= self.max_pending:
                 self._evict_one()
             machine = hs.MasterHandshake(
-                self.app_name,
-                self._lookup,
-                self._is_taken,
-                _fds.inspect_fd,
-                now=time.monotonic(),
-                timeout=self.handshake_timeout,
+                self.app_name, self, now=time.monotonic(), timeout=self.handshake_timeout
             )
             session = Session(
-                conn,
-                machine,
-                self._master_link_up,
-                self._master_closed,
-                on_claim=self._claim,
-                peer=label,
-                warnings=self.warnings,
+                conn, machine, self, peer=label, warnings=self.warnings, on_claim=self._claim
             )
             self._pending[session] = creds
             self._pending_by_peer[creds] += 1
@@ -481,58 +338,53 @@ class Socket:
             if not self._pending_by_peer[creds]:
                 del self._pending_by_peer[creds]
 
-    def _lookup(self, interface_id: int) -> hs.MasterInterfaceConfig | None:
-        interface = self._interfaces.get(interface_id)
-        return interface._master_config() if interface is not None else None
+    # The master machine's InterfaceDirectory.
+    def config(self, interface_id: int) -> hs.MasterInterfaceConfig | None:
+        interface = self._masters.get(interface_id)
+        return interface.link.master_config() if interface is not None else None
 
-    def _is_taken(self, interface_id: int) -> bool:
-        interface = self._interfaces.get(interface_id)
-        return interface is not None and interface._session is not None
+    def is_taken(self, interface_id: int) -> bool:
+        interface = self._masters.get(interface_id)
+        return interface is not None and interface.link.busy
 
     def _claim(self, session: Session, interface_id: int) -> None:
         self._forget_pending(session)
-        self._interfaces[interface_id]._attach(session)
+        self._masters[interface_id].link.attach(session)
 
-    def _master_link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
-        self._interfaces[setup.interface_id]._link_up(session, setup, memory)
+    # A pending session's SessionOwner (a claimed one reports to its link).
+    def link_up(self, session: Session, setup: hs.LinkSetup, memory: SharedMemory) -> None:
+        raise AssertionError("a session comes up only after it was claimed")  # pragma: no cover
 
-    def _master_closed(self, session: Session, closed: hs.Closed) -> None:
+    def session_closed(self, session: Session, closed: hs.Closed) -> None:
         self._forget_pending(session)
-        machine = session.machine
-        assert isinstance(machine, hs.MasterHandshake)
-        interface_id = machine.requested_id
-        interface = self._interfaces.get(interface_id) if interface_id is not None else None
-        if interface is None:
-            return
-        if interface._session is session:
-            interface._session_closed(session, closed)
-        elif interface._session is None:
+        requested = getattr(session.machine, "requested_id", None)
+        interface = self._masters.get(requested) if requested is not None else None
+        if interface is not None:
             # A refused slave (wrong secret, mode...): the owner of the id should hear why.
-            interface.last_disconnect_reason = closed.reason
+            interface.link.refused(closed.reason)
 
-    # -- slave side -----------------------------------------------------------------------------
 
-    async def _connect(self) -> _socket.socket:
-        """A connected socket. A non-blocking AF_UNIX connect never waits: it fails with
-        EAGAIN while the master's backlog is full (a flood), and becoming writable afterwards
-        does not mean connected. So retry it for a while, as a blocking connect would wait."""
-        sock = new_seqpacket_socket()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.handshake_timeout or hs.DEFAULT_HANDSHAKE_TIMEOUT)
-        try:
-            while True:
-                try:
-                    sock.connect(self.address)
-                    return sock
-                except (BlockingIOError, InterruptedError):
-                    if loop.time() > deadline:
-                        raise ConnectionRefusedError(
-                            errno.EAGAIN, "master's connection backlog stays full"
-                        ) from None
-                    await asyncio.sleep(_BACKLOG_RETRY)
-        except BaseException:
-            sock.close()
-            raise
+@contextlib.asynccontextmanager
+async def open_interface(
+    path: str,
+    *,
+    role: str,
+    id: int = 0,
+    timeout: float | None = None,
+    fail_fast: bool = False,
+    **options: Any,
+) -> AsyncIterator[Interface]:
+    """A socket at ``path`` with one interface of ``role``, connected; both closed on exit.
+
+    ``options`` are those of :class:`Socket` and :class:`Interface` together. Waits for the
+    link like :meth:`Interface.wait_connected` (``timeout``, ``fail_fast``).
+    """
+    socket_options = {k: v for k, v in options.items() if k in SOCKET_OPTIONS}
+    interface_options = {k: v for k, v in options.items() if k not in SOCKET_OPTIONS}
+    async with Socket(path, **socket_options) as sock:
+        interface = await sock.create_interface(id=id, role=role, **interface_options)
+        await interface.wait_connected(timeout, fail_fast=fail_fast)
+        yield interface
 
 
 def _peer_credentials(conn: _socket.socket) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ and slave in this process; options via ``@pytest.mark.memif(ring_size=..., ...)`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -31,7 +32,7 @@ except ImportError:  # the plugin loads in every pytest run: never break one wit
     pytest_asyncio = None
 
 from .interface import Interface
-from .socket import Socket
+from .socket import open_interface
 from .testpmd import Testpmd, find_testpmd
 
 
@@ -53,10 +54,21 @@ async def memif_pair(
     """``(master, slave)``, connected over ``memif_path``; both closed afterwards."""
     marker = request.node.get_closest_marker("memif")
     options = dict(marker.kwargs) if marker else {}
-    async with Socket(memif_path) as master_sock, Socket(memif_path) as slave_sock:
-        master = await master_sock.create_interface(role="master", **options)
-        slave = await slave_sock.create_interface(role="slave", **options)
-        await asyncio.gather(master.wait_connected(10), slave.wait_connected(10))
+    # The master listens before the slave first tries (each runs until its first wait).
+    master_side = open_interface(memif_path, role="master", timeout=10, **options)
+    slave_side = open_interface(memif_path, role="slave", timeout=10, fail_fast=True, **options)
+    async with contextlib.AsyncExitStack() as stack:
+        opening = [
+            asyncio.ensure_future(stack.enter_async_context(side))
+            for side in (master_side, slave_side)
+        ]
+        try:
+            master, slave = await asyncio.gather(*opening)
+        except BaseException:
+            for task in opening:
+                task.cancel()
+            await asyncio.gather(*opening, return_exceptions=True)
+            raise
         yield master, slave
 
 

@@ -224,10 +224,11 @@ def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
         async with memif_aio.Socket(abstract_path, reconnect_interval=60) as bad_sock:
             bad = await bad_sock.create_interface(id=0, role="slave")
             await bad.wait_connected(timeout=10)
-            ring = bad._plane.memory.s2m[0].ring
-            ring.set_descriptor(0, 0, 1, 64, bad._plane.memory.region_sizes[1])  # past the end
+            memory = bad.link.plane.memory
+            ring = memory.s2m[0].ring
+            ring.set_descriptor(0, 0, 1, 64, memory.region_sizes[1])  # past the end
             ring.head = 1
-            os.eventfd_write(bad._plane.memory.s2m[0].spec.eventfd, 1)  # publish like a producer
+            os.eventfd_write(memory.s2m[0].spec.eventfd, 1)  # publish like a producer
             await asyncio.wait_for(bad.wait_disconnected(), 5)
         async with memif_aio.connect(abstract_path, timeout=10) as good:
             await good.tx_queues[0].send(b"still echoing")

@@ -84,8 +84,8 @@ async def test_descriptor_outside_region_disconnects_peer_and_we_survive(abstrac
             await master.wait_connected(timeout=10)
             await bad.wait_connected(timeout=10)
             # The "peer" publishes a descriptor pointing past the end of its buffer region.
-            ring = bad._plane.memory.s2m[0].ring
-            region_size = bad._plane.memory.region_sizes[1]
+            ring = bad.link.plane.memory.s2m[0].ring
+            region_size = bad.link.plane.memory.region_sizes[1]
             ring.set_descriptor(0, 0, 1, 64, region_size - 10)
             ring.head = 1
             with pytest.raises(PeerProtocolError, match="beyond region 1"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from machines import master_machine, slave_machine
 
 from memif_aio import handshake as hs
 from memif_aio import protocol as p
@@ -14,15 +15,14 @@ from memif_aio.errors import HandshakeError, HandshakeTimeout, SecretMismatch
 _fd_numbers = itertools.count(1000)
 
 
-def fake_fd(sizes: dict[int, int], fd: int) -> hs.FdInfo:
+SEALED = hs.FdInfo("memfd", 4096, seals=hs.SEAL_SHRINK)
+
+
+def fake_fd(sizes: dict[int, int], fd: int, sealed: bool = True) -> hs.FdInfo:
     """Fake fds: numbers with a size are memfds, the others eventfds."""
     if sizes.get(fd):
-        return hs.FdInfo("memfd", sizes[fd], seals=hs.SEAL_SHRINK)
+        return hs.FdInfo("memfd", sizes[fd], seals=hs.SEAL_SHRINK if sealed else hs.SEAL_SEAL)
     return hs.FdInfo("eventfd")
-
-
-def _no_fds(fd: int) -> hs.FdInfo:
-    raise AssertionError(f"no fd expected, got {fd}")
 
 
 class Pair:
@@ -34,14 +34,15 @@ class Pair:
         self.fd_sizes: dict[int, int] = {}
         self.claimed = set(claimed)
         self.closed_fds: list[int] = []
-        self.master = hs.MasterHandshake(
+        self.unsealed = False  # the slave's memfds cannot be sealed (DPDK zero-copy)
+        self.master = master_machine(
             "master-app",
             lambda i: self.master_cfg if i == self.master_cfg.interface_id else None,
             lambda i: i in self.claimed,
-            inspect_fd=lambda fd: fake_fd(self.fd_sizes, fd),
+            inspect_fd=lambda fd: fake_fd(self.fd_sizes, fd, not self.unsealed),
             hello=p.Hello("master-app", max_region=max_region),
         )
-        self.slave = hs.SlaveHandshake(self.slave_cfg)
+        self.slave = slave_machine(self.slave_cfg)
         self.results: dict[str, list] = {"master": [], "slave": []}
 
     def new_fd(self, size=0):
@@ -51,7 +52,7 @@ class Pair:
 
     def build_memory(self, negotiated: hs.Negotiated):
         log2 = negotiated.log2_ring_size
-        ring_b = hs.ring_bytes(log2)
+        ring_b = p.ring_bytes(log2)
         nrings = negotiated.s2m_rings + negotiated.m2s_rings
         regions = [
             hs.RegionSpec(0, ring_b * nrings, self.new_fd(ring_b * nrings)),
@@ -131,7 +132,7 @@ def test_message_order_is_lock_step_and_rings_s2m_first():
 
 
 def test_slave_clamps_to_hello_limits():
-    slave = hs.SlaveHandshake(hs.SlaveConfig(tx_queues=8, rx_queues=8, log2_ring_size=14))
+    slave = slave_machine(hs.SlaveConfig(tx_queues=8, rx_queues=8, log2_ring_size=14))
     actions = slave.receive(
         p.Hello("m", max_region=0, max_m2s_ring=1, max_s2m_ring=3, max_log2_ring_size=11)
     )
@@ -204,16 +205,16 @@ def test_already_connected_id_is_refused():
 
 
 def test_version_mismatch_both_ways():
-    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave = slave_machine(hs.SlaveConfig())
     closed = _rejection(slave.receive(p.Hello(min_version=0x0300, max_version=0x0300)))
     assert hs.VERSION_MISMATCH in closed.reason
-    master = hs.MasterHandshake("m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, _no_fds)
+    master = master_machine("m", lambda i: hs.MasterInterfaceConfig(), lambda i: False)
     assert hs.VERSION_MISMATCH in _rejection(master.receive(p.Init(version=0x0100))).reason
 
 
 def _master_after_init(cfg=None, sizes=None):
     sizes = {} if sizes is None else sizes
-    master = hs.MasterHandshake(
+    master = master_machine(
         "m",
         lambda i: cfg or hs.MasterInterfaceConfig(),
         lambda i: False,
@@ -305,31 +306,29 @@ def test_ring_indices_must_be_contiguous():
 
 def test_ring_layout_respects_cacheline():
     cfg = hs.MasterInterfaceConfig(cacheline=128)
-    master = _master_after_init(cfg, sizes={10: hs.ring_bytes(1, 64)})
-    master.receive(p.AddRegion(0, hs.ring_bytes(1, 64)), (10,))
+    master = _master_after_init(cfg, sizes={10: p.ring_bytes(1, 64)})
+    master.receive(p.AddRegion(0, p.ring_bytes(1, 64)), (10,))
     closed = _rejection(master.receive(p.AddRing(1, 0, 0, 0, 1), (20,)))
     assert hs.RING_OUTSIDE in closed.reason
 
 
 def test_malformed_frame_is_rejected_with_reason():
-    master = hs.MasterHandshake("m", lambda i: None, lambda i: False, _no_fds)
+    master = master_machine("m", lambda i: None, lambda i: False)
     closed = _rejection(master.receive_frame(b"\x03\x00" + bytes(60)))
     assert hs.BAD_FRAME in closed.reason
 
 
 def test_slave_rejects_fds_from_master_and_unexpected_messages():
-    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave = slave_machine(hs.SlaveConfig())
     actions = slave.receive(p.Hello(), (5,))
     assert hs.EXTRA_FDS in _rejection(actions).reason
     assert hs.CloseFds((5,)) in actions
-    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave = slave_machine(hs.SlaveConfig())
     assert hs.OUT_OF_ORDER in _rejection(slave.receive(p.Ack())).reason
 
 
 def test_timeout_is_driven_by_the_caller_clock():
-    master = hs.MasterHandshake(
-        "m", lambda i: None, lambda i: False, _no_fds, now=100.0, timeout=3.0
-    )
+    master = master_machine("m", lambda i: None, lambda i: False, now=100.0, timeout=3.0)
     assert master.deadline == 103.0
     assert master.handle_timer(102.9) == []
     closed = _rejection(master.handle_timer(103.0))
@@ -367,14 +366,19 @@ def test_messages_after_link_up_are_refused():
             hs.FdInfo("eventfd"),
             hs.REGION_NOT_SEALABLE,
         ),
-        (hs.FdInfo("memfd", 4096), hs.FdInfo("memfd", 4096), hs.RING_NOT_EVENTFD),
-        (hs.FdInfo("memfd", 4096), hs.FdInfo("eventfd", blocking=True), hs.RING_NOT_EVENTFD),
-        (hs.FdInfo("memfd", 4096), hs.FdInfo("eventfd", semaphore=True), hs.RING_SEMAPHORE),
+        (
+            hs.FdInfo("memfd", 4096, seals=0),  # the I/O layer could not seal it
+            hs.FdInfo("eventfd"),
+            hs.REGION_NOT_SEALABLE,
+        ),
+        (SEALED, hs.FdInfo("memfd", 4096), hs.RING_NOT_EVENTFD),
+        (SEALED, hs.FdInfo("eventfd", blocking=True), hs.RING_NOT_EVENTFD),
+        (SEALED, hs.FdInfo("eventfd", semaphore=True), hs.RING_SEMAPHORE),
     ],
 )
 def test_region_and_ring_fd_kinds(region_fd, ring_fd, reason):
     infos = {10: region_fd, 20: ring_fd}
-    master = hs.MasterHandshake(
+    master = master_machine(
         "m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, inspect_fd=infos.__getitem__
     )
     master.start()
@@ -396,7 +400,7 @@ def test_one_eventfd_for_two_rings_is_refused():
         20: hs.FdInfo("eventfd", eventfd_id=7),
         21: hs.FdInfo("eventfd", eventfd_id=7),
     }
-    master = hs.MasterHandshake(
+    master = master_machine(
         "m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, inspect_fd=infos.__getitem__
     )
     master.start()
@@ -407,9 +411,11 @@ def test_one_eventfd_for_two_rings_is_refused():
     assert closed.reason == f"{hs.RING_EVENTFD_SHARED}: m2s 0"
 
 
-def test_unsealed_memfd_that_can_be_sealed_is_accepted():
-    infos = {10: hs.FdInfo("memfd", 4096, seals=0), 20: hs.FdInfo("eventfd")}
-    master = hs.MasterHandshake(
+def test_a_region_sealed_on_arrival_is_accepted():
+    """The I/O layer seals what it can as it arrives (memif_aio.fds.inspect_fd): the facts
+    then say SEAL_SHRINK, and the region is taken as one that cannot shrink."""
+    infos = {10: SEALED, 20: hs.FdInfo("eventfd")}
+    master = master_machine(
         "m", lambda i: hs.MasterInterfaceConfig(), lambda i: False, inspect_fd=infos.__getitem__
     )
     master.start()
@@ -428,7 +434,7 @@ def test_unsealed_memfd_that_can_be_sealed_is_accepted():
 )
 def test_allow_unsealed_regions_accepts_what_cannot_be_sealed(region_fd, accepted):
     config = hs.MasterInterfaceConfig(allow_unsealed_regions=True)
-    master = hs.MasterHandshake(
+    master = master_machine(
         "m", lambda i: config, lambda i: False, inspect_fd={10: region_fd}.__getitem__
     )
     master.start()
@@ -437,19 +443,25 @@ def test_allow_unsealed_regions_accepts_what_cannot_be_sealed(region_fd, accepte
     assert (actions == [hs.Send(p.Ack())]) is accepted
 
 
-def test_unsealed_regions_reach_the_mapper_only_when_allowed():
-    for allowed in (False, True):
-        pair = Pair(hs.MasterInterfaceConfig(allow_unsealed_regions=allowed)).run()
-        mapped = [a for a in pair.results["master"] if isinstance(a, hs.MapMemory)]
-        assert mapped[0].setup.allow_unsealed_regions is allowed
-        assert isinstance(outcome(pair, "master"), hs.LinkUp)
+def test_the_mapper_learns_which_regions_are_not_sealed():
+    """Only an allowed unsealed region reaches the mapper, marked so: its size is checked
+    again just before it is mapped."""
+    pair = Pair(hs.MasterInterfaceConfig(allow_unsealed_regions=True))
+    pair.unsealed = True
+    pair.run()
+    mapped = next(a for a in pair.results["master"] if isinstance(a, hs.MapMemory))
+    assert [r.sealed for r in mapped.setup.regions] == [False, False]
+    assert isinstance(outcome(pair, "master"), hs.LinkUp)
+    pair = Pair().run()
+    mapped = next(a for a in pair.results["master"] if isinstance(a, hs.MapMemory))
+    assert [r.sealed for r in mapped.setup.regions] == [True, True]
 
 
 def test_eof_before_hello_is_a_lost_connection_not_a_refusal():
-    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave = slave_machine(hs.SlaveConfig())
     closed = _rejection(slave.peer_closed())
     assert closed.by_peer and "before HELLO" in closed.reason
     assert not isinstance(closed.error, HandshakeError)
-    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave = slave_machine(hs.SlaveConfig())
     slave.receive(p.Hello())
     assert isinstance(_rejection(slave.peer_closed()).error, HandshakeError)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from machines import master_machine, slave_machine
 
 from memif_aio import _ring
 from memif_aio import handshake as hs
@@ -78,7 +79,7 @@ def _fake_fd(fd: int) -> hs.FdInfo:
 
 def _master_at(step: int) -> hs.MasterHandshake:
     config = hs.MasterInterfaceConfig(rx_queues=2, tx_queues=2)
-    master = hs.MasterHandshake("m", lambda i: config, lambda i: False, inspect_fd=_fake_fd)
+    master = master_machine("m", lambda i: config, lambda i: False, inspect_fd=_fake_fd)
     master.start()
     script = [
         (p.Init(), ()),
@@ -92,7 +93,7 @@ def _master_at(step: int) -> hs.MasterHandshake:
 
 
 def _slave_at(step: int) -> hs.SlaveHandshake:
-    slave = hs.SlaveHandshake(hs.SlaveConfig())
+    slave = slave_machine(hs.SlaveConfig())
     if step >= 1:
         slave.receive(p.Hello("m"))
         slave.memory_created(

@@ -34,8 +34,8 @@ from rawpeer import (
 )
 
 import memif_aio
+from memif_aio import LinkState
 from memif_aio import handshake as hs
-from memif_aio.interface import LinkState
 
 FULL = (2**64 - 2).to_bytes(8, "little")
 BLOCKED = "the peer made its ring eventfd blocking"

@@ -20,9 +20,9 @@ from checks import honest_master_serves, honest_slave_connects, one_warning, wai
 from rawpeer import RawChannel, RawListener, Resources, frame, raw_frame
 
 import memif_aio
+from memif_aio import LinkState
 from memif_aio import handshake as hs
 from memif_aio import protocol as p
-from memif_aio.interface import LinkState
 
 LINGER_SECONDS = 30
 

@@ -16,7 +16,7 @@ from checks import idle_cpu, warnings
 from rawpeer import PeerMemory, RawChannel, Resources, drive, slave_steps
 
 import memif_aio
-from memif_aio.interface import LinkState
+from memif_aio import LinkState
 
 FLOOD = 2000
 HONEST_ATTEMPTS = 18

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from machines import master_machine, slave_machine
 
 from memif_aio import handshake as hs
 from memif_aio import protocol as p
@@ -49,7 +50,7 @@ REGION = 1 << 16
 
 
 def valid_master_inputs(regions: int, s2m: int, m2s: int, log2: int) -> list[In]:
-    ring = hs.ring_bytes(log2)
+    ring = p.ring_bytes(log2)
     seq = [In(p.Init(p.VERSION, 0, p.Mode.ETHERNET, SECRET, "app"))]
     seq += [In(p.AddRegion(i, REGION), (Fd("memfd", REGION),)) for i in range(regions)]
     position = 0
@@ -174,7 +175,7 @@ def oracle_master(seq: list[In]) -> int | None:
                 return None
             if m.region >= len(regions):
                 return None
-            if m.offset + hs.ring_bytes(m.log2_ring_size) > regions[m.region]:
+            if m.offset + p.ring_bytes(m.log2_ring_size) > regions[m.region]:
                 return None
             rings[key] = None
         elif isinstance(m, p.Connect) and not fds:
@@ -243,7 +244,7 @@ def test_master_connects_only_through_a_valid_sequence(seq):
     book = FdBook()
     config = hs.MasterInterfaceConfig(secret=SECRET, rx_queues=QUEUES, tx_queues=QUEUES)
     claimed: set[int] = set()
-    master = hs.MasterHandshake(
+    master = master_machine(
         "m",
         lambda i: config if i == 0 else None,
         lambda i: i in claimed,
@@ -350,7 +351,7 @@ def oracle_slave(seq: list[In], messages_to_send: int | None) -> bool:
 @SETTINGS
 def test_slave_connects_only_through_a_valid_sequence(seq):
     book = FdBook()
-    slave = hs.SlaveHandshake(hs.SlaveConfig(tx_queues=2, rx_queues=1, log2_ring_size=4))
+    slave = slave_machine(hs.SlaveConfig(tx_queues=2, rx_queues=1, log2_ring_size=4))
     state: dict = {"closed": None}
     sent = 0
     to_send = None

@@ -24,8 +24,7 @@ from rawpeer import (
 )
 
 import memif_aio
-from memif_aio import DisconnectedError, PeerProtocolError
-from memif_aio.interface import LinkState
+from memif_aio import DisconnectedError, LinkState, PeerProtocolError
 
 # --------------------------------------------------------------- our master, raw slave
 

@@ -344,16 +344,28 @@ async def _shrink_buffers_before_connect(path: str, sealing: bool) -> str:
         mem.close()
 
 
-async def test_region_shrunk_between_add_region_and_connect(abstract_path, caplog):
-    """The size is checked again after sealing, just before mapping."""
+async def test_a_sealable_region_cannot_be_shrunk_once_sent(abstract_path, caplog):
+    """A region that allows sealing is sealed against shrinking as it arrives, before its
+    size is read: the peer's truncate after ADD_REGION fails, and the link comes up."""
     async with memif_aio.Socket(abstract_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
-        before = Resources()
-        reason = await _shrink_buffers_before_connect(abstract_path, sealing=True)
-        assert hs.REGION_TOO_SMALL in reason
-        await one_warning(caplog, hs.REGION_TOO_SMALL, PEER)
-        await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        mem = PeerMemory(seal=False, sealing=True)
+        steps = slave_steps(mem)
+        chan = await RawChannel.connect(abstract_path)
+        try:
+            await chan.expect(p.Hello)
+            for step in steps[:-1]:
+                chan.send(step.data, step.fds)
+                await chan.expect(p.Ack)
+            with pytest.raises(PermissionError):
+                os.ftruncate(mem.region_fds[1], 4096)
+            chan.send(steps[-1].data)
+            await chan.expect(p.Connected)
+            await iface.wait_connected(timeout=3)
+        finally:
+            chan.close()
+            mem.close()
+    assert warnings(caplog) == []
 
 
 async def test_names_without_nul_and_not_utf8(abstract_path, caplog):

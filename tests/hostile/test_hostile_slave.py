@@ -12,9 +12,9 @@ from checks import honest_master_serves, one_warning, wait_state, warnings
 from rawpeer import RawChannel, RawListener, Resources, frame, memfd, raw_frame, serve_as_master
 
 import memif_aio
+from memif_aio import LinkState
 from memif_aio import handshake as hs
 from memif_aio import protocol as p
-from memif_aio.interface import LinkState
 
 
 def our_mappings() -> int:

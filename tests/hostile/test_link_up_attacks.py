@@ -31,8 +31,8 @@ from rawpeer import (
 )
 
 import memif_aio
+from memif_aio import LinkState
 from memif_aio import protocol as p
-from memif_aio.interface import LinkState
 
 
 @contextlib.contextmanager

@@ -27,8 +27,7 @@ from rawpeer import (
 )
 
 import memif_aio
-from memif_aio import DEFAULT_MAX_PACKET_SIZE, LocalProtocolError, PeerProtocolError
-from memif_aio.interface import LinkState
+from memif_aio import DEFAULT_MAX_PACKET_SIZE, LinkState, LocalProtocolError, PeerProtocolError
 
 
 async def _raw_slave_up(path: str, iface, mem: PeerMemory) -> RawChannel:

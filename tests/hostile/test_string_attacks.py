@@ -24,8 +24,8 @@ from rawpeer import (
 )
 
 import memif_aio
+from memif_aio import LinkState
 from memif_aio import protocol as p
-from memif_aio.interface import LinkState
 
 # A newline with a forged log line after it, a terminal escape, and bytes that are not UTF-8.
 EVIL = b"ok\nWARN forged\x1b[2J\xff\xfe"  # 20 bytes: fits a 32-byte name
