@@ -52,3 +52,7 @@ class DisconnectedError(MemifError):
 
 class HandshakeTimeout(MemifError, TimeoutError):
     """The peer did not complete the handshake in time."""
+
+
+class CaptureFormatError(MemifError, ValueError):
+    """A pcap/pcapng file is malformed, truncated or beyond the reader's limits."""
