@@ -1,16 +1,16 @@
 # The two commands of the README. Each sets itself up from a fresh clone:
-# a virtualenv, the package with its Cython extension, and (for tests) DPDK's testpmd.
+# a virtualenv, the package with its Cython extension, and (for tests) DPDK's testpmd and tshark.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxd)
 
-.PHONY: demo test build lint dpdk bench clean
+.PHONY: demo test build lint dpdk tshark bench clean
 
 demo: build
 	$(VENV)/bin/memif-aio demo
 
-test: build dpdk
+test: build dpdk tshark
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 build: $(STAMP) memif_aio/.built
@@ -32,6 +32,17 @@ dpdk:
 		echo "installing dpdk-dev (dpdk-testpmd is the interop peer of the tests)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpdk-dev >/dev/null; }
 	@command -v dpdk-testpmd >/dev/null 2>&1 || { echo "dpdk-testpmd still missing" >&2; exit 1; }
+
+# tshark (and editcap, text2pcap, capinfos, dumpcap with it) is the reference reader and
+# writer of the pcap tests. wireshark-common asks whether non-superusers may capture: the
+# answer (no) is given up front, so the install never waits for a terminal.
+tshark:
+	@command -v tshark >/dev/null 2>&1 || { \
+		echo "installing tshark (the pcap tests check our capture files with it)"; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark \
+			</dev/null >/dev/null; }
+	@command -v tshark >/dev/null 2>&1 || { echo "tshark still missing" >&2; exit 1; }
 
 lint: build
 	$(VENV)/bin/ruff check memif_aio tests benchmarks examples
