@@ -585,7 +585,7 @@ class CaptureReader:
         *,
         max_block_size: int = MAX_BLOCK_SIZE,
         max_interfaces: int = MAX_INTERFACES,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = 1 << 18,
     ) -> None:
         if isinstance(file, (str, os.PathLike)):
             self._file: IO[bytes] = open(file, "rb")  # noqa: SIM115 - owned until close()
@@ -669,18 +669,21 @@ class CaptureReader:
     def _error(self, message: str, at: int) -> CaptureFormatError:
         return CaptureFormatError(f"{message} (at byte {self._offset + at})")
 
-    def _read(self, n: int) -> bytes:
-        """Up to n bytes: fewer only at end of file (a pipe may return short reads)."""
-        parts = []
-        while n > 0:
-            part = self._file.read(n)
+    def _read(self, need: int) -> bytes:
+        """At least ``need`` bytes (fewer only at end of file), up to about a chunk: each read
+        takes what is there (``read1``), so a live pipe is never waited on beyond ``need``."""
+        read1 = getattr(self._file, "read1", None)
+        parts, got = [], 0
+        while got < need:
+            want = max(self._chunk, need - got)
+            part = read1(want) if read1 is not None else self._file.read(want)
             if part is None:
                 raise BlockingIOError("capture file is non-blocking and has no data")
             if not part:
                 self._eof = True
                 break
             parts.append(part)
-            n -= len(part)
+            got += len(part)
         return b"".join(parts)
 
     def _fill(self, need: int) -> bool:
@@ -691,8 +694,8 @@ class CaptureReader:
             return True
         rest = self._buf[self._pos :]
         self._offset += self._pos
-        more = b"" if self._eof else self._read(max(need - have, self._chunk))
-        self._buf = rest + more
+        more = b"" if self._eof else self._read(need - have)
+        self._buf = rest + more if rest else more
         self._pos = 0
         if len(self._buf) >= need:
             return True

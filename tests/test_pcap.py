@@ -18,6 +18,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -405,6 +406,40 @@ def test_streaming_into_a_pipe_to_tshark(tshark_bin, tmp_path):
         lines = out.read().decode().splitlines()
     got = [(int(n), ns_of(t)) for n, t in (line.split("\t") for line in lines)]
     assert got == sent
+
+
+def test_reader_follows_a_live_pipe():
+    """``capture -w - | replay -``: packets come out as soon as their blocks are in the pipe,
+    not when a read-ahead chunk is full; the end of the stream ends the iteration."""
+    read_fd, write_fd = os.pipe()
+    w, r = os.fdopen(write_fd, "wb"), os.fdopen(read_fd, "rb")
+    got: list = []
+    worker = None
+    try:
+        writer = PcapngWriter(w)
+        iface = writer.add_interface()
+        writer.write_burst(iface, [b"one", b"two", b"three"], T0)
+        writer.flush()
+
+        def read_three() -> None:
+            got.append(iter(CaptureReader(r)))  # the header is read here already
+            got.extend(next(got[0]) for _ in range(3))
+
+        worker = threading.Thread(target=read_three)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the reader waited for more than the blocks it needed"
+        packets = got.pop(0)
+        assert [p.data for p in got] == [b"one", b"two", b"three"]
+        writer.write_packet(iface, b"four", T0 + 1)
+        writer.close()
+        w.close()
+        assert [p.data for p in packets] == [b"four"]
+    finally:
+        w.close()  # end of stream: a reader still waiting returns
+        if worker is not None:
+            worker.join(30)
+        r.close()
 
 
 # ------------------------------------------------------------ Wireshark's files -> reader
