@@ -45,6 +45,7 @@ __all__ = [
     "PacketBatch",
     "PcapngWriter",
     "open_capture",
+    "read_all",
 ]
 
 LINKTYPE_ETHERNET = 1
@@ -725,12 +726,12 @@ class CaptureReader:
             raise CaptureFormatError(f"pcap version {major} unsupported (2 expected)")
         self._order = order
         self._pcap_nano = magic == _PCAP_MAGIC_NS
-        fcs = (network >> 28) & 0xF  # bit 28 set: bits 29-31 give the FCS length in 16-bit words
+        # The LinkType word: bit 26 set says the top 4 bits give the FCS length in 16-bit words.
         info = InterfaceInfo(
             linktype=network & 0xFFFF,
             snaplen=snaplen,
             tsresol=9 if self._pcap_nano else 6,
-            fcslen=((fcs >> 1) * 16) if fcs & 1 else None,
+            fcslen=(network >> 28) * 16 if network & (1 << 26) else None,
         )
         info._mul, info._div = _resolution(info.tsresol)
         self.interfaces.append(info)

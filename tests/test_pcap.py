@@ -801,6 +801,14 @@ def test_corrupted_files_never_raise_anything_else(data):
         pass
 
 
+def test_classic_pcap_header_fields():
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 1234, 1 | 1 << 26 | 2 << 28)
+    with CaptureReader(io.BytesIO(header)) as reader:
+        assert list(reader) == []
+        (info,) = reader.interfaces
+    assert (info.linktype, info.snaplen, info.fcslen, info.tsresol) == (1, 1234, 32, 6)
+
+
 def test_reader_misuse():
     reader = CaptureReader(io.BytesIO(_small_pcapng()))
     list(reader)
