@@ -76,6 +76,8 @@ _U64 = (1 << 64) - 1
 _EPB_HEADER = 28  # type, total length, interface, ts high, ts low, captured, original
 _EPB_FIXED = _EPB_HEADER + 4  # + the trailing total length
 _ROW_INDEX = {1: np.arange(8), 4: np.arange(11)}  # write_burst: words per header row
+# write_burst encodes bursts up to this many packets one block at a time, larger ones with numpy.
+SMALL_BURST = 4
 
 
 def _pad4(n: int) -> int:
@@ -117,6 +119,27 @@ def _flag_words(flags: Any, n: int) -> Any:
     if values.min() < 0 or values.max() > _U32:
         raise ValueError("flags not in 0..2**32-1")
     return values
+
+
+def _epb(
+    interface_id: int,
+    ticks: int,
+    data: Any,
+    length: int,
+    flags: int | None = None,
+    comment: str | None = None,
+) -> bytes:
+    """One Enhanced Packet Block (arguments already checked), with struct: what write_packet
+    and small bursts use, and what the numpy burst encoder must reproduce byte for byte."""
+    options = []
+    if comment is not None:
+        options.append((_OPT_COMMENT, comment.encode()))
+    if flags is not None:
+        options.append((_EPB_FLAGS, struct.pack("<I", flags)))
+    caplen = len(data)
+    head = struct.pack("<IIIII", interface_id, ticks >> 32, ticks & _U32, caplen, length)
+    padding = b"\0" * (_pad4(caplen) - caplen)
+    return _block(_EPB, b"".join((head, data, padding, _options(options))))
 
 
 def _write_all(file: IO[bytes], data: Any) -> None:
@@ -267,24 +290,10 @@ class PcapngWriter:
             raise ValueError(f"original_length {length} < captured {view.nbytes} or > 2**32-1")
         if iface.snaplen and view.nbytes > iface.snaplen:
             view = view[: iface.snaplen]
+        if flags is not None and not 0 <= flags <= _U32:
+            raise ValueError(f"flags {flags} not in 0..2**32-1")
         ticks = self._ticks(iface, timestamp_ns)
-        options = []
-        if comment is not None:
-            options.append((_OPT_COMMENT, comment.encode()))
-        if flags is not None:
-            if not 0 <= flags <= _U32:
-                raise ValueError(f"flags {flags} not in 0..2**32-1")
-            options.append((_EPB_FLAGS, struct.pack("<I", flags)))
-        caplen = view.nbytes
-        body = b"".join(
-            (
-                struct.pack("<IIIII", interface_id, ticks >> 32, ticks & _U32, caplen, length),
-                view,
-                b"\0" * (_pad4(caplen) - caplen),
-                _options(options),
-            )
-        )
-        self._emit(_block(_EPB, body))
+        self._emit(_epb(interface_id, ticks, view, length, flags, comment))
         self._count(iface, 1, timestamp_ns, timestamp_ns)
 
     def write_burst(
@@ -326,6 +335,10 @@ class PcapngWriter:
         caplen = np.minimum(lengths, limit) if truncated else lengths
         high, low, first_ns, last_ns = self._burst_ticks(iface, timestamp_ns, n)
         flag_words = None if flags is None else _flag_words(flags, n)
+        if n <= SMALL_BURST:
+            self._write_small(interface_id, packets, lengths, caplen, high, low, flag_words)
+            self._count(iface, n, first_ns, last_ns)
+            return n
 
         # Block i's header (7 words) directly follows block i-1's tail (its options, if any,
         # and its trailing length): one row of `tail + 7` words per packet, scattered at once.
@@ -379,6 +392,18 @@ class PcapngWriter:
         self._emit(out[spare : spare + size])
         self._count(iface, n, first_ns, last_ns)
         return n
+
+    def _write_small(self, interface_id, packets, lengths, caplen, high, low, flags) -> None:
+        """A few packets: one struct-built block each (the numpy set-up of a burst costs
+        more than that below about SMALL_BURST packets), still one write()."""
+        blocks = []
+        for i in range(len(lengths)):
+            data = memoryview(packets[i]).cast("B")[: int(caplen[i])]
+            hi = int(high if isinstance(high, int) else high[i])
+            lo = int(low if isinstance(low, int) else low[i])
+            flag = flags if flags is None or isinstance(flags, int) else int(flags[i])
+            blocks.append(_epb(interface_id, hi << 32 | lo, data, int(lengths[i]), flag))
+        self._emit(b"".join(blocks))
 
     # ----------------------------------------------------------------------- end
 

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from memif_aio import pcap
 from memif_aio.errors import CaptureFormatError, MemifError
 from memif_aio.pcap import (
     DEFAULT_SNAPLEN,
@@ -235,13 +236,25 @@ def encode_one_by_one(batches, snaplen, flags) -> bytes:
     return f.getvalue()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.fixture(params=["numpy always", "small bursts by struct"])
+def small_burst(request, monkeypatch):
+    """write_burst has two encoders (numpy; struct below SMALL_BURST packets): test both."""
+    if request.param == "numpy always":
+        monkeypatch.setattr(pcap, "SMALL_BURST", 0)
+    return pcap.SMALL_BURST
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
-    st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=40), min_size=1, max_size=4),
+    st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=20), min_size=1, max_size=4),
     st.sampled_from([0, 1, 3, 64, 65, 262144]),
     st.none() | st.integers(0, 2**32 - 100),
 )
-def test_write_burst_encodes_like_write_packet(sizes, snaplen, flags):
+def test_write_burst_encodes_like_write_packet(small_burst, sizes, snaplen, flags):
     """The numpy burst encoder writes exactly the bytes of the one-packet struct encoder."""
     rng = random.Random(len(sizes))
     batches = [([rng.randbytes(n) for n in burst], T0 + 1000 * k) for k, burst in enumerate(sizes)]
@@ -257,7 +270,7 @@ def test_write_burst_encodes_like_write_packet(sizes, snaplen, flags):
     assert f.getvalue() == encode_one_by_one(batches, snaplen, flags)
 
 
-def test_writer_refuses_bad_arguments_and_writes_nothing_then():
+def test_writer_refuses_bad_arguments_and_writes_nothing_then(small_burst):
     f = io.BytesIO()
     writer = PcapngWriter(f)
     iface = writer.add_interface()
