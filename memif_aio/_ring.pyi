@@ -109,6 +109,9 @@ class Burst:
     def segments(self, i: int) -> list[memoryview]: ...
     def copy_into(self, i: int, out: Buffer) -> int:
         """Copy packet ``i`` into ``out``; ValueError if it is too small. Returns the length."""
+    def gather_into(self, out: Buffer, offsets: npt.NDArray[np.int64], snaplen: int = 0) -> int:
+        """Copy every packet (joined; its first ``snaplen`` bytes if > 0) to
+        ``out[offsets[i]:]``, all checked first; return the bytes copied."""
     def release(self) -> None: ...
 
 class RxRing:

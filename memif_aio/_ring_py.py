@@ -328,6 +328,54 @@ class Burst:
                     at += n
         return total
 
+    def gather_into(self, out, offsets, snaplen: int = 0) -> int:
+        rx = self._rx
+        n = rx._n
+        rx._check_open()
+        rx._regions._check()
+        snaplen = operator.index(snaplen)
+        if snaplen < 0:
+            raise ValueError(f"snaplen {snaplen} is negative")
+        if rx._fwd:
+            raise LocalProtocolError(f"{rx._fwd} packets of the burst were forwarded")
+        with memoryview(offsets) as fv:
+            if fv.ndim != 1 or fv.format.lstrip("=<@") not in ("q", "l") or fv.itemsize != 8:
+                raise ValueError("offsets must be a 1-D contiguous int64 array")
+            if not fv.c_contiguous:
+                raise ValueError("offsets must be a 1-D contiguous int64 array")
+            at = fv.tolist()
+        if len(at) != n:
+            raise ValueError(f"{len(at)} offsets for {n} packets")
+        with memoryview(out) as mv:
+            if mv.readonly:
+                raise BufferError("out is not writable")
+            if not mv.c_contiguous:
+                raise BufferError("out is not contiguous")
+            size = mv.nbytes
+            wants = [
+                min(int(rx._lengths_w[i]), snaplen) if snaplen else int(rx._lengths_w[i])
+                for i in range(n)
+            ]
+            for i in range(n):
+                if at[i] < 0 or at[i] + wants[i] > size:
+                    raise ValueError(
+                        f"packet {i} ({wants[i]} bytes at offset {at[i]}) does not fit in "
+                        f"{size} bytes"
+                    )
+            total = 0
+            with mv.cast("B") as dst:
+                for i in range(n):
+                    pos, want = at[i], wants[i]
+                    total += want
+                    for r, o, length in self._segs(i):
+                        if not want:
+                            break
+                        length = min(length, want)
+                        dst[pos : pos + length] = self._rx._regions._view(r)[o : o + length]
+                        pos += length
+                        want -= length
+        return total
+
     def release(self) -> None:
         self._rx.release()
 

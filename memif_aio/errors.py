@@ -57,3 +57,7 @@ class HandshakeTimeout(MemifError, TimeoutError):
     def __init__(self, reason: str = "", *, unreachable: bool = False) -> None:
         super().__init__(reason)
         self.unreachable = unreachable
+
+
+class CaptureFormatError(MemifError, ValueError):
+    """A pcap/pcapng file is malformed, truncated or beyond the reader's limits."""

@@ -58,3 +58,15 @@ def testpmd_bin() -> str:
             pytest.fail("dpdk-testpmd is missing under CI (make test installs dpdk-dev)")
         pytest.skip("dpdk-testpmd not installed (run `make test`, which installs dpdk-dev)")
     return path
+
+
+@pytest.fixture
+def tshark_bin() -> str:
+    """Path of tshark (Debian package tshark, which brings editcap, text2pcap, capinfos and
+    dumpcap with it); missing is a failure under CI, a skip elsewhere."""
+    path = shutil.which("tshark")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("tshark is missing under CI (make test installs it)")
+        pytest.skip("tshark not installed (run `make test`, which installs it)")
+    return path

@@ -501,6 +501,58 @@ def test_burst_api(R, make_link):
     assert link.m_s2m.tail == 5
 
 
+def test_burst_gather_into(R, make_link):
+    link = make_link(R, log2=4, buffer_size=64)
+    pk = [b"A" * 10, bytes(range(150)), b"", b"C" * 64]
+    link.stx.tx_burst(pk)
+    burst = link.mrx.rx_burst()
+    assert list(burst.nsegments) == [1, 3, 1, 1]
+    offsets = np.array([300, 0, 200, 220], np.int64)  # any order, gaps left alone
+    out = bytearray(b"\xee" * 320)
+    assert burst.gather_into(out, offsets) == 224
+    assert out[:150] == pk[1] and out[150:200] == b"\xee" * 50 and out[220:284] == pk[3]
+    assert out[300:310] == pk[0] and out[310:] == b"\xee" * 10
+    # snaplen cuts the chained packet inside its second segment; shorter packets are whole.
+    out = bytearray(400)
+    assert burst.gather_into(out, offsets, 70) == 10 + 70 + 0 + 64
+    assert out[:71] == pk[1][:70] + b"\0" and out[300:310] == pk[0] and out[220:284] == pk[3]
+    out = bytearray(400)
+    view_offsets = np.array([150, 0, 100, 120], np.int64)  # relative to the view
+    assert burst.gather_into(memoryview(out)[100:], view_offsets, 2) == 6
+    assert out[100:102] == pk[1][:2] and out[250:252] == pk[0][:2] and out[220:222] == b"CC"
+    assert out.count(0) == 400 - 5  # pk[1] starts with a zero byte
+    # Every check runs before the first byte moves.
+    untouched = bytearray(400)
+    for bad_offsets, snaplen, error in [
+        (offsets[:3], 0, "3 offsets for 4 packets"),
+        (np.array([300, 0, 200, 337], np.int64), 0, "packet 3 .* does not fit in 400"),
+        (np.array([300, -1, 200, 220], np.int64), 0, "packet 1 .* offset -1"),
+        (offsets.astype(np.uint32), 0, "int64"),
+        (offsets.astype(np.float64), 0, "int64"),
+        (offsets, -1, "snaplen -1 is negative"),
+    ]:
+        with pytest.raises(ValueError, match=error):
+            burst.gather_into(untouched, bad_offsets, snaplen)
+    assert untouched == bytearray(400)
+    with pytest.raises((ValueError, BufferError)):
+        burst.gather_into(np.zeros(800, np.uint8)[::2], offsets)
+    with pytest.raises(BufferError):
+        burst.gather_into(bytes(400), offsets)
+    with pytest.raises(TypeError):
+        burst.gather_into(out, [300, 0, 200, 220])
+    burst.release()
+    assert burst.gather_into(bytearray(0), np.zeros(0, np.int64)) == 0
+    # Forwarded packets are gone from the burst: refused, as indexing them is.
+    link.mtx.tx_burst([b"x" * 20, b"y" * 30])
+    got = link.srx.rx_burst()
+    assert link.stx.forward(got) == 2
+    with pytest.raises(LocalProtocolError, match="forwarded"):
+        got.gather_into(bytearray(100), np.array([0, 50], np.int64))
+    link.srx.close()
+    with pytest.raises(LocalProtocolError, match="rx ring is closed"):
+        got.gather_into(bytearray(100), np.array([0, 50], np.int64))
+
+
 def test_release_returns_slots_once_per_burst(R, make_link):
     link = make_link(R, log2=4)
     link.stx.tx_burst([b"x"] * 10)
@@ -1149,6 +1201,7 @@ _OTHER_OP = st.one_of(
     st.tuples(st.just("query")),
     st.tuples(st.just("stage"), st.sampled_from(["stx", "mtx"]), _SIZES, _META),
     st.tuples(st.just("flush"), st.sampled_from(["stx", "mtx"])),
+    st.tuples(st.just("gather"), _RX, st.sampled_from([0, 1, 63, 64, 65, 300]), st.integers(0, 3)),
     st.tuples(
         st.just("tx_from"),
         st.sampled_from([("mtx", "mrx"), ("stx", "srx"), ("mtx", "srx"), ("stx", "mrx")]),
@@ -1244,6 +1297,19 @@ def _apply(link: Link, op):
         return staged, tx.staged
     if kind == "flush":
         return getattr(link, op[1]).flush()
+    if kind == "gather":  # the current burst, or (when empty) a new one
+        rx = getattr(link, op[1])
+        burst = rx.burst if len(rx.burst) else rx.rx_burst()
+        lengths = burst.lengths.astype(np.int64)
+        if op[2]:
+            lengths = np.minimum(lengths, op[2])
+        # Layout op[3]: 0 packed, 1 gaps, 2 reversed with gaps, 3 one byte short of room.
+        gap = 0 if op[3] in (0, 3) else 5
+        offsets = np.cumsum(lengths + gap) - lengths - gap
+        if op[3] == 2:
+            offsets = offsets[::-1].copy()
+        out = bytearray(int(lengths.sum()) + gap * len(lengths) - (op[3] == 3))
+        return _outcome(burst.gather_into, out, offsets, op[2]), bytes(out)
     if kind == "tx_from":
         tx, rx = (getattr(link, name) for name in op[1])
         return tx.tx_burst_from(rx.burst, op[2])
@@ -1298,6 +1364,8 @@ def _differential(geometry, ops, rx_options=None):
                 event("chained packet received" if max(ra[1][2]) > 1 else "packets received")
             elif op[0] == "forward" and ra[1]:
                 event("forwarded")
+            elif op[0] == "gather" and ra[1][0] == ("ok", ra[1][0][1]) and ra[1][0][1]:
+                event("gathered")
             assert a.memory() == b.memory(), f"step {step} {op}: shared memory differs"
         for qa, qb in zip(a.queues, b.queues, strict=True):
             assert (qa.packets, qa.bytes, qa.errors) == (qb.packets, qb.bytes, qb.errors)
