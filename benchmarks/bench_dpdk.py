@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from memif_aio import bench
-from memif_aio.testpmd import find_testpmd
+from memif_aio.cli import bench
+from memif_aio.testing.testpmd import find_testpmd
 
 
 def main() -> int:

@@ -21,8 +21,8 @@ import sys
 import uuid
 
 import memif_aio
-from memif_aio import bench, perf
-from memif_aio.testpmd import Testpmd, find_testpmd
+from memif_aio.cli import bench, perf
+from memif_aio.testing.testpmd import Testpmd, find_testpmd
 
 MODES = ("off", "on")
 

@@ -20,8 +20,8 @@ import sys
 import uuid
 
 import memif_aio
-from memif_aio.perf import Numbered, windowed_echo
-from memif_aio.testpmd import Testpmd, find_testpmd
+from memif_aio.cli.perf import Numbered, windowed_echo
+from memif_aio.testing.testpmd import Testpmd, find_testpmd
 
 
 async def check(args: argparse.Namespace, seed: int) -> str:

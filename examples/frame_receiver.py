@@ -8,8 +8,8 @@ import argparse
 import json
 
 import memif_aio
+from memif_aio.cli.perf import percentile
 from memif_aio.frames import FrameReceiver, frame_packet_size, yuv420_size
-from memif_aio.perf import percentile
 
 
 async def main(args: argparse.Namespace) -> None:

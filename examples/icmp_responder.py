@@ -8,7 +8,7 @@ libmemif's icmp_responder example).
 import argparse
 
 import memif_aio
-from memif_aio import packets
+from memif_aio.cli import packets
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from memif_aio.testpmd import Testpmd
+from memif_aio.testing.testpmd import Testpmd
 
 PEER_SCRIPT = Path(__file__).with_name("peer_process.py")
 
@@ -66,7 +66,7 @@ class PeerProcess:
 
 
 class DpdkTestpmd:
-    """memif_aio.testpmd.Testpmd for async tests: waits run in a thread, off the loop."""
+    """memif_aio.testing.testpmd.Testpmd for async tests: waits run in a thread, off the loop."""
 
     def __init__(self, pmd: Testpmd) -> None:
         self.pmd = pmd

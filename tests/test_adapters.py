@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import memif_aio
-from memif_aio.testpmd import Testpmd
+from memif_aio.testing.testpmd import Testpmd
 
 
 class EchoCheckProtocol(asyncio.DatagramProtocol):

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from memif_aio.testpmd import Testpmd
+from memif_aio.testing.testpmd import Testpmd
 
 CLI = [sys.executable, "-m", "memif_aio"]
 
@@ -239,7 +239,7 @@ def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
 
 
 def test_bench_run_restores_the_callers_cpu_affinity():
-    from memif_aio import bench
+    from memif_aio.cli import bench
 
     before = os.sched_getaffinity(0)
     config = bench.BenchConfig(

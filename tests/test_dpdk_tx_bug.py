@@ -16,8 +16,8 @@ import pytest
 
 import memif_aio
 from helpers import DpdkTestpmd
+from memif_aio.cli.perf import Numbered, windowed_echo
 from memif_aio.link import dpdk_defences
-from memif_aio.perf import Numbered, windowed_echo
 
 LISTENING = r"Port 0: [0-9A-F:]{17}"
 RING = 64

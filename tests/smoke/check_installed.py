@@ -24,7 +24,7 @@ import memif_aio
 modules = pkgutil.walk_packages(memif_aio.__path__, "memif_aio.")
 names = [m.name for m in modules if not m.name.endswith(".__main__")]  # that one runs the CLI
 if importlib.util.find_spec("pytest") is None:  # the pytest plugin needs pytest, nothing else does
-    names.remove("memif_aio.testing")
+    names.remove("memif_aio.testing.plugin")
 for name in names:
     importlib.import_module(name)
 assert sys.modules["uvloop"] is None

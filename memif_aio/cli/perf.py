@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import MemifError
-from .interface import Interface
+from ..errors import MemifError
+from ..interface import Interface
 
 Progress = Callable[[str], None]
 

@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from . import __version__, packets, perf
-from .errors import ConfigError, HandshakeError, HandshakeTimeout, MemifError
+from .. import __version__
+from ..errors import ConfigError, HandshakeError, HandshakeTimeout, MemifError
+from . import packets, perf
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
@@ -81,7 +82,7 @@ def _interface_options(args: argparse.Namespace) -> dict:
 
 async def _connected(args: argparse.Namespace, role: str, **extra):
     """An interface of ``role`` on args.socket, connected; errors become CommandError."""
-    from . import Socket
+    from .. import Socket
 
     sock = Socket(args.socket, app_name=f"memif-aio {args.command}")
     try:
@@ -142,7 +143,7 @@ async def _wait_stdin_closed_or_forever(args: argparse.Namespace) -> None:
 
 
 async def _serve(args: argparse.Namespace, service: Callable[..., Awaitable[None]]) -> int:
-    from . import Socket
+    from .. import Socket
 
     async with Socket(args.socket, app_name=f"memif-aio {args.command}") as sock:
         iface = await sock.create_interface(
@@ -339,7 +340,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _demo_traffic(args: argparse.Namespace, path: str) -> int:
-    from . import connect
+    from .. import connect
 
     progress = _Progress(quiet=args.json)
     rows: list[tuple[str, perf.Throughput]] = []
@@ -438,7 +439,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run_loop(args: argparse.Namespace, coroutine: Awaitable[int]) -> int:
-    from . import run
+    from .. import run
 
     return run(coroutine, use_uvloop=args.uvloop)
 

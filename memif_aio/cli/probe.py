@@ -10,9 +10,9 @@ import asyncio
 import dataclasses
 import socket as _socket
 
-from . import protocol as p
-from .control import new_seqpacket_socket, unix_address
-from .errors import ConfigError
+from .. import protocol as p
+from ..control import new_seqpacket_socket, unix_address
+from ..errors import ConfigError
 
 
 @dataclasses.dataclass

@@ -31,8 +31,8 @@ try:
 except ImportError:  # the plugin loads in every pytest run: never break one without it
     pytest_asyncio = None
 
-from .interface import Interface
-from .socket import open_interface
+from ..interface import Interface
+from ..socket import open_interface
 from .testpmd import Testpmd, find_testpmd
 
 

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import DisconnectedError
+from ..interface import Interface
+from ..testing.testpmd import Testpmd, find_testpmd
 from . import perf
-from .errors import DisconnectedError
-from .interface import Interface
-from .testpmd import Testpmd, find_testpmd
 
 PEER_CPU, OUR_CPU = 0, 1
 Progress = Callable[[str], None]
@@ -75,7 +75,7 @@ class Report:
 def _run(loop: str, make: Callable[[], Awaitable]) -> object:
     """Run a fresh session on ``loop``; one retry if the link drops (a peer restarting, a
     machine under load), so one hiccup does not cost the whole matrix."""
-    from . import run
+    from .. import run
 
     try:
         return run(make(), use_uvloop=loop == "uvloop")
@@ -91,7 +91,7 @@ def _pin(cpu: int) -> None:
 
 def _session(path: str, fn: Callable[[Interface], Awaitable[object]]) -> Callable:
     async def run() -> object:
-        from . import connect
+        from .. import connect
 
         async with connect(path, timeout=20, app_name="memif-aio bench") as iface:
             await asyncio.sleep(0.2)  # let the peer finish its side of the link-up
