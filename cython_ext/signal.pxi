@@ -5,20 +5,6 @@
 # forever. memif_signal.h says how each backend avoids that. Receiving needs no syscall on the
 # peer's fd at all (memif_aio.interrupts watches them through a private edge-triggered epoll).
 
-cdef extern from "memif_signal.h" nogil:
-    ctypedef struct memif_uring:
-        int fd
-    int memif_uring_open(memif_uring *u, unsigned entries)
-    void memif_uring_close(memif_uring *u)
-    int memif_uring_signal(memif_uring *u, int fd)
-    int memif_uring_probe()
-    ctypedef struct memif_signal_thread:
-        pass
-    memif_signal_thread *memif_signal_thread_new(int nslots)
-    void memif_signal_thread_set(memif_signal_thread *t, int slot, int fd)
-    void memif_signal_thread_post(memif_signal_thread *t, int slot)
-    int memif_signal_thread_free(memif_signal_thread *t, int timeout_ms)
-
 cdef extern from "<errno.h>":
     enum:
         EINPROGRESS
@@ -52,17 +38,6 @@ cdef class Signaller:
     one thread wake-up per signal. ``close()`` before closing the fds.
     """
 
-    cdef memif_uring uring
-    cdef memif_signal_thread *helper
-    cdef bint use_uring
-    cdef readonly str backend
-    cdef int *fds
-    cdef int nslots
-    cdef readonly bint closed
-    cdef readonly object fault
-    cdef object on_fault
-    cdef readonly uint64_t signals
-    cdef readonly uint64_t failures
 
     def __cinit__(self, *args, **kwargs):
         self.uring.fd = -1

@@ -451,12 +451,12 @@ class _RingSide:
         regions = ring.regions
         regions._check()
         self._table = None
-        self._br = 0
-        self._bs = 0
+        self._buffer_region = 0
+        self._buffer_size = 0
         if self._slave:
             self._table = _buffer_table(ring, buffer_region, buffer_size, buffer_offsets)
-            self._br = buffer_region
-            self._bs = buffer_size
+            self._buffer_region = buffer_region
+            self._buffer_size = buffer_size
         elif buffer_offsets is not None:
             raise ValueError("buffer_offsets is only used with role='slave'")
         self._ring = ring
@@ -518,7 +518,7 @@ class RxRing(_RingSide):
             self._head = ring.head
             if self._slave and (self._head - self._last) & 0xFFFF > ring.size:
                 raise ValueError("ring head/tail are inconsistent; reset() the ring first")
-        self._rel = self._last
+        self._released = self._last
         self._bstart = self._last
         self._burst = Burst(self)
 
@@ -551,8 +551,8 @@ class RxRing(_RingSide):
                 )
         else:
             avail = (ring.head - self._last) & 0xFFFF
-            if avail > self._size - ((self._last - self._rel) & 0xFFFF):
-                moved = (self._last + avail - self._rel) & 0xFFFF
+            if avail > self._size - ((self._last - self._released) & 0xFFFF):
+                moved = (self._last + avail - self._released) & 0xFFFF
                 raise self._peer_error(f"head moved by {moved} > ring size {self._size}")
         return avail
 
@@ -611,11 +611,11 @@ class RxRing(_RingSide):
                 flags, region, length, off, meta = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
                 more = flags & DESC_FLAG_NEXT
                 if self._slave:
-                    if length > self._bs:
+                    if length > self._buffer_size:
                         raise PeerProtocolError(
-                            f"descriptor {slot}: length {length} > buffer size {self._bs}"
+                            f"descriptor {slot}: length {length} > buffer size {self._buffer_size}"
                         )
-                    if more and self._short_next and 0 < length < self._bs:
+                    if more and self._short_next and 0 < length < self._buffer_size:
                         # DPDK < 23.03 fills every slot it continues from: NEXT on a partly
                         # filled one is stale (a dropped chain left it on a packet's first
                         # slot). A packet starts here; a chain we are in ended before it.
@@ -629,7 +629,7 @@ class RxRing(_RingSide):
                         d += 1  # an empty slot (capacity 0) the peer stepped over
                         first = d
                         continue
-                    region = self._br
+                    region = self._buffer_region
                     off = int(self._table[slot])
                 else:
                     if region >= len(regions):
@@ -675,7 +675,7 @@ class RxRing(_RingSide):
         if self._slave:
             bound = min((ring.tail - self._last) & 0xFFFF, (self._head - self._last) & 0xFFFF)
         else:
-            room = self._size - ((self._last - self._rel) & 0xFFFF)
+            room = self._size - ((self._last - self._released) & 0xFFFF)
             bound = min((ring.head - self._last) & 0xFFFF, room)
         descs = ring.offset + 2 * ring.cacheline
         count = 0
@@ -684,7 +684,7 @@ class RxRing(_RingSide):
             slot = (self._last + d) & self._mask
             flags, _, length, _, _ = _DESC.unpack_from(mem, descs + DESC_SIZE * slot)
             more = bool(flags & DESC_FLAG_NEXT)
-            if more and self._short_next and 0 < length < self._bs:
+            if more and self._short_next and 0 < length < self._buffer_size:
                 count += in_chain
                 more = False
             if more and length == 0 and not in_chain and self._sentinel:
@@ -704,19 +704,19 @@ class RxRing(_RingSide):
     def _release(self, seen_tail: int | None = None) -> None:
         self._forget_burst()
         if self._slave:
-            self._rel = self._last
+            self._released = self._last
             self._refill(seen_tail)
-        elif self._rel != self._last:
+        elif self._released != self._last:
             # Clear flags of returned slots (DPDK leaves a stale NEXT on a packet's first one).
             ring = self._ring
             mem = ring._mem()
             descs = ring.offset + 2 * ring.cacheline
-            slot = self._rel
+            slot = self._released
             while slot != self._last:
                 _FLAGS.pack_into(mem, descs + DESC_SIZE * (slot & self._mask), 0)
                 slot = (slot + 1) & 0xFFFF
             ring.tail = self._last
-            self._rel = self._last
+            self._released = self._last
 
     def release(self) -> None:
         self._check_open()
@@ -725,7 +725,7 @@ class RxRing(_RingSide):
     def _refill(self, seen_tail: int | None = None) -> int:
         ring = self._ring
         mem = ring._mem()
-        free = self._limit - ((self._head - self._rel) & 0xFFFF)
+        free = self._limit - ((self._head - self._released) & 0xFFFF)
         if free <= 0:
             return 0
         descs = ring.offset + 2 * ring.cacheline
@@ -743,12 +743,18 @@ class RxRing(_RingSide):
         for i in range(first, free):
             slot = (self._head + i) & self._mask
             _DESC.pack_into(
-                mem, descs + DESC_SIZE * slot, 0, self._br, self._bs, int(self._table[slot]), 0
+                mem,
+                descs + DESC_SIZE * slot,
+                0,
+                self._buffer_region,
+                self._buffer_size,
+                int(self._table[slot]),
+                0,
             )
         if self._sentinel:
             slot = (self._head + free) & self._mask
             _DESC.pack_into(
-                mem, descs + DESC_SIZE * slot, 0, self._br, 0, int(self._table[slot]), 0
+                mem, descs + DESC_SIZE * slot, 0, self._buffer_region, 0, int(self._table[slot]), 0
             )
         self._head = (self._head + free) & 0xFFFF
         ring.head = self._head
@@ -795,7 +801,9 @@ class TxRing(_RingSide):
         self._signal_slot = -1 if signaller is None else signaller.add(eventfd)
         self._alloc_n = 0
         self._in_call = False
-        self._sdesc = self._spk = self._sbytes = self._sfree = 0  # stage(): not published yet
+        self._staged_descs = self._staged_packets = self._staged_bytes = self._staged_room = (
+            0  # stage(): not published yet
+        )
         self._snap: list[tuple[int, int, int]] = []
         if self._start is not None:
             self._pos = self._start
@@ -808,9 +816,9 @@ class TxRing(_RingSide):
             raise LocalProtocolError("tx ring is closed")
         if self._alloc_n:
             raise LocalProtocolError("alloc() pending: commit() first")
-        if self._sdesc:
+        if self._staged_descs:
             self._flush()
-        self._sfree = 0
+        self._staged_room = 0
 
     def _free(self) -> int:
         ring = self._ring
@@ -831,18 +839,18 @@ class TxRing(_RingSide):
     def free_slots(self) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
-        if self._sdesc:
+        if self._staged_descs:
             self._flush()
-        self._sfree = 0
+        self._staged_room = 0
         return self._free()
 
     @property
     def staged(self) -> int:
-        return self._spk
+        return self._staged_packets
 
     def _flush(self) -> int:
-        n, nbytes, ndesc = self._spk, self._sbytes, self._sdesc
-        self._sdesc = self._spk = self._sbytes = 0
+        n, nbytes, ndesc = self._staged_packets, self._staged_bytes, self._staged_descs
+        self._staged_descs = self._staged_packets = self._staged_bytes = 0
         self._publish(ndesc)
         self.packets += n
         self.bytes += nbytes
@@ -852,22 +860,22 @@ class TxRing(_RingSide):
     def flush(self) -> int:
         if self._closed:
             raise LocalProtocolError("tx ring is closed")
-        return self._flush() if self._sdesc else 0
+        return self._flush() if self._staged_descs else 0
 
     def discard(self) -> int:
-        n = self._spk
-        self._sdesc = self._spk = self._sbytes = 0
+        n = self._staged_packets
+        self._staged_descs = self._staged_packets = self._staged_bytes = 0
         return n
 
     def _stage_one(self, src: memoryview, meta: int) -> bool:
         self._ring._mem()  # region table still open
-        if self._sfree == 0:
+        if self._staged_room == 0:
             return False
         pos = self._pos
-        self._pos = (pos + self._sdesc) & 0xFFFF
+        self._pos = (pos + self._staged_descs) & 0xFFFF
         try:
             try:
-                n, ndesc = self._plan([len(src)], self._sfree)
+                n, ndesc = self._plan([len(src)], self._staged_room)
             except PeerProtocolError:
                 self.errors += 1
                 raise
@@ -876,10 +884,10 @@ class TxRing(_RingSide):
             self._pos = pos
         if not n:
             return False
-        self._sdesc += ndesc
-        self._sfree -= ndesc
-        self._spk += 1
-        self._sbytes += nbytes
+        self._staged_descs += ndesc
+        self._staged_room -= ndesc
+        self._staged_packets += 1
+        self._staged_bytes += nbytes
         return True
 
     @_guarded
@@ -898,9 +906,11 @@ class TxRing(_RingSide):
         if self._stage_one(mv, meta):
             return True
         free = self._free()
-        if free < self._sdesc:
-            raise self._peer_error(f"peer counter moved back over {self._sdesc} staged descriptors")
-        self._sfree = free - self._sdesc
+        if free < self._staged_descs:
+            raise self._peer_error(
+                f"peer counter moved back over {self._staged_descs} staged descriptors"
+            )
+        self._staged_room = free - self._staged_descs
         return self._stage_one(mv, meta)
 
     def _publish(self, ndesc: int) -> None:
@@ -946,7 +956,7 @@ class TxRing(_RingSide):
                     f"packet {n + first}: {length} bytes exceed max_packet_size {self._max_packet}"
                 )
             if self._slave:
-                need = 1 if length == 0 else -(-length // self._bs)
+                need = 1 if length == 0 else -(-length // self._buffer_size)
                 if need > self._size:
                     raise LocalProtocolError(
                         f"packet {n + first}: {length} bytes need {need} descriptors, "
@@ -990,7 +1000,11 @@ class TxRing(_RingSide):
             while True:
                 slot = (self._pos + d) & self._mask
                 if self._slave:
-                    region, off, cap = self._br, int(self._table[slot]), self._bs
+                    region, off, cap = (
+                        self._buffer_region,
+                        int(self._table[slot]),
+                        self._buffer_size,
+                    )
                 else:
                     region, off, cap = self._snap[d]
                 take = min(rem, cap)
@@ -1095,7 +1109,9 @@ class TxRing(_RingSide):
             for i in range(k):
                 slot = (self._pos + i) & self._mask
                 off = int(self._table[slot])
-                views.append(self._regions._view(self._br)[off : off + self._bs])
+                views.append(
+                    self._regions._view(self._buffer_region)[off : off + self._buffer_size]
+                )
         else:
             mem = self._ring._mem()
             try:
@@ -1121,7 +1137,7 @@ class TxRing(_RingSide):
             raise LocalProtocolError(f"commit of {m} buffers, only {self._alloc_n} allocated")
         lens = [operator.index(x) for x in lengths]
         for i in range(m):
-            cap = self._bs if self._slave else self._snap[i][2]
+            cap = self._buffer_size if self._slave else self._snap[i][2]
             if not 0 <= lens[i] <= cap:
                 raise LocalProtocolError(f"length {lens[i]} of buffer {i} > capacity {cap}")
         metas = _metadata(metadata, m, m)
@@ -1132,7 +1148,9 @@ class TxRing(_RingSide):
             slot = (self._pos + i) & self._mask
             at = descs + DESC_SIZE * slot
             if self._slave:
-                _DESC.pack_into(mem, at, 0, self._br, lens[i], int(self._table[slot]), metas[i])
+                _DESC.pack_into(
+                    mem, at, 0, self._buffer_region, lens[i], int(self._table[slot]), metas[i]
+                )
             else:
                 _U16.pack_into(mem, at, 0)
                 _U32.pack_into(mem, at + 4, lens[i])
@@ -1154,7 +1172,7 @@ class TxRing(_RingSide):
         rx._check_open()
         if rx._regions is not self._regions:
             raise LocalProtocolError("forward() needs both rings on the same RegionTable")
-        if rx._br != self._br or rx._bs != self._bs:
+        if rx._buffer_region != self._buffer_region or rx._buffer_size != self._buffer_size:
             raise LocalProtocolError("forward() needs the same buffer region and buffer size")
         free = self._free()
         ring = self._ring
@@ -1170,7 +1188,9 @@ class TxRing(_RingSide):
             off = int(rx._table[rslot])
             length = rx._segs[f][2]
             meta = int(rx._meta_w[i])
-            _DESC.pack_into(mem, descs + DESC_SIZE * tslot, 0, self._br, length, off, meta)
+            _DESC.pack_into(
+                mem, descs + DESC_SIZE * tslot, 0, self._buffer_region, length, off, meta
+            )
             rx._table[rslot] = self._table[tslot]
             self._table[tslot] = off
             nbytes += length
