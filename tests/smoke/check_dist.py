@@ -30,6 +30,7 @@ def check_sdist(path: Path) -> None:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     cython = {str(p.relative_to(TREE)) for p in (TREE / "cython_ext").iterdir()}
     cython = {name for name in cython if name.endswith((".pyx", ".pxd", ".pxi", ".h"))}
+    cython.add("memif_aio/_ring.pxd")  # the extension module's declarations
     needed = cython | {
         "pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "CHANGELOG.md",
         "tests/conftest.py", *(str(p.relative_to(TREE)) for p in TREE.glob("examples/*.py")),
