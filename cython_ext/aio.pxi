@@ -1,5 +1,8 @@
-# The asyncio glue: awaitables that are already done, per-packet `async for`, the per-packet
-# send (included by ring.pyx).
+# The asyncio glue (included by ring.pyx): the C half of the queues. RxQueueCore and
+# TxQueueCore hold the ring side and the one gate every call passes (``closed_reason``: None
+# while the link is up); memif_aio.queues.RxQueue/TxQueue subclass them in Python for the
+# waiting. No coroutine per packet: ``async for`` hands out a reused, already-completed
+# awaitable while a burst lasts, and ``send`` returns one while the ring has room.
 
 # ---------------------------------------------------------------------------------------------
 # per-packet async iteration
@@ -68,12 +71,92 @@ cdef int _completed_send(PyObject *self, PyObject *arg, PyObject **result) noexc
 
 AM_SEND = bool(memif_set_am_send(<PyTypeObject *>Completed, <void *>_completed_send))
 
-#: StagedSender flushes every this many staged packets when the receiver polls.
-POLLED_FLUSH = 32
-cdef uint32_t _POLLED_FLUSH = 32
-
 #: ``await DONE`` is ``None`` at once; ``TxQueue.send`` returns it when the packet is staged.
 DONE = Completed(None)
+
+
+@cython.final
+cdef class YieldOnce:
+    """An awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable: each
+    ``await`` suspends exactly once. What a sender that never had to wait returns now and
+    then, so the other tasks on its loop run."""
+
+    def __await__(self):
+        self.yielded = False
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.yielded:
+            self.yielded = True
+            return None  # a bare yield: the Task steps again on the next loop iteration
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self):
+        pass
+
+
+cdef class QueueCore:
+    """What every queue has in C: its index, its gate (``closed_reason``, None while the
+    link is up) and where a peer's violation is reported (``on_peer_error``, once per queue
+    closing the link)."""
+
+    def __init__(self, int index, on_peer_error):
+        self.index = index
+        self.on_peer_error = on_peer_error
+
+    @property
+    def closed(self):
+        return self.closed_reason is not None
+
+    cdef int _check(self) except -1:
+        if self.closed_reason is not None:
+            raise DisconnectedError(self.closed_reason)
+        return 0
+
+    def _check_open(self):
+        """Raise ``DisconnectedError`` (with the reason) once the queue's link is down."""
+        self._check()
+
+    def _peer_error(self, exc):
+        # The link disconnects with this reason; the caller sees the exception too.
+        self.peer_broke_it = True
+        self.on_peer_error(exc)
+
+    def _shut(self, str reason):
+        """Close the gate: every later call raises ``DisconnectedError(reason)``."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+
+
+cdef class RxQueueCore(QueueCore):
+    """The C half of :class:`memif_aio.RxQueue`: taking bursts, and ``async for``."""
+
+    def __init__(self, int index, RxRing ring not None, on_peer_error):
+        QueueCore.__init__(self, index, on_peer_error)
+        self.ring = ring
+
+    def recv_burst_nowait(self, max_packets=DEFAULT_BURST):
+        """Take what is there now (possibly nothing); releases the previous burst."""
+        self._check()
+        try:
+            return self.ring.rx_burst(max_packets)
+        except PeerProtocolError as exc:
+            self._peer_error(exc)
+            raise
+
+    def __aiter__(self):
+        return PacketStream(self, DEFAULT_BURST)
 
 
 @cython.final
@@ -82,18 +165,15 @@ cdef class PacketStream:
 
     While the current burst has packets, ``__anext__`` returns a reused :class:`Completed`.
     When it is empty it takes a new burst at once (releasing the old one); only when that is
-    empty too does it return a coroutine that awaits ``wait()`` (the queue's wake-up logic,
-    which raises ``DisconnectedError`` once the link is down) and tries again.
-    ``on_peer_error(exc)`` is called before a ``PeerProtocolError`` propagates. Packets are
-    single-segment memoryviews (valid until the next step) or joined ``bytes`` (chains).
+    empty too does it return a coroutine that awaits the queue's ``_wait()`` (which raises
+    ``DisconnectedError`` once the link is down) and tries again. Packets are single-segment
+    memoryviews (valid until the next step) or joined ``bytes`` (chains).
     """
 
-
-    def __cinit__(self, RxRing rx not None, wait, on_peer_error, uint32_t max_packets=0):
-        self.rx = rx
-        self.wait = wait
-        self.on_peer_error = on_peer_error
-        self.maxp = max_packets if 0 < max_packets < rx.max_burst else rx.max_burst
+    def __cinit__(self, RxQueueCore queue not None, uint32_t max_packets=0):
+        self.queue = queue
+        self.rx = queue.ring
+        self.maxp = max_packets if 0 < max_packets < self.rx.max_burst else self.rx.max_burst
         self.ready = Completed()
 
     def __aiter__(self):
@@ -103,7 +183,7 @@ cdef class PacketStream:
         try:
             self.rx._take(self.maxp)
         except PeerProtocolError as exc:
-            self.on_peer_error(exc)
+            self.queue._peer_error(exc)
             raise
         self.i = 0
         return 0
@@ -118,7 +198,7 @@ cdef class PacketStream:
 
     def __anext__(self):
         cdef RxRing rx = self.rx
-        if not rx.closed and not rx.regions._closed:
+        if self.queue.closed_reason is None and not rx.closed and not rx.regions._closed:
             if self.i >= rx.c.n:
                 self._take()
             if self.i < rx.c.n:
@@ -129,7 +209,8 @@ cdef class PacketStream:
     async def _slow(self):
         cdef RxRing rx = self.rx
         while True:
-            await self.wait()
+            await self.queue._wait()
+            self.queue._check()
             if rx.closed or rx.regions._closed:
                 raise LocalProtocolError("rx ring is closed")
             self._take()
@@ -137,52 +218,63 @@ cdef class PacketStream:
                 return self._next()
 
 
-@cython.final
-cdef class StagedSender:
-    """``TxQueue.send`` in C: ``sender(data)`` stages one packet and returns :data:`DONE`.
+cdef class TxQueueCore(QueueCore):
+    """The C half of :class:`memif_aio.TxQueue`: ``send``, the per-packet path.
 
-    The first packet staged in a loop iteration schedules one ``flush`` with
-    ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so do every
-    ``POLLED_FLUSH`` (32) when the receiver polls (MASK_INT): then a flush is one store, no
-    syscall, and publishing early keeps a polling peer (DPDK) busy instead of idle. When the packet does not
-    fit, or the ring is closed, it returns ``slow(data)`` (the queue's coroutine that flushes,
-    waits for room and raises ``DisconnectedError``). ``on_peer_error(exc)`` is called before
-    a ``PeerProtocolError`` propagates.
+    ``send(data)`` copies the packet into the ring at once and returns :data:`DONE` when it
+    fits. The first packet staged in a loop iteration schedules one flush with
+    ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so does every packet
+    when the receiver polls (MASK_INT: a flush is then one store, no syscall, and a polling
+    peer sees it at once). Every ``max_burst`` sends it returns a :class:`YieldOnce` instead,
+    so a task sending in a loop lets the others on its loop run. When the packet does not fit,
+    or the queue is closed, it returns the subclass's ``_send_slow(data, metadata)``.
     """
 
-
-    def __cinit__(self, TxRing tx not None, loop, slow, on_peer_error, uint32_t max_burst):
-        self.tx = tx
+    def __init__(self, int index, TxRing ring not None, on_peer_error, loop,
+                 uint32_t max_burst=DEFAULT_BURST):
+        QueueCore.__init__(self, index, on_peer_error)
+        self.ring = ring
         self.call_soon = loop.call_soon
-        self.slow = slow
-        self.on_peer_error = on_peer_error
         self.max_burst = max_burst if max_burst else 1
+        self.turn = YieldOnce()
 
-    def __call__(self, data, metadata=0):
-        cdef TxRing tx = self.tx
+    def send(self, data, metadata=0):
+        """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
+        larger than a buffer), waiting while the ring is full; published by the end of the
+        loop iteration, or now with :meth:`flush`."""
+        cdef TxRing tx = self.ring
         cdef int ok
         cdef uint32_t meta = _meta_value(metadata, 0)
-        if not tx.closed and not tx.alloc_n:
+        if self.closed_reason is None and not tx.closed and not tx.alloc_n:
             try:
                 ok = tx._stage(data, meta)
             except PeerProtocolError as exc:
-                self.on_peer_error(exc)
+                self._peer_error(exc)
                 raise
             if ok:
-                if tx.staged_packets >= self.max_burst or (
-                        tx.staged_packets % _POLLED_FLUSH == 0 and tx._peer_polls()):
+                if tx.staged_packets >= self.max_burst or tx._peer_polls():
                     tx._flush()
                 elif not self.scheduled:
                     self.scheduled = True
                     self.call_soon(self._scheduled_flush)
+                self.since_turn += 1
+                if self.since_turn >= self.max_burst:
+                    self.since_turn = 0
+                    return self.turn
                 return DONE
-        return self.slow(data, meta)
+        return self._send_slow(data, meta)
+
+    def flush(self):
+        """Publish packets staged by :meth:`send` now; return how many."""
+        if self.closed_reason is not None:
+            return 0
+        return self.ring.flush()
 
     def _scheduled_flush(self):
         # Loop callback: never raises; publishing reads nothing the peer wrote.
         self.scheduled = False
-        if not self.tx.closed and self.tx.staged_descs:
+        if self.closed_reason is None and not self.ring.closed and self.ring.staged_descs:
             try:
-                self.tx._flush()
+                self.ring._flush()
             except Exception:  # pragma: no cover - table closed under us: nothing to publish
                 pass

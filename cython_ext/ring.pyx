@@ -76,7 +76,7 @@ import os
 
 import numpy as np
 
-from memif_aio.errors import LocalProtocolError, PeerProtocolError
+from memif_aio.errors import DisconnectedError, LocalProtocolError, PeerProtocolError
 
 cnp.import_array()
 
@@ -90,6 +90,8 @@ MAX_LOG2_RING_SIZE = 14
 #: Default bound on one packet (chained descriptors joined): the largest IP packet plus
 #: link-layer headers, with room to spare. A longer packet from the peer is a peer error.
 DEFAULT_MAX_PACKET_SIZE = 65536 + 512
+#: Packets a burst takes at most, by default.
+DEFAULT_BURST = 256
 
 cdef uint32_t COOKIE = 0x3E31F20
 cdef uint16_t NEXT = 1

@@ -84,6 +84,18 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
     return 0
 
 
+cdef bint _spin_for_change(uint16_t *counter, uint16_t seen, uint64_t budget_ns) noexcept nogil:
+    cdef uint64_t deadline = memif_now_ns() + budget_ns
+    cdef uint32_t turns = 0
+    while True:
+        if memif_load_acquire(counter) != seen:
+            return True
+        turns += 1
+        if (turns & 31) == 0 and memif_now_ns() >= deadline:
+            return False
+        memif_cpu_relax()
+
+
 cdef object _packet(RxRing rx, uint32_t i):
     """Packet i of rx's burst (already checked): a view (one segment) or joined bytes."""
     cdef rx_ctx *c = &rx.c
@@ -403,6 +415,30 @@ cdef class RxRing:
         """Descriptors published by the peer and not yet read (acquire load, validated)."""
         self._check_open()
         return self._available()
+
+    def wait_news(self, uint64_t budget_ns, bint release_gil=True):
+        """Spin up to ``budget_ns`` for the peer's counter to move; whether it did.
+
+        Busy-polling without a loop iteration per look: one acquire load per turn, a pause
+        between turns, a clock read every 32. With ``release_gil`` other threads run meanwhile
+        (the loop's thread is taken all the same); the caller bounds the budget so its loop
+        still gets a turn. False at once once closed."""
+        if self.closed or self.regions._closed:
+            return False
+        cdef char *hdr = self.ring._hdr()
+        cdef uint16_t *peer = ring_tail(hdr, self.ring.cacheline) if self.slave else ring_head(hdr)
+        cdef uint16_t last = self.c.last
+        cdef bint moved
+        self.regions.busy += 1
+        try:
+            if release_gil:
+                with nogil:
+                    moved = _spin_for_change(peer, last, budget_ns)
+            else:
+                moved = _spin_for_change(peer, last, budget_ns)
+        finally:
+            self.regions.busy -= 1
+        return moved
 
     def has_news(self):
         """Whether the peer's counter moved since we last read: one load, no validation and no

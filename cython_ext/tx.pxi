@@ -375,9 +375,10 @@ cdef class TxRing:
             memif_store_release(ring_head(hdr), self.c.pos)
         else:
             memif_store_release(ring_tail(hdr, self.ring.cacheline), self.c.pos)
-        if self.signaller is not None and not (
-                memif_load_relaxed(ring_flags(hdr)) & MASK_INT):
-            self.signaller._signal(self.signal_slot)
+        if self.signaller is not None:
+            memif_fence()  # the counter is visible before MASK_INT is read: no lost wake-up
+            if not memif_load_relaxed(ring_flags(hdr)) & MASK_INT:
+                self.signaller._signal(self.signal_slot)
         return 0
 
     cdef int _plan(self, uint32_t npk, uint64_t first=0) except -1:

@@ -9,6 +9,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <time.h>
 
     typedef struct {
         uint16_t flags;
@@ -32,11 +33,29 @@ cdef extern from *:
     static inline void memif_store_relaxed(uint16_t *p, uint16_t v) {
         __atomic_store_n(p, v, __ATOMIC_RELAXED);
     }
+    /* Full barriers: a receiver that clears MASK_INT and then looks at the ring must not see
+       the ring before the flag is visible (else a signal skipped for the old flag is lost). */
     static inline void memif_flags_or(uint16_t *p, uint16_t v) {
-        __atomic_fetch_or(p, v, __ATOMIC_RELAXED);
+        __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
     }
     static inline void memif_flags_and(uint16_t *p, uint16_t v) {
-        __atomic_fetch_and(p, v, __ATOMIC_RELAXED);
+        __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST);
+    }
+    /* The transmitter's half: its published counter is visible before it reads MASK_INT. */
+    static inline void memif_fence(void) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    static inline void memif_cpu_relax(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+    #endif
+    }
+    static inline uint64_t memif_now_ns(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
     }
     /* One read of each field through a volatile pointer: the compiler may not re-load a
        peer-writable descriptor after we validated the copy. */
@@ -62,6 +81,9 @@ cdef extern from *:
     void memif_store_relaxed(uint16_t *p, uint16_t v) noexcept nogil
     void memif_flags_or(uint16_t *p, uint16_t v) noexcept nogil
     void memif_flags_and(uint16_t *p, uint16_t v) noexcept nogil
+    void memif_fence() noexcept nogil
+    void memif_cpu_relax() noexcept nogil
+    uint64_t memif_now_ns() noexcept nogil
     void memif_desc_snapshot(const memif_desc_t *src, memif_desc_t *dst) noexcept nogil
 
 
@@ -189,6 +211,7 @@ cdef class Ring
 cdef class Burst
 cdef class RxRing
 cdef class TxRing
+cdef class Completed
 cdef class Signaller
 
 
@@ -277,10 +300,25 @@ cdef class Completed:
     cdef object value
 
 
+cdef class YieldOnce:
+    cdef bint yielded
+
+
+cdef class QueueCore:
+    cdef readonly int index
+    cdef readonly object closed_reason  # the gate: None while the link is up
+    cdef readonly object on_peer_error
+    cdef public bint peer_broke_it  # this queue's ring saw the peer's violation
+    cdef int _check(self) except -1
+
+
+cdef class RxQueueCore(QueueCore):
+    cdef readonly RxRing ring
+
+
 cdef class PacketStream:
+    cdef RxQueueCore queue
     cdef RxRing rx
-    cdef object wait
-    cdef object on_peer_error
     cdef uint32_t maxp
     cdef uint32_t i
     cdef Completed ready
@@ -288,13 +326,13 @@ cdef class PacketStream:
     cdef object _next(self)
 
 
-cdef class StagedSender:
-    cdef TxRing tx
+cdef class TxQueueCore(QueueCore):
+    cdef readonly TxRing ring
     cdef object call_soon
-    cdef object slow
-    cdef object on_peer_error
     cdef uint32_t max_burst
     cdef bint scheduled
+    cdef uint32_t since_turn  # sends since the last YieldOnce
+    cdef YieldOnce turn
 
 
 cdef class TxRing:

@@ -36,7 +36,8 @@ class DataPlane:
     descriptor, a counter jump, an eventfd made blocking); the owner disconnects.
     ``on_notice(text)`` hears of peer misbehaviour we only contain (an interrupt storm).
     ``sentinel`` and ``short_next_ends_packet``: a slave's defences against DPDK's transmit
-    off-by-one (see :class:`~memif_aio._ring.RxRing`).
+    off-by-one (see :class:`~memif_aio._ring.RxRing`). ``rx_mode``: how the rx queues wait
+    (:class:`~memif_aio.queues.RxMode`).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class DataPlane:
         on_notice: Callable[[str], None] | None = None,
         sentinel: bool = False,
         short_next_ends_packet: bool = False,
+        rx_mode: str = "interrupt",
     ) -> None:
         self.setup = setup
         self.memory = memory
@@ -60,6 +62,7 @@ class DataPlane:
         self._interrupts: InterruptSet | None = None
         self._signaller: _ring.Signaller | None = None
         self.closed = False
+        self._rx_mode = rx_mode
         self._rx_defences = {
             "sentinel": sentinel,
             "short_next_ends_packet": short_next_ends_packet,
@@ -105,6 +108,8 @@ class DataPlane:
                     self._interrupts,
                     self._peer_error,
                     self._on_notice,
+                    mode=self._rx_mode,
+                    flush_tx=self._flush_tx,
                 )
             )
         for ring in tx_rings:
@@ -112,6 +117,12 @@ class DataPlane:
                 ring.ring, signaller=self._signaller, eventfd=ring.spec.eventfd, **options(ring)
             )
             self.tx_queues.append(TxQueue(ring.spec.index, tx, self._peer_error))
+
+    def _flush_tx(self) -> None:
+        # Before a consumer waits: what this link staged goes out now (a reply, say).
+        for queue in self.tx_queues:
+            if queue.ring.staged:
+                queue.flush()
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
         if not self.closed:

@@ -15,7 +15,7 @@ from . import handshake as hs
 from .errors import ConfigError
 from .link import DEFAULT_LINGER, Link, LinkOptions, LinkState, SocketContext, Stats
 from .protocol import SECRET_SIZE, Mode, encode_string, printable
-from .queues import RxQueue, TxQueue
+from .queues import RxMode, RxQueue, TxQueue
 
 DPDK_WORKAROUND_MODES = ("auto", "on", "off")
 __all__ = ["Interface", "InterfaceDetails", "LinkState", "QueueDetails"]
@@ -26,6 +26,7 @@ class QueueDetails:
     index: int
     ring_size: int
     buffer_size: int | None  # a master learns it from the slave's descriptors only
+    mode: str | None = None  # rx queues: "interrupt", "polling" or "adaptive"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class Interface:
     ``"on"`` for any master (it hands over empty, capacity-0 descriptors, which memif_aio's
     own master refuses); ``"off"`` never. It costs one ring slot. ``details().dpdk_defences``
     shows what is in force.
+
+    ``rx_mode`` (``"interrupt"``, ``"polling"``, ``"adaptive"``; default ``"interrupt"``): how
+    the receive queues of each link wait; each queue can change it (``rxq.mode``). See
+    :class:`~memif_aio.queues.RxQueue` for what each costs and gives.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Interface:
         allow_unsealed_regions: bool = False,
         max_packet_size: int = _ring.DEFAULT_MAX_PACKET_SIZE,
         dpdk_workaround: str = "auto",
+        rx_mode: str = "interrupt",
         on_close: Callable[[Interface], None] | None = None,
     ) -> None:
         if not 0 <= id < 1 << 32:
@@ -145,6 +151,7 @@ class Interface:
             allow_unsealed_regions=allow_unsealed_regions,
             max_packet_size=max_packet_size,
             dpdk_workaround=dpdk_workaround,
+            rx_mode=RxMode.parse(rx_mode).value,
         )
         self.socket_path = context.path
         self.link = Link(self.options, context)
@@ -225,13 +232,22 @@ class Interface:
             state=self.state.value,
             link_up=self.connected,
             cacheline=self.cacheline,
-            rx_queues=tuple(QueueDetails(r.index, 1 << r.log2_size, buffer_size) for r in rx_rings),
+            rx_queues=tuple(
+                QueueDetails(r.index, 1 << r.log2_size, buffer_size, mode.value)
+                for r, mode in zip(rx_rings, self._rx_modes(len(rx_rings)), strict=True)
+            ),
             tx_queues=tuple(QueueDetails(r.index, 1 << r.log2_size, buffer_size) for r in tx_rings),
             last_disconnect_reason=self.last_disconnect_reason,
             dpdk_workaround=self.options.dpdk_workaround,
             dpdk_defences=self.link.defences if setup is not None else (),
             max_packet_size=self.max_packet_size,
         )
+
+    def _rx_modes(self, count: int) -> list[RxMode]:
+        queues = self.rx_queues
+        if len(queues) == count:
+            return [queue.mode for queue in queues]
+        return [RxMode(self.options.rx_mode)] * count
 
     def stats(self) -> Stats:
         """Counters over the interface's life (all links): ``rx_packets``, ``rx_bytes``,

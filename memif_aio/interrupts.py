@@ -47,8 +47,10 @@ class InterruptSet:
             raise
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` on each signal of ``fd`` (an eventfd) until ``unwatch``."""
-        self._epoll.register(fd, _EDGE)
+        """Call ``callback`` on each signal of ``fd`` (an eventfd) until ``unwatch``
+        (watching a watched fd only changes its callback)."""
+        if fd not in self._callbacks:
+            self._epoll.register(fd, _EDGE)
         self._callbacks[fd] = callback
 
     def unwatch(self, fd: int) -> None:

@@ -120,6 +120,7 @@ class LinkOptions:
     allow_unsealed_regions: bool = False
     max_packet_size: int = 65536 + 512
     dpdk_workaround: str = "auto"
+    rx_mode: str = "interrupt"
 
     def master_config(self) -> hs.MasterInterfaceConfig:
         return hs.MasterInterfaceConfig(
@@ -451,6 +452,7 @@ class Link:
                 on_notice=self._peer_notice,
                 sentinel="sentinel" in defences,
                 short_next_ends_packet="short-next-ends-packet" in defences,
+                rx_mode=options.rx_mode,
             )
         except (MemifError, ValueError, OSError) as exc:
             # Nothing of the link is left behind (DataPlane closed what it built and the

@@ -32,6 +32,7 @@ def ring_bytes(log2_ring_size: int, cacheline: int = 64) -> int:
     """Bytes of one ring: a two-cache-line header, then ``2**log2`` 16-byte descriptors."""
     return 2 * cacheline + (DESC_SIZE << log2_ring_size)
 
+
 _TYPE = struct.Struct("<H")
 
 

@@ -1,9 +1,24 @@
 """Queues: the asyncio face of the rings.
 
-An :class:`RxQueue` waits for its ring's interrupts (the link's
-:class:`~memif_aio.interrupts.InterruptSet` watches the eventfd, so an idle queue costs nothing)
-or, in polling mode, sets ``MASK_INT`` and is driven by its consumer. A
-:class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
+The C half of each queue (:class:`~memif_aio._ring.RxQueueCore`,
+:class:`~memif_aio._ring.TxQueueCore`) takes bursts, runs ``async for`` and ``send`` without a
+coroutine per packet, and holds the queue's one gate: ``closed_reason``, None while the link is
+up. This module adds the waiting.
+
+An :class:`RxQueue` waits in one of three modes (``rxq.mode``):
+
+- ``"interrupt"`` (default): it sleeps until the peer signals (the link's
+  :class:`~memif_aio.interrupts.InterruptSet` watches the eventfd), so an idle queue costs
+  nothing; each wake-up costs a loop iteration.
+- ``"polling"``: ``MASK_INT`` asks the peer not to signal; the consumer spins in C on the
+  ring's counter for up to ``spin`` seconds per look (no loop iteration per look), then gives
+  the loop a turn. Lowest latency, one CPU busy.
+- ``"adaptive"``: like VPP's. Interrupts while idle; after traffic it polls for
+  ``adaptive_window`` seconds, then asks for interrupts again (clears ``MASK_INT``, looks at
+  the ring once more, then sleeps: no lost wake-up). A busy link gets polling latency, an
+  idle one costs nothing.
+
+A :class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
 waits for room by re-checking on a short, growing timer: backpressure, never a silent drop.
 
 A queue belongs to the thread running its event loop and to one consumer task at a time. Queues
@@ -15,18 +30,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import enum
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from . import _ring
-from .errors import DisconnectedError, LocalProtocolError, MemifError, PeerProtocolError
+from .errors import (
+    ConfigError,
+    DisconnectedError,
+    LocalProtocolError,
+    MemifError,
+    PeerProtocolError,
+)
 from .interrupts import InterruptSet
 
-DEFAULT_BURST = 256
-_U32_MAX = 0xFFFFFFFF
+DEFAULT_BURST = _ring.DEFAULT_BURST
+DEFAULT_SPIN = 50e-6  # seconds a polling consumer spins per look before the loop's turn
+DEFAULT_ADAPTIVE_WINDOW = 300e-6  # seconds an adaptive queue keeps polling after traffic
 _SPIN_CHECKS = 16  # re-checks of a full tx ring that only yield to the loop
 _MAX_BACKOFF = 0.001  # then sleeps growing from 20 us to this
 # Interrupt storms: a peer signalling without publishing anything. A legitimate peer signals
@@ -41,28 +62,22 @@ ErrorHandler = Callable[[PeerProtocolError], None]
 NoticeHandler = Callable[[str], None]
 
 
-class _Queue:
-    def __init__(self, index: int, on_peer_error: ErrorHandler) -> None:
-        self.index = index
-        self._on_peer_error = on_peer_error
-        self._closed_reason: str | None = None
-        self._peer_broke_it = False  # this queue's ring saw the peer's violation
+class RxMode(str, enum.Enum):
+    """How an :class:`RxQueue` waits for packets (see the module's documentation)."""
 
-    @property
-    def closed(self) -> bool:
-        return self._closed_reason is not None
+    INTERRUPT = "interrupt"
+    POLLING = "polling"
+    ADAPTIVE = "adaptive"
 
-    def _check_open(self) -> None:
-        if self._closed_reason is not None:
-            raise DisconnectedError(self._closed_reason)
-
-    def _peer_error(self, exc: PeerProtocolError) -> None:
-        # The interface disconnects with this reason; the caller sees the exception too.
-        self._peer_broke_it = True
-        self._on_peer_error(exc)
+    @classmethod
+    def parse(cls, value: RxMode | str) -> RxMode:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"rx mode {value!r}: choose interrupt, polling or adaptive") from None
 
 
-class RxQueue(_Queue):
+class RxQueue(_ring.RxQueueCore):
     """Receive side of one ring.
 
     - ``async for pkt in rxq``: one zero-copy ``memoryview`` per packet (chained packets come
@@ -73,11 +88,22 @@ class RxQueue(_Queue):
       objects (``len()``, ``burst[i]``, ``burst.lengths`` numpy view, ``burst.segments(i)``),
       valid until the next burst is taken or ``burst.release()``.
     - ``rxq.recv_burst_nowait()``: the same without waiting, for busy-poll loops.
+    - ``rxq.mode``: ``"interrupt"``, ``"polling"`` or ``"adaptive"`` (``rxq.polling = True``
+      is short for polling); ``rxq.spin`` and ``rxq.adaptive_window`` tune the last two.
 
+    Before it sleeps or spins, a consumer publishes what its link's transmit queues have
+    staged (``flush_tx``): a reply sent just before waiting for the next request goes out now.
     A peer that signals without publishing packets (more than 200 empty wake-ups in 100 ms)
     is not listened to for 100 ms at a time: meanwhile the consumer polls every millisecond,
     so a storm costs a few percent of a CPU instead of all of it. ``on_notice(text)`` hears
     of the first such pause.
+
+    Example::
+
+        rxq = iface.rx_queues[0]
+        rxq.mode = "adaptive"
+        async for packet in rxq:
+            handle(packet)
     """
 
     def __init__(
@@ -88,16 +114,26 @@ class RxQueue(_Queue):
         interrupts: InterruptSet,
         on_peer_error: ErrorHandler,
         on_notice: NoticeHandler | None = None,
-    ):
-        super().__init__(index, on_peer_error)
-        self._ring = ring
+        *,
+        mode: RxMode | str = RxMode.INTERRUPT,
+        spin: float = DEFAULT_SPIN,
+        adaptive_window: float = DEFAULT_ADAPTIVE_WINDOW,
+        flush_tx: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(index, ring, on_peer_error)
         self._eventfd = eventfd
         self._interrupts = interrupts
         self._on_notice = on_notice
+        self._flush_tx = flush_tx
         self.drops = 0
         self._loop = asyncio.get_running_loop()
         self._wakeup: asyncio.Future[None] | None = None
-        self._polling = False
+        self._mode = RxMode.INTERRUPT
+        self.spin = spin
+        self.adaptive_window = adaptive_window
+        self.spin_releases_gil = True
+        self._last_traffic = 0  # ns, adaptive: polling until this + window
+        self._last_turn = 0  # ns: when the consumer last gave the loop a turn
         self._storm_start = 0.0
         self._empty_wakeups = 0
         self._deaf: asyncio.TimerHandle | None = None  # set while a storm is being sat out
@@ -105,29 +141,63 @@ class RxQueue(_Queue):
         interrupts.watch(eventfd, self._interrupt)
         if ring.role == "slave":
             ring.refill()  # the master can send as soon as the link is up
+        self.mode = mode
 
     # -- modes ----------------------------------------------------------------------------------
 
     @property
-    def polling(self) -> bool:
-        return self._polling
+    def mode(self) -> RxMode:
+        return self._mode
 
-    @polling.setter
-    def polling(self, value: bool) -> None:
-        """Polling mode: ask the peer not to signal us (``MASK_INT``); waiters busy-poll."""
+    @mode.setter
+    def mode(self, value: RxMode | str) -> None:
+        """Switch mode at any time; a waiting consumer goes on in the new one, nothing lost."""
+        mode = RxMode.parse(value)
         self._check_open()
-        if value == self._polling:
-            return
-        self._polling = value
-        self._ring.mask_interrupts = value
-        if value:
+        self._mode = mode
+        self.ring.mask_interrupts = mode is RxMode.POLLING  # adaptive starts idle: interrupts
+        if mode is RxMode.POLLING:
             self._interrupts.unwatch(self._eventfd)
         elif self._deaf is None:
             self._interrupts.watch(self._eventfd, self._interrupt)
+        self._wake()
+
+    @property
+    def polling(self) -> bool:
+        """Short for ``mode == "polling"``; setting False means interrupt mode."""
+        return self._mode is RxMode.POLLING
+
+    @polling.setter
+    def polling(self, value: bool) -> None:
+        self.mode = RxMode.POLLING if value else RxMode.INTERRUPT
+
+    @property
+    def spin(self) -> float:
+        """Seconds a polling (or adaptive, while busy) consumer spins per look, at most."""
+        return self._spin_ns / 1e9
+
+    @spin.setter
+    def spin(self, seconds: float) -> None:
+        if not 0 <= seconds <= 0.01:
+            raise ConfigError(f"spin {seconds} s outside 0..0.01 (the loop must get its turn)")
+        self._spin_ns = int(seconds * 1e9)
+
+    @property
+    def adaptive_window(self) -> float:
+        """Seconds an adaptive queue keeps polling after it last saw traffic."""
+        return self._window_ns / 1e9
+
+    @adaptive_window.setter
+    def adaptive_window(self, seconds: float) -> None:
+        if not 0 <= seconds <= 1.0:
+            raise ConfigError(f"adaptive_window {seconds} s outside 0..1")
+        self._window_ns = int(seconds * 1e9)
+
+    # -- interrupts -----------------------------------------------------------------------------
 
     def _interrupt(self) -> None:
         # Interrupt callback: never raises; it only wakes the consumer, which reads the ring.
-        if not self._has_news():
+        if self.closed_reason is None and not self.ring.has_news():
             self._empty_wakeup()
             return
         self._wake()
@@ -136,10 +206,6 @@ class RxQueue(_Queue):
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def _has_news(self) -> bool:
-        # A bogus counter counts as news: the consumer's next read reports it (once).
-        return self._closed_reason is not None or self._ring.has_news()
 
     def _empty_wakeup(self) -> None:
         now = self._loop.time()
@@ -163,20 +229,11 @@ class RxQueue(_Queue):
     def _listen_again(self) -> None:
         self._deaf = None
         self._empty_wakeups = 0
-        if not self.closed and not self._polling:
+        if not self.closed and self._mode is not RxMode.POLLING:
             self._interrupts.watch(self._eventfd, self._interrupt)
         self._wake()
 
     # -- receive --------------------------------------------------------------------------------
-
-    def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> _ring.Burst:
-        """Take what is there now (possibly nothing); releases the previous burst."""
-        self._check_open()
-        try:
-            return self._ring.rx_burst(max_packets)
-        except PeerProtocolError as exc:
-            self._peer_error(exc)
-            raise
 
     async def recv_burst(self, max_packets: int = DEFAULT_BURST) -> _ring.Burst:
         """Wait for at least one packet and return the burst."""
@@ -187,13 +244,28 @@ class RxQueue(_Queue):
             await self._wait()
 
     async def _wait(self) -> None:
+        """Return when there may be packets (the caller looks), in the queue's mode."""
         self._check_open()
-        if self._polling:
-            await asyncio.sleep(0)
-            return
         if self._deaf is not None:
             await asyncio.sleep(_STORM_POLL)
             return
+        mode = self._mode
+        now = time.monotonic_ns()
+        if mode is RxMode.POLLING or (
+            mode is RxMode.ADAPTIVE and now - self._last_traffic < self._window_ns
+        ):
+            await self._poll(now)
+            return
+        if mode is RxMode.ADAPTIVE and self.ring.mask_interrupts:
+            # Idle for a window: ask for signals again, then look once more before sleeping
+            # (the flag's store is a full barrier: a packet published before it is seen now,
+            # one published after it is signalled).
+            self.ring.mask_interrupts = False
+            if self.ring.has_news():
+                self._heat(now)
+                return
+        if self._flush_tx is not None:
+            self._flush_tx()
         # No lost wake-up: the peer publishes before it signals, and nothing runs between the
         # caller's empty check and this future, so any later signal finds it.
         self._wakeup = self._loop.create_future()
@@ -202,6 +274,28 @@ class RxQueue(_Queue):
         finally:
             self._wakeup = None
         self._check_open()
+        if self._mode is RxMode.ADAPTIVE:
+            self._heat(time.monotonic_ns())
+
+    async def _poll(self, now: int) -> None:
+        if self._flush_tx is not None:
+            self._flush_tx()
+        if now - self._last_turn >= self._spin_ns:
+            # However busy the link, the loop gets a turn at least every `spin`.
+            self._last_turn = now
+            await asyncio.sleep(0)
+            self._check_open()
+        if self.ring.wait_news(self._spin_ns, self.spin_releases_gil):
+            if self._mode is RxMode.ADAPTIVE:
+                self._last_traffic = time.monotonic_ns()
+            return
+        self._last_turn = time.monotonic_ns()
+        await asyncio.sleep(0)
+
+    def _heat(self, now: int) -> None:
+        """Adaptive: traffic; poll (and ask the peer not to signal) for a window."""
+        self._last_traffic = now
+        self.ring.mask_interrupts = True
 
     async def bursts(self, max_packets: int = DEFAULT_BURST) -> AsyncIterator[_ring.Burst]:
         """Yield bursts as they arrive, until the link goes down."""
@@ -215,45 +309,44 @@ class RxQueue(_Queue):
         burst.release()
         return packet
 
-    def __aiter__(self) -> _ring.PacketStream:
-        return _ring.PacketStream(self._ring, self._wait, self._peer_error, DEFAULT_BURST)
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     def release(self) -> None:
         """Give the current burst's buffers back to the ring."""
         if not self.closed:
-            self._ring.release()
+            self.ring.release()
 
     def stats(self) -> dict[str, int]:
-        r = self._ring
+        r = self.ring
         return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors, "drops": self.drops}
 
     def _close(self, reason: str) -> None:
         if self.closed:
             return
-        self._closed_reason = reason
+        self._shut(reason)
         # memif does not order DISCONNECT with the rings: what is still published to us is lost
         # (so is what a peer published before breaking the rules). Counted as packets, once,
         # and without counting the peer's error again.
-        self.drops += self._ring.unread_packets()
+        self.drops += self.ring.unread_packets()
         self._interrupts.unwatch(self._eventfd)
         if self._deaf is not None:
             self._deaf.cancel()
             self._deaf = None
-        self._ring.close()
+        self.ring.close()
         waiter, self._wakeup = self._wakeup, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(DisconnectedError(reason))
 
 
-class TxQueue(_Queue):
+class TxQueue(_ring.TxQueueCore):
     """Transmit side of one ring.
 
     - ``await txq.send(data)``: copy one packet in (chained across buffers when larger than one);
       waits while the ring is full. Packets are staged and published together once per loop
-      iteration (or every ``max_burst`` packets; every 32 when the peer polls): one counter
-      store and at most one eventfd write for the lot. ``txq.flush()`` publishes now.
+      iteration (or every ``max_burst`` packets; at once when the peer polls): one counter
+      store and at most one eventfd write for the lot. ``txq.flush()`` publishes now. A task
+      that sends in a loop gives the loop a turn every ``max_burst`` packets, so receivers
+      and timers on the same loop keep running.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, a 2-D uint8 numpy
       array plus ``lengths``, or a received ``Burst`` (copied in C, metadata kept: the echo
       path); returns when all are in the ring.
@@ -261,6 +354,12 @@ class TxQueue(_Queue):
       descriptors (0 by default); the receiver reads it as ``burst.metadata``.
     - ``bufs = await txq.alloc(n)`` then ``txq.commit(lengths)``: build packets in place.
     - ``txq.forward(burst)`` (slave): hand received buffers over without copying.
+
+    Example::
+
+        txq = iface.tx_queues[0]
+        for payload in payloads:
+            await txq.send(payload)
     """
 
     def __init__(
@@ -270,28 +369,15 @@ class TxQueue(_Queue):
         on_peer_error: ErrorHandler,
         max_burst: int = DEFAULT_BURST,
     ) -> None:
-        super().__init__(index, on_peer_error)
-        self._ring = ring
-        self._loop = asyncio.get_running_loop()
+        super().__init__(index, ring, on_peer_error, asyncio.get_running_loop(), max_burst)
         self.drops = 0
-        # ``await txq.send(data)``: the per-packet path, in C. The packet is copied into the
-        # ring when send() is called and published by the end of the loop iteration (every
-        # max_burst packets, every 32 when the peer polls); ordering with every other transmit
-        # call is kept. While it fits, the awaitable is already complete; on a full ring it
-        # is _send_slow(), which flushes and waits for room. ``send(data, metadata)``.
-        self.send: Callable[..., Awaitable[None]] = _ring.StagedSender(
-            ring, self._loop, self._send_slow, self._peer_error, max_burst
-        )
-        """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
-        larger than a buffer), waiting while the ring is full; published by the end of the
-        loop iteration, or now with :meth:`flush`."""
 
     @property
     def free_slots(self) -> int:
         self._check_open()
-        return self._ring.free_slots()
+        return self.ring.free_slots()
 
-    def _guard(self, call: Callable[..., int], *args: Any) -> int:
+    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
         self._check_open()
         try:
             return call(*args)
@@ -301,11 +387,11 @@ class TxQueue(_Queue):
 
     def send_nowait(self, data: Any, *, metadata: int = 0) -> bool:
         """Send one packet if it fits now; False when the ring is full."""
-        return self._guard(self._ring.tx_burst, (data,), (metadata,)) == 1
+        return bool(self._guard(self.ring.tx_burst, (data,), (metadata,)) == 1)
 
     def send_burst_nowait(self, packets: Sequence[Any], *, metadata: Any = None) -> int:
         """Send as many leading packets as fit now; return how many."""
-        return self._guard(self._ring.tx_burst, packets, metadata)
+        return int(self._guard(self.ring.tx_burst, packets, metadata))
 
     async def _send_slow(self, data: Any, metadata: int) -> None:
         self._check_open()
@@ -313,38 +399,32 @@ class TxQueue(_Queue):
         attempt = 0
         while True:
             attempt = await self._wait_for_room(attempt)
-            if self._guard(self._ring.stage, data, metadata):
+            if self._guard(self.ring.stage, data, metadata):
                 self.flush()
                 return
-
-    def flush(self) -> int:
-        """Publish packets staged by :meth:`send` now; return how many."""
-        if self._closed_reason is not None:
-            return 0
-        return self._ring.flush()
 
     async def send_burst(self, packets: Any, lengths: Any = None, *, metadata: Any = None) -> int:
         """Send every packet in order, waiting for room as needed; return the count.
 
-        ``metadata`` (one u32 per packet) is checked in full before the first packet goes.
-        A received :class:`~memif_aio._ring.Burst` is copied ring to ring with its own metadata,
-        from its first packet not taken by ``forward()``; it must stay unreleased until this
-        returns (else ``LocalProtocolError``: nothing more is sent from it).
+        ``metadata`` (one u32 per packet) is checked in full before the first packet goes;
+        do not change it until this returns. A received :class:`~memif_aio._ring.Burst` is
+        copied ring to ring with its own metadata, from its first packet not taken by
+        ``forward()``; it must stay unreleased until this returns (else
+        ``LocalProtocolError``: nothing more is sent from it).
         """
         if isinstance(packets, _ring.Burst):
             if lengths is not None or metadata is not None:
                 raise ValueError("a Burst carries its own lengths and metadata")
             return await self._send_received(packets)
         total = len(packets)
-        metadata = _metadata_array(metadata, total)
         sent = attempt = 0
         while sent < total:
-            meta = metadata if metadata is None or not sent else metadata[sent:]
+            meta = None if metadata is None else metadata[sent:] if sent else metadata
             if lengths is None:
                 chunk = packets[sent:] if sent else packets
-                n = self._guard(self._ring.tx_burst, chunk, meta)
+                n = self._guard(self.ring.tx_burst, chunk, meta)
             else:
-                n = self._guard(self._ring.tx_burst_array, packets[sent:], lengths[sent:], meta)
+                n = self._guard(self.ring.tx_burst_array, packets[sent:], lengths[sent:], meta)
             if n:
                 sent += n
                 attempt = 0
@@ -363,7 +443,7 @@ class TxQueue(_Queue):
                     f"the burst was released (or its ring closed) while send_burst waited: "
                     f"{position - first} of {total - first} packets sent"
                 )
-            n = self._guard(self._ring.tx_burst_from, burst, position)
+            n = self._guard(self.ring.tx_burst_from, burst, position)
             if n:
                 position += n
                 attempt = 0
@@ -375,18 +455,18 @@ class TxQueue(_Queue):
         """Up to ``n`` writable buffers (at least one; waits for room)."""
         attempt = 0
         while True:
-            buffers = self._guard(self._ring.alloc, n)
+            buffers: list[memoryview] = self._guard(self.ring.alloc, n)
             if buffers:
                 return buffers
             attempt = await self._wait_for_room(attempt)
 
     def commit(self, lengths: Sequence[int], *, metadata: Any = None) -> int:
         """Publish the first ``len(lengths)`` allocated buffers with these lengths."""
-        return self._guard(self._ring.commit, lengths, metadata)
+        return int(self._guard(self.ring.commit, lengths, metadata))
 
     def forward(self, burst: _ring.Burst) -> int:
         """Zero-copy (slave role): move received packets of ``burst`` to this ring."""
-        return self._guard(self._ring.forward, burst)
+        return int(self._guard(self.ring.forward, burst))
 
     async def _wait_for_room(self, attempt: int) -> int:
         # Nothing in memif signals freed slots: re-check, first by yielding, then on a timer.
@@ -399,40 +479,18 @@ class TxQueue(_Queue):
         return attempt + 1
 
     def stats(self) -> dict[str, int]:
-        r = self._ring
+        r = self.ring
         return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors, "drops": self.drops}
 
     def _close(self, reason: str) -> None:
         if self.closed:
             return
-        self._closed_reason = reason
-        self.drops += self._ring.discard()  # staged, never published
-        if self._ring.role == "slave" and not self._peer_broke_it:
+        self._shut(reason)
+        self.drops += self.ring.discard()  # staged, never published
+        if self.ring.role == "slave" and not self.peer_broke_it:
             # Descriptors we published that the master never consumed are lost with the link.
             # (Not when the master's counter broke the rules: asking again would count that
             # error twice, and what it says is not to be trusted.)
             with contextlib.suppress(MemifError):
-                self.drops += self._ring.ring.size - self._ring.free_slots()
-        self._ring.close()
-
-
-def _metadata_array(metadata: Any, count: int) -> np.ndarray | None:
-    """``metadata`` checked in full once, as a private uint32 array the ring then copies
-    without checks; indexed like the ring indexes it, with the ring's messages."""
-    if metadata is None:
-        return None
-    if len(metadata) != count:
-        raise ValueError(f"{len(metadata)} metadata values for {count} packets")
-    if isinstance(metadata, np.ndarray) and metadata.ndim == 1 and metadata.dtype.kind in "iu":
-        bad = (metadata < 0) | (metadata > _U32_MAX)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"metadata[{i}] = {int(metadata[i])} not in 0..{_U32_MAX}")
-        return metadata.astype(np.uint32)  # a copy: the caller may change theirs meanwhile
-    values = np.empty(count, np.uint32)
-    for i in range(count):
-        value = operator.index(metadata[i])
-        if not 0 <= value <= _U32_MAX:
-            raise ValueError(f"metadata[{i}] = {value} not in 0..{_U32_MAX}")
-        values[i] = value
-    return values
+                self.drops += self.ring.ring.size - self.ring.free_slots()
+        self.ring.close()

@@ -151,9 +151,7 @@ class Socket:
             raise ConfigError(f"socket {self.path} already hosts {self.role.value} interfaces")
         if parsed is hs.Role.MASTER and id in self._masters:
             raise ConfigError(f"interface id {id} already exists on {self.path}")
-        interface = Interface(
-            self._context, id=id, role=parsed, on_close=self._forget, **options
-        )
+        interface = Interface(self._context, id=id, role=parsed, on_close=self._forget, **options)
         if parsed is hs.Role.MASTER:
             if self._listener is None:
                 self._listen()

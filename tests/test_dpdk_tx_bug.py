@@ -59,7 +59,7 @@ async def _fill_to_one_free_slot(iface, publishable: int) -> tuple[list[bytes], 
     """testpmd echoes ``publishable - 1`` small packets into our rx ring; we take them and hold
     their views: DPDK then has exactly one free slot."""
     rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
-    ring = rxq._ring
+    ring = rxq.ring
     assert ring.ring.head == publishable  # fresh link: every slot we give is free
     held = [_numbered(i, 100) for i in range(publishable - 1)]
     await txq.send_burst(held)
@@ -88,7 +88,7 @@ async def test_one_free_slot_and_a_chained_packet(testpmd_bin, abstract_path, ch
             await _send_alone(txq, _numbered(1000, chained))
             late = _numbered(1001, 60)
             await _send_alone(txq, late)
-            await _until(lambda: rxq._ring.pending() == 1, "the small packet came back")
+            await _until(lambda: rxq.ring.pending() == 1, "the small packet came back")
             assert [bytes(v) for v in views] == held  # nothing written under a held view
             del views
             burst = rxq.recv_burst_nowait()
@@ -126,7 +126,7 @@ async def test_one_free_slot_without_the_defence_shows_the_bug(testpmd_bin, abst
             await _send_alone(txq, _numbered(1000, chained))
             if chained == 2098:
                 # It ended in the slot past head: the oldest slot we hold; tail moved past head.
-                await _until(lambda: rxq._ring.ring.tail == RING + 1, "DPDK overran head")
+                await _until(lambda: rxq.ring.ring.tail == RING + 1, "DPDK overran head")
                 assert bytes(views[0]) != held[0]
                 with pytest.raises(memif_aio.PeerProtocolError, match="tail 65 is 1 slots past"):
                     rxq.recv_burst_nowait()
@@ -140,7 +140,7 @@ async def test_one_free_slot_without_the_defence_shows_the_bug(testpmd_bin, abst
                 # lands on a slot left with NEXT and is glued to the one after.
                 late = _numbered(1001, 60)
                 await _send_alone(txq, late)
-                await _until(lambda: rxq._ring.pending() == 1, "the small packet came back")
+                await _until(lambda: rxq.ring.pending() == 1, "the small packet came back")
                 assert bytes(views[0]) != held[0]
                 del views
                 assert len(rxq.recv_burst_nowait()) == 0
@@ -250,4 +250,4 @@ async def test_dpdk_workaround_option(abstract_path):
         async with memif_aio.connect(abstract_path, timeout=10) as slave:
             details = slave.details()
             assert details.dpdk_workaround == "auto" and details.dpdk_defences == ()
-            assert slave.rx_queues[0]._ring.ring.head == 1024  # every slot: no sentinel
+            assert slave.rx_queues[0].ring.ring.head == 1024  # every slot: no sentinel
