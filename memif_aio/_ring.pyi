@@ -23,6 +23,7 @@ RING_FLAG_MASK_INT: int
 DESC_SIZE: int
 MAX_LOG2_RING_SIZE: int
 DEFAULT_MAX_PACKET_SIZE: int
+DEFAULT_BURST: int
 MAX_SIGNAL_SLOTS: int
 
 _Metadata = Sequence[int] | npt.NDArray[np.integer] | None
@@ -164,6 +165,8 @@ class RxRing:
         """Descriptors the peer published that we have not read."""
     def has_news(self) -> bool:
         """The peer's counter moved since we last read (one load, no validation)."""
+    def wait_news(self, budget_ns: int, release_gil: bool = True) -> bool:
+        """Spin up to ``budget_ns`` for the peer's counter to move; whether it did."""
     def unread_packets(self) -> int:
         """Packets published and never delivered; never raises for the peer, counts no error."""
     mask_interrupts: bool
@@ -254,31 +257,69 @@ class Completed:
 AM_SEND: bool
 DONE: Completed
 
-class PacketStream:
-    """``async for`` over an RxRing: a reused Completed per packet, a coroutine only to wait."""
+class YieldOnce:
+    """Awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable."""
+
+    def __await__(self) -> Generator[None]: ...
+
+class QueueCore:
+    """Index, the gate (``closed_reason``: None while the link is up), peer-error reporting."""
+
+    def __init__(self, index: int, on_peer_error: Callable[[PeerProtocolError], None]) -> None: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def closed_reason(self) -> str | None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def on_peer_error(self) -> Callable[[PeerProtocolError], None]: ...
+    peer_broke_it: bool
+    def _check_open(self) -> None:
+        """``DisconnectedError(closed_reason)`` once the gate is closed."""
+    def _peer_error(self, exc: PeerProtocolError) -> None: ...
+    def _shut(self, reason: str) -> None:
+        """Close the gate."""
+
+class RxQueueCore(QueueCore):
+    """The C half of ``RxQueue``: bursts, and ``async for`` (subclasses define ``_wait``)."""
 
     def __init__(
-        self,
-        rx: RxRing,
-        wait: Callable[[], Awaitable[None]],
-        on_peer_error: Callable[[PeerProtocolError], None],
-        max_packets: int = 0,
+        self, index: int, ring: RxRing, on_peer_error: Callable[[PeerProtocolError], None]
     ) -> None: ...
+    @property
+    def ring(self) -> RxRing: ...
+    def recv_burst_nowait(self, max_packets: int = 256) -> Burst:
+        """Take what is there now (possibly nothing); releases the previous burst."""
+    def __aiter__(self) -> PacketStream: ...
+    async def _wait(self) -> None: ...
+
+class PacketStream:
+    """``async for`` over a queue: a reused Completed per packet, a coroutine only to wait."""
+
+    def __init__(self, queue: RxQueueCore, max_packets: int = 0) -> None: ...
     def __aiter__(self) -> PacketStream: ...
     def __anext__(self) -> Awaitable[memoryview | bytes]: ...
 
-class StagedSender:
-    """``TxQueue.send`` in C: stage, schedule one flush per loop iteration, else ``slow()``."""
+class TxQueueCore(QueueCore):
+    """The C half of ``TxQueue``: ``send`` (subclasses define ``_send_slow``)."""
 
     def __init__(
         self,
-        tx: TxRing,
-        loop: AbstractEventLoop,
-        slow: Callable[[Buffer, int], Awaitable[None]],
+        index: int,
+        ring: TxRing,
         on_peer_error: Callable[[PeerProtocolError], None],
-        max_burst: int,
+        loop: AbstractEventLoop,
+        max_burst: int = 256,
     ) -> None: ...
-    def __call__(self, data: Buffer, metadata: int = 0) -> Awaitable[None]: ...
+    @property
+    def ring(self) -> TxRing: ...
+    def send(self, data: Buffer, metadata: int = 0) -> Awaitable[None]:
+        """Stage one packet; DONE (or YieldOnce every max_burst) when it fit, else the
+        subclass's ``_send_slow(data, metadata)``."""
+    def flush(self) -> int:
+        """Publish what ``send`` staged now; how many packets."""
+    async def _send_slow(self, data: Buffer, metadata: int) -> None: ...
 
 def signal_backend() -> Literal["io_uring", "thread"]:
     """How this process writes peer eventfds without ever blocking (probed once)."""

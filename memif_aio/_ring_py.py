@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import operator
 import struct
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import LocalProtocolError, PeerProtocolError
+from .errors import DisconnectedError, LocalProtocolError, PeerProtocolError
 
 __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
@@ -31,6 +32,13 @@ __all__ = [
     "Ring",
     "RxRing",
     "TxRing",
+    "Completed",
+    "DONE",
+    "YieldOnce",
+    "QueueCore",
+    "RxQueueCore",
+    "PacketStream",
+    "TxQueueCore",
     "ring_bytes",
 ]
 
@@ -40,6 +48,7 @@ RING_FLAG_MASK_INT = 1
 DESC_SIZE = 16
 MAX_LOG2_RING_SIZE = 14
 DEFAULT_MAX_PACKET_SIZE = 65536 + 512
+DEFAULT_BURST = 256
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -565,6 +574,13 @@ class RxRing(_RingSide):
             return False
         ring = self._ring
         return (ring.tail if self._slave else ring.head) != self._last
+
+    def wait_news(self, budget_ns: int, release_gil: bool = True) -> bool:
+        deadline = time.monotonic_ns() + budget_ns
+        while not self.has_news():
+            if self._closed or self._regions.closed or time.monotonic_ns() >= deadline:
+                return False
+        return True
 
     def rx_burst(self, max_packets: int | None = None) -> Burst:
         maxp = self._max_burst
@@ -1216,3 +1232,167 @@ class TxRing(_RingSide):
             f"<TxRing role={self.role} size={self._size} packets={self.packets} "
             f"errors={self.errors}>"
         )
+
+
+# ------------------------------------------------------------------------ the asyncio glue
+
+
+class Completed:
+    """An awaitable that is already done: ``await`` gives ``value`` without suspending."""
+
+    def __init__(self, value=None) -> None:
+        self.value = value
+
+    def __await__(self):
+        value, self.value = self.value, None
+        return value
+        yield  # pragma: no cover - makes this a generator that returns at once
+
+
+DONE = Completed(None)
+
+
+class YieldOnce:
+    """Gives the loop one turn, like ``asyncio.sleep(0)``; reusable."""
+
+    def __await__(self):
+        yield
+
+
+class QueueCore:
+    def __init__(self, index: int, on_peer_error) -> None:
+        self.index = index
+        self.on_peer_error = on_peer_error
+        self.closed_reason: str | None = None
+        self.peer_broke_it = False
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_reason is not None
+
+    def _check_open(self) -> None:
+        if self.closed_reason is not None:
+            raise DisconnectedError(self.closed_reason)
+
+    def _peer_error(self, exc: PeerProtocolError) -> None:
+        self.peer_broke_it = True
+        self.on_peer_error(exc)
+
+    def _shut(self, reason: str) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+
+
+class RxQueueCore(QueueCore):
+    def __init__(self, index: int, ring: RxRing, on_peer_error) -> None:
+        if not isinstance(ring, RxRing):
+            raise TypeError("ring must be an RxRing")
+        super().__init__(index, on_peer_error)
+        self.ring = ring
+
+    def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> Burst:
+        self._check_open()
+        try:
+            return self.ring.rx_burst(max_packets)
+        except PeerProtocolError as exc:
+            self._peer_error(exc)
+            raise
+
+    def __aiter__(self) -> PacketStream:
+        return PacketStream(self, DEFAULT_BURST)
+
+
+class PacketStream:
+    def __init__(self, queue: RxQueueCore, max_packets: int = 0) -> None:
+        self._queue = queue
+        self._rx = queue.ring
+        self._maxp = max_packets if 0 < max_packets < self._rx._max_burst else self._rx._max_burst
+        self._i = 0
+
+    def __aiter__(self) -> PacketStream:
+        return self
+
+    def _take(self) -> None:
+        try:
+            self._rx.rx_burst(self._maxp)
+        except PeerProtocolError as exc:
+            self._queue._peer_error(exc)
+            raise
+        self._i = 0
+
+    def _next(self):
+        i = self._i
+        if i < self._rx._fwd:
+            raise LocalProtocolError(f"packet {i} was forwarded")
+        self._i = i + 1
+        return self._rx._burst[i]
+
+    def __anext__(self):
+        rx = self._rx
+        if self._queue.closed_reason is None and not rx._closed and not rx._regions.closed:
+            if self._i >= rx._n:
+                self._take()
+            if self._i < rx._n:
+                return Completed(self._next())
+        return self._slow()
+
+    async def _slow(self):
+        rx = self._rx
+        while True:
+            await self._queue._wait()
+            self._queue._check_open()
+            if rx._closed or rx._regions.closed:
+                raise LocalProtocolError("rx ring is closed")
+            self._take()
+            if rx._n:
+                return self._next()
+
+
+class TxQueueCore(QueueCore):
+    def __init__(
+        self, index: int, ring: TxRing, on_peer_error, loop, max_burst: int = DEFAULT_BURST
+    ) -> None:
+        if not isinstance(ring, TxRing):
+            raise TypeError("ring must be a TxRing")
+        super().__init__(index, on_peer_error)
+        self.ring = ring
+        self._call_soon = loop.call_soon
+        self._max_burst = max_burst or 1
+        self._scheduled = False
+        self._since_turn = 0
+        self._turn = YieldOnce()
+
+    def send(self, data, metadata=0):
+        tx = self.ring
+        meta = 0 if metadata == 0 and type(metadata) is int else _meta_value(metadata, 0)
+        if self.closed_reason is None and not tx._closed and not tx._alloc_n:
+            try:
+                ok = tx.stage(data, meta)
+            except PeerProtocolError as exc:
+                self._peer_error(exc)
+                raise
+            if ok:
+                if tx._staged_packets >= self._max_burst or tx.ring.flags & RING_FLAG_MASK_INT:
+                    tx.flush()
+                elif not self._scheduled:
+                    self._scheduled = True
+                    self._call_soon(self._scheduled_flush)
+                self._since_turn += 1
+                if self._since_turn >= self._max_burst:
+                    self._since_turn = 0
+                    return self._turn
+                return DONE
+        return self._send_slow(data, meta)
+
+    def flush(self) -> int:
+        if self.closed_reason is not None:
+            return 0
+        return self.ring.flush()
+
+    def _scheduled_flush(self) -> None:
+        self._scheduled = False
+        if self.closed_reason is None and not self.ring._closed and self.ring._staged_descs:
+            try:
+                self.ring.flush()
+            except Exception:  # pragma: no cover - table closed under us
+                pass

@@ -1,0 +1,165 @@
+"""The queues' C half (RxQueueCore/PacketStream, TxQueueCore.send) against the pure-Python
+oracle: the same script of sends, flushes, loop turns and reads, run on both, must deliver the
+same packets, publish at the same moments, go slow on the same sends and yield on the same
+ones."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import random
+
+import pytest
+from test_ring import Link
+
+from memif_aio.errors import DisconnectedError, PeerProtocolError
+
+IMPLS = {"cython": "memif_aio._ring", "python": "memif_aio._ring_py"}
+
+
+def queue_classes(R):
+    class Rx(R.RxQueueCore):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.waits = 0
+            self.ready = asyncio.Event()
+
+        async def _wait(self):
+            self.waits += 1
+            self._check_open()
+            await self.ready.wait()
+            self.ready.clear()
+            self._check_open()
+
+    class Tx(R.TxQueueCore):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.slow: list[tuple[bytes, int]] = []
+
+        async def _send_slow(self, data, metadata):
+            self.slow.append((bytes(data), metadata))  # a real queue waits for room here
+
+    return Rx, Tx
+
+
+async def run_script(R, seed: int, *, polling_peer: bool) -> list:
+    """Record everything observable of one random script on implementation R."""
+    rng = random.Random(seed)
+    link = Link(R, log2=5, buffer_size=256, eventfds=True)
+    errors: list = []
+    Rx, Tx = queue_classes(R)
+    rxq = Rx(0, link.mrx, errors.append)
+    txq = Tx(0, link.stx, errors.append, asyncio.get_running_loop(), max_burst=8)
+    if polling_peer:
+        link.mrx.mask_interrupts = True
+    trace: list = []
+    stream = aiter(rxq)
+    try:
+        for step in range(200):
+            op = rng.random()
+            if op < 0.55:
+                packet = rng.randbytes(rng.choice((0, 1, 60, 255, 256, 257, 700)))
+                meta = rng.choice((0, 0, 7, 2**32 - 1))
+                awaitable = txq.send(packet, meta)
+                kind = type(awaitable).__name__
+                if kind not in ("Completed", "YieldOnce"):
+                    awaitable.close()  # the subclass's coroutine: not run here
+                    kind = "slow"
+                else:
+                    await awaitable
+                trace.append(("send", step, kind, link.stx.staged, link.mrx.pending()))
+            elif op < 0.7:
+                await asyncio.sleep(0)  # the scheduled flush runs
+                trace.append(("turn", step, link.stx.staged, link.mrx.pending()))
+            elif op < 0.8:
+                trace.append(("flush", step, txq.flush()))
+            else:
+                got = []
+                for _ in range(rng.randint(1, 6)):
+                    if link.mrx.pending() == 0 and link.mrx.burst is not None:
+                        rxq.ready.set()  # the test's interrupt: wake a waiting stream
+                    try:
+                        packet = await asyncio.wait_for(anext(stream), 0.005)
+                    except TimeoutError:
+                        break
+                    got.append(bytes(packet))
+                    del packet  # a view into shared memory: valid until the next step only
+                trace.append(("read", step, got, rxq.waits, link.signals(link.mrx)))
+        trace.append(("slow", txq.slow))
+        trace.append(("errors", [str(e) for e in errors]))
+    finally:
+        rxq._shut("done")
+        txq._shut("done")
+        link.mrx.release()
+        link.close()
+    return trace
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("polling_peer", [False, True], ids=["interrupts", "polling-peer"])
+async def test_queue_cores_behave_like_the_oracle(seed, polling_peer):
+    cython, python = (importlib.import_module(IMPLS[k]) for k in ("cython", "python"))
+    assert await run_script(cython, seed, polling_peer=polling_peer) == await run_script(
+        python, seed, polling_peer=polling_peer
+    )
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def R(request):
+    return importlib.import_module(IMPLS[request.param])
+
+
+async def test_the_gate_stops_every_path(R):
+    link = Link(R, log2=4, buffer_size=256, eventfds=True)
+    Rx, Tx = queue_classes(R)
+    errors: list = []
+    rxq = Rx(0, link.mrx, errors.append)
+    txq = Tx(0, link.stx, errors.append, asyncio.get_running_loop())
+    try:
+        assert not rxq.closed and not txq.closed
+        rxq._shut("link down")
+        txq._shut("link down")
+        rxq._shut("again")  # the first reason stays
+        assert rxq.closed_reason == "link down"
+        with pytest.raises(DisconnectedError, match="link down"):
+            rxq.recv_burst_nowait()
+        with pytest.raises(DisconnectedError, match="link down"):
+            await anext(aiter(rxq))
+        slow = txq.send(b"x")
+        assert type(slow).__name__ not in ("Completed", "YieldOnce")  # the subclass's path
+        slow.close()
+        assert txq.flush() == 0 and link.stx.staged == 0
+    finally:
+        link.close()
+
+
+async def test_a_peer_error_is_reported_once_and_raised(R):
+    link = Link(R, log2=4, buffer_size=256, eventfds=True)
+    Rx, _ = queue_classes(R)
+    errors: list = []
+    rxq = Rx(0, link.mrx, errors.append)
+    try:
+        link.s_s2m.head = 3000
+        with pytest.raises(PeerProtocolError, match="head moved by"):
+            await anext(aiter(rxq))
+        assert len(errors) == 1 and rxq.peer_broke_it
+    finally:
+        link.close()
+
+
+async def test_a_sender_that_never_waits_yields_every_max_burst(R):
+    link = Link(R, log2=6, buffer_size=256, eventfds=True)
+    _, Tx = queue_classes(R)
+    txq = Tx(0, link.stx, [].append, asyncio.get_running_loop(), max_burst=16)
+    try:
+        kinds = []
+        for i in range(48):
+            awaitable = txq.send(b"%d" % i)
+            kinds.append(type(awaitable).__name__)
+            await awaitable
+            if i % 16 == 15:
+                link.mrx.rx_burst()
+                link.mrx.release()
+        assert [i for i, k in enumerate(kinds) if k == "YieldOnce"] == [15, 31, 47]
+    finally:
+        link.close()
