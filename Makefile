@@ -30,7 +30,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26" "uvloop>=0.19" \
-		"pytest>=8" "pytest-asyncio>=1.5,<2" "pytest-timeout>=2.3" "hypothesis>=6.100" "ruff>=0.5" "matplotlib>=3.7"
+		"pytest>=8" "pytest-asyncio>=1.5,<2" "pytest-timeout>=2.3" "hypothesis>=6.100" "ruff>=0.5" "mypy>=1.10" "matplotlib>=3.7"
 	touch $@
 
 # Editable install builds memif_aio/_ring*.so in place; rebuilt whenever a .pyx/.pxd/.pxi changes.
@@ -55,9 +55,17 @@ tshark:
 			</dev/null >/dev/null; }
 	@command -v tshark >/dev/null 2>&1 || { echo "tshark still missing" >&2; exit 1; }
 
+# The modules a user imports are type-checked --strict (what they import is checked with them);
+# the rest of the package with the configuration in pyproject.toml.
+TYPED_API := memif_aio/__init__.py memif_aio/interface.py memif_aio/socket.py \
+	memif_aio/queues.py memif_aio/errors.py memif_aio/adapters.py memif_aio/frames.py \
+	memif_aio/pcap.py memif_aio/link.py
+
 lint: build
 	$(VENV)/bin/ruff check memif_aio tests benchmarks examples docs
 	$(VENV)/bin/ruff format --check memif_aio tests benchmarks examples docs
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict $(TYPED_API)
 
 bench: build dpdk
 	$(PY) benchmarks/bench_dpdk.py

@@ -256,9 +256,9 @@ class Burst:
 
     def __init__(self, rx: RxRing) -> None:
         self._rx = rx
-        self._lengths_view = None
-        self._nsegs_view = None
-        self._meta_view = None
+        self._lengths_view: np.ndarray | None = None
+        self._nsegs_view: np.ndarray | None = None
+        self._meta_view: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._rx._n
@@ -459,7 +459,8 @@ class _RingSide:
         self._slave = role == "slave"
         regions = ring.regions
         regions._check()
-        self._table = None
+        # Buffer offset per slot; only a slave owns the buffers, a master's stays empty.
+        self._table: np.ndarray = np.empty(0, np.uint32)
         self._buffer_region = 0
         self._buffer_size = 0
         if self._slave:
@@ -485,7 +486,7 @@ class _RingSide:
 
     @property
     def buffer_offsets(self):
-        return None if self._table is None else self._table.copy()
+        return self._table.copy() if self._slave else None
 
     def _peer_error(self, reason: str) -> PeerProtocolError:
         self.errors += 1
@@ -1080,6 +1081,7 @@ class TxRing(_RingSide):
             raise ValueError("data must be a 2-D C-contiguous uint8 array")
         if lmv.ndim != 1 or not _format_is(lmv, "I", 4):
             raise ValueError("lengths must be a 1-D contiguous uint32 array")
+        assert dmv.shape is not None and lmv.shape is not None  # ndim checked above
         rows, width = dmv.shape
         if lmv.shape[0] != rows:
             raise ValueError(f"{lmv.shape[0]} lengths for {rows} packets")

@@ -64,8 +64,8 @@ class MemifTransport(asyncio.DatagramTransport):
         self._closing = False
         self._lost = False
         self._closed = self._loop.create_future()
-        self._flusher: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()  # the loop keeps only weak references
+        self._flusher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()  # the loop keeps only weak references
         self._reader = self._loop.create_task(self._read_loop())
         self._watcher = self._loop.create_task(self._watch_link())
 

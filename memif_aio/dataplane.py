@@ -63,7 +63,7 @@ class DataPlane:
         self._signaller: _ring.Signaller | None = None
         self.closed = False
         self._rx_mode = rx_mode
-        self._rx_defences = {
+        self._rx_defences: dict[str, Any] = {
             "sentinel": sentinel,
             "short_next_ends_packet": short_next_ends_packet,
         }
@@ -139,8 +139,10 @@ class DataPlane:
         if self.closed:
             return
         self.closed = True
-        for queue in (*self.rx_queues, *self.tx_queues):
-            queue._close(reason)
+        for rx in self.rx_queues:
+            rx._close(reason)
+        for tx in self.tx_queues:
+            tx._close(reason)
         if self._signaller is not None:
             self._signaller.close()
         if self._interrupts is not None:

@@ -49,7 +49,8 @@ class FrameSender:
 
     def __init__(self, txq: TxQueue, max_frame_size: int, *, checksum: bool = True) -> None:
         self._txq = txq
-        self._buffer = np.zeros(max_frame_size + TRAILER.size, np.uint8)
+        self._raw = bytearray(max_frame_size + TRAILER.size)
+        self._buffer = np.frombuffer(self._raw, np.uint8)
         self._checksum = checksum
         self.seq = 0
 
@@ -69,11 +70,10 @@ class FrameSender:
             self._buffer[:length] = data
         if length > len(self._buffer) - TRAILER.size:
             raise ValueError(f"frame of {length} bytes > max_frame_size")
-        payload = self._buffer[:length]
-        crc = zlib.crc32(payload) if self._checksum else 0
+        crc = zlib.crc32(memoryview(self._raw)[:length]) if self._checksum else 0
         seq = self.seq
-        TRAILER.pack_into(self._buffer, length, MAGIC, crc, seq, time.monotonic_ns())
-        frame_bytes = memoryview(self._buffer)[: length + TRAILER.size]
+        TRAILER.pack_into(self._raw, length, MAGIC, crc, seq, time.monotonic_ns())
+        frame_bytes = memoryview(self._raw)[: length + TRAILER.size]
         await self._txq.send(frame_bytes, metadata=seq & SEQ_METADATA_MASK)
         self.seq += 1
         return seq
@@ -97,7 +97,7 @@ class FrameReceiver:
 
     def __init__(self, rxq: RxQueue, max_frame_size: int, *, verify: bool = True) -> None:
         self._rxq = rxq
-        self._buffer = np.zeros(max_frame_size + TRAILER.size, np.uint8)
+        self._raw = bytearray(max_frame_size + TRAILER.size)
         self._verify = verify
         self._expected: int | None = None
         self._arrivals: deque[int] = deque(maxlen=120)
@@ -109,7 +109,7 @@ class FrameReceiver:
         burst = await self._rxq.recv_burst(1)
         try:
             metadata = int(burst.metadata[0])
-            length = burst.copy_into(0, self._buffer)
+            length = burst.copy_into(0, self._raw)
         except ValueError as exc:
             raise FrameDataError(f"frame larger than max_frame_size: {exc}") from None
         finally:
@@ -118,14 +118,14 @@ class FrameReceiver:
         if length < TRAILER.size:
             raise FrameDataError(f"packet of {length} bytes has no frame trailer")
         end = length - TRAILER.size
-        magic, crc, seq, stamp = TRAILER.unpack_from(self._buffer, end)
+        magic, crc, seq, stamp = TRAILER.unpack_from(self._raw, end)
         if magic != MAGIC:
             raise FrameDataError("packet is not a frame (bad trailer magic)")
         if metadata and metadata != seq & SEQ_METADATA_MASK:
             raise FrameDataError(
                 f"frame {seq}: descriptor metadata {metadata} does not match the trailer"
             )
-        if self._verify and crc != zlib.crc32(self._buffer[:end]):
+        if self._verify and crc != zlib.crc32(memoryview(self._raw)[:end]):
             raise FrameDataError(f"frame {seq}: checksum mismatch")
         missing = 0 if self._expected is None else max(0, seq - self._expected)
         self._expected = seq + 1
@@ -133,7 +133,7 @@ class FrameReceiver:
         self.missing += missing
         self._arrivals.append(now)
         self.latencies_ns.append(now - stamp)
-        return Frame(seq, stamp, now - stamp, missing, memoryview(self._buffer)[:end])
+        return Frame(seq, stamp, now - stamp, missing, memoryview(self._raw)[:end])
 
     def __aiter__(self) -> FrameReceiver:
         return self

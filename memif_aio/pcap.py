@@ -71,6 +71,9 @@ _ISB_FILTERACCEPT, _ISB_OSDROP, _ISB_USRDELIV = 6, 7, 8
 
 _PCAP_MAGIC_US, _PCAP_MAGIC_NS = 0xA1B2C3D4, 0xA1B23C4D
 _U32 = 0xFFFFFFFF
+# Per file interface, as read: (global interface id, link type, multiplier, divisor, offset
+# in ns) turning its timestamp units into nanoseconds.
+_Conversion = tuple[int, int, int, int, int]
 _U64 = (1 << 64) - 1
 
 _EPB_HEADER = 28  # type, total length, interface, ts high, ts low, captured, original
@@ -177,7 +180,7 @@ class PcapngWriter:
 
     def __init__(
         self,
-        file: IO[bytes] | str | os.PathLike,
+        file: IO[bytes] | str | os.PathLike[str],
         *,
         application: str | None = "memif_aio",
         hardware: str | None = None,
@@ -351,7 +354,7 @@ class PcapngWriter:
         buf = self._buffer(spare + size)
         words = buf[: spare + size].view("<u4")
         rows = np.empty((n, tail + 7), np.uint32)
-        if tail == 4:
+        if flag_words is not None:
             rows[:, 0] = _EPB_FLAGS | (4 << 16)
             rows[1:, 1] = flag_words if isinstance(flag_words, int) else flag_words[:-1]
             rows[:, 2] = _OPT_END
@@ -370,12 +373,12 @@ class PcapngWriter:
         words[(ends >> 2) - 1] = 0
         words[first[:, None] + _ROW_INDEX[tail]] = rows
         last = size // 4 + tail  # the last block's tail ends here
-        if tail == 4:
+        if flag_words is not None:
             flags_last = flag_words if isinstance(flag_words, int) else flag_words[-1]
             words[last - 4 : last - 1] = (_EPB_FLAGS | (4 << 16), flags_last, _OPT_END)
         words[last - 1] = block[-1]
 
-        out = memoryview(buf)
+        out = buf.data
         data_at = first * 4 + (spare + _EPB_HEADER)
         gather = getattr(packets, "gather_into", None)
         if gather is not None:
@@ -393,7 +396,16 @@ class PcapngWriter:
         self._count(iface, n, first_ns, last_ns)
         return n
 
-    def _write_small(self, interface_id, packets, lengths, caplen, high, low, flags) -> None:
+    def _write_small(
+        self,
+        interface_id: int,
+        packets: Any,
+        lengths: np.ndarray,
+        caplen: np.ndarray,
+        high: Any,
+        low: Any,
+        flags: Any,
+    ) -> None:
         """A few packets: one struct-built block each (the numpy set-up of a burst costs
         more than that below about SMALL_BURST packets), still one write()."""
         blocks = []
@@ -476,7 +488,9 @@ class PcapngWriter:
         return timestamp_ns // iface.divisor
 
     @staticmethod
-    def _burst_ticks(iface: _WriterInterface, timestamp_ns: Any, n: int) -> tuple:
+    def _burst_ticks(
+        iface: _WriterInterface, timestamp_ns: Any, n: int
+    ) -> tuple[Any, Any, int, int]:
         """(high words, low words, first ns, last ns) of one timestamp or one per packet."""
         if isinstance(timestamp_ns, (int, np.integer)):
             ticks = PcapngWriter._ticks(iface, int(timestamp_ns))
@@ -489,10 +503,10 @@ class PcapngWriter:
         first, last = int(stamps.min()), int(stamps.max())
         if first < 0:
             raise ValueError(f"timestamp {first} ns is negative")
-        ticks = stamps.astype(np.uint64)
+        each = stamps.astype(np.uint64)
         if iface.divisor != 1:
-            ticks //= np.uint64(iface.divisor)
-        return ticks >> np.uint64(32), ticks & np.uint64(_U32), first, last
+            each //= np.uint64(iface.divisor)
+        return each >> np.uint64(32), each & np.uint64(_U32), first, last
 
     def _buffer(self, size: int) -> np.ndarray:
         if len(self._scratch) < size:
@@ -589,7 +603,7 @@ def _resolution(tsresol: int) -> tuple[int, int]:
     return 1, 10 ** (exponent - 9)
 
 
-def open_capture(file: IO[bytes] | str | os.PathLike, **options: Any) -> CaptureReader:
+def open_capture(file: IO[bytes] | str | os.PathLike[str], **options: Any) -> CaptureReader:
     """A :class:`CaptureReader` over a path or a binary file object (pcap or pcapng)."""
     return CaptureReader(file, **options)
 
@@ -607,7 +621,7 @@ class CaptureReader:
 
     def __init__(
         self,
-        file: IO[bytes] | str | os.PathLike,
+        file: IO[bytes] | str | os.PathLike[str],
         *,
         max_block_size: int = MAX_BLOCK_SIZE,
         max_interfaces: int = MAX_INTERFACES,
@@ -807,7 +821,7 @@ class CaptureReader:
         new = tuple.__new__
         billion = 1_000_000_000
         # Per local interface: (global id, linktype, mul, div, offset ns); ns = t * mul // div + o
-        conv: list[tuple[int, int, int, int, int]] = []
+        conv: list[_Conversion] = []
         hdr = struct.Struct("<II")  # each Section Header Block sets the byte order
         epb = struct.Struct("<IIIIIII").unpack_from
         tail = struct.Struct("<I").unpack_from
@@ -889,7 +903,9 @@ class CaptureReader:
                 self._statistics_block(buf, pos, end, conv)
             pos = end
 
-    def _packet_block(self, btype: int, buf: bytes, pos: int, end: int, conv: list) -> Packet:
+    def _packet_block(
+        self, btype: int, buf: bytes, pos: int, end: int, conv: list[_Conversion]
+    ) -> Packet:
         """An Enhanced Packet Block (with options, or malformed) or an obsolete Packet Block."""
         name = "Enhanced Packet Block" if btype == _EPB else "Packet Block"
         if end - pos < _EPB_FIXED:
@@ -966,7 +982,7 @@ class CaptureReader:
         self.interfaces.append(info)
         return info
 
-    def _simple_packet(self, buf: bytes, pos: int, end: int, conv: list) -> Packet:
+    def _simple_packet(self, buf: bytes, pos: int, end: int, conv: list[_Conversion]) -> Packet:
         if not conv:
             raise self._error("Simple Packet Block before any interface", pos)
         if end - pos < 16:
@@ -979,7 +995,7 @@ class CaptureReader:
         data = buf[pos + 12 : pos + 12 + caplen]
         return Packet(conv[0][0], conv[0][1], None, data, length)
 
-    def _statistics_block(self, buf: bytes, pos: int, end: int, conv: list) -> None:
+    def _statistics_block(self, buf: bytes, pos: int, end: int, conv: list[_Conversion]) -> None:
         if end - pos < 24:
             raise self._error("Interface Statistics Block too short", pos)
         iface, hi, lo = struct.unpack_from(self._order + "III", buf, pos + 8)
@@ -988,7 +1004,7 @@ class CaptureReader:
         gid, _linktype, mul, div, offset = conv[iface]
 
         def ns(units: int) -> int:
-            return units * mul // div + offset
+            return int(units * mul // div + offset)
 
         stats = InterfaceStatistics(gid, ns((hi << 32) | lo))
         u64 = struct.Struct(self._order + "Q").unpack
@@ -1013,7 +1029,7 @@ class CaptureReader:
         self.statistics[gid] = stats
 
 
-def read_all(file: IO[bytes] | str | os.PathLike, **options: Any) -> list[Packet]:
+def read_all(file: IO[bytes] | str | os.PathLike[str], **options: Any) -> list[Packet]:
     """Every packet of a capture file (small files, tests)."""
     with CaptureReader(file, **options) as reader:
         return list(reader)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import ConfigError, FrameError
 
@@ -111,7 +111,7 @@ class Ack:
     type: ClassVar[MessageType] = MessageType.ACK
     _body: ClassVar[struct.Struct] = struct.Struct("<")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return ()
 
 
@@ -129,7 +129,7 @@ class Hello:
     type: ClassVar[MessageType] = MessageType.HELLO
     _body: ClassVar[struct.Struct] = struct.Struct("<32sHHHHHB")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return (
             encode_string(self.name, NAME_SIZE, "HELLO name"),
             self.min_version,
@@ -153,7 +153,7 @@ class Init:
     type: ClassVar[MessageType] = MessageType.INIT
     _body: ClassVar[struct.Struct] = struct.Struct("<HIB24s32s")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return (
             self.version,
             self.id,
@@ -170,7 +170,7 @@ class AddRegion:
     type: ClassVar[MessageType] = MessageType.ADD_REGION
     _body: ClassVar[struct.Struct] = struct.Struct("<HQ")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return (self.index, self.size)
 
 
@@ -189,7 +189,7 @@ class AddRing:
     def s2m(self) -> bool:
         return bool(self.flags & ADD_RING_FLAG_S2M)
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return (
             self.flags,
             self.index,
@@ -206,7 +206,7 @@ class Connect:
     type: ClassVar[MessageType] = MessageType.CONNECT
     _body: ClassVar[struct.Struct] = struct.Struct("<32s")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return (encode_string(self.if_name, NAME_SIZE, "interface name"),)
 
 
@@ -216,7 +216,7 @@ class Connected:
     type: ClassVar[MessageType] = MessageType.CONNECTED
     _body: ClassVar[struct.Struct] = struct.Struct("<32s")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return (encode_string(self.if_name, NAME_SIZE, "interface name"),)
 
 
@@ -227,7 +227,7 @@ class Disconnect:
     type: ClassVar[MessageType] = MessageType.DISCONNECT
     _body: ClassVar[struct.Struct] = struct.Struct("<I96s")
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         # A reason is informative only: cut it to fit rather than fail a teardown.
         raw = self.reason.encode("utf-8", "surrogateescape").replace(b"\0", b" ")[:REASON_SIZE]
         return (self.code, raw)
@@ -235,7 +235,7 @@ class Disconnect:
 
 Message = Ack | Hello | Init | AddRegion | AddRing | Connect | Connected | Disconnect
 
-_CLASSES: dict[int, type] = {
+_CLASSES: dict[int, type[Message]] = {
     cls.type: cls for cls in (Ack, Hello, Init, AddRegion, AddRing, Connect, Connected, Disconnect)
 }
 

@@ -247,6 +247,7 @@ class Socket:
                 log.warning("memif socket %s: cannot listen again: %s", self.path, exc)
                 self._file_id = None
             return
+        assert self._listener_loop is not None  # set together with self._listener
         self._file_check = self._listener_loop.call_later(
             self.file_check_interval, self._check_file
         )

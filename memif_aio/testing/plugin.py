@@ -29,7 +29,7 @@ import pytest
 try:
     import pytest_asyncio
 except ImportError:  # the plugin loads in every pytest run: never break one without it
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 from ..interface import Interface
 from ..socket import open_interface
