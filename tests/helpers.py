@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import re
 import sys
 import time
@@ -86,12 +88,46 @@ class DpdkTestpmd:
         except TimeoutError as exc:
             raise AssertionError(str(exc)) from None
 
+    async def wait_listening(self, timeout: float = 20.0) -> None:
+        try:
+            await asyncio.to_thread(self.pmd.wait_listening, timeout)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc)) from None
+
     async def stop(self) -> None:
         await asyncio.to_thread(self.pmd.stop)
 
     def forward_stats(self) -> dict[str, int]:
         """After stop(): testpmd's accumulated forward statistics (Testpmd.forward_stats)."""
         return self.pmd.forward_stats()
+
+
+def open_fds() -> set[int]:
+    """Our open fds. The listing holds one of its own (the lowest free number at the time),
+    closed by the time it returns: only fds still open afterwards count."""
+    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd)}
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
+
+
+async def until_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until process ``pid`` is stopped (state T in /proc/PID/stat) after a SIGSTOP."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        if loop.time() > end:
+            raise AssertionError(f"process {pid} still in state {state} after SIGSTOP")
+        await asyncio.sleep(0.001)
 
 
 def wait_peer_fds_closed(timeout: float = 5.0) -> None:

@@ -9,12 +9,8 @@ import os
 import pytest
 
 import memif_aio
-from helpers import PeerProcess, peer_fds_closed
+from helpers import PeerProcess, open_fds, peer_fds_closed
 from memif_aio import HandshakeError, SecretMismatch
-
-
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
 def memif_mappings() -> list[str]:

@@ -18,8 +18,7 @@ PACKETS = 200_000
 async def test_integrity_through_testpmd_io_as_slave(testpmd_bin, abstract_path):
     pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=abstract_path)
     try:
-        await pmd.wait_for(r"Port 0: [0-9A-F:]{17}")
-        await asyncio.sleep(0.3)
+        await pmd.wait_listening()
         async with memif_aio.connect(abstract_path, buffer_size=2048, timeout=20) as iface:
             await wait_until_echoing(iface.tx_queues[0], iface.rx_queues[0])
             before = iface.stats()
@@ -55,7 +54,7 @@ async def test_metadata_is_harmless_to_dpdk_and_not_carried(testpmd_bin, abstrac
     back intact, with metadata 0 (what our refilled descriptors hold). README states this."""
     pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=abstract_path)
     try:
-        await pmd.wait_for(r"Port 0: [0-9A-F:]{17}")
+        await pmd.wait_listening()
         async with memif_aio.connect(abstract_path, buffer_size=2048, timeout=20) as iface:
             txq, rxq = iface.tx_queues[0], iface.rx_queues[0]
             await wait_until_echoing(txq, rxq)

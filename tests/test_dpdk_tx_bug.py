@@ -19,7 +19,6 @@ from helpers import DpdkTestpmd
 from memif_aio.cli.perf import Numbered, windowed_echo
 from memif_aio.link import dpdk_defences
 
-LISTENING = r"Port 0: [0-9A-F:]{17}"
 RING = 64
 BUFFER = 2048
 # A packet exactly one buffer long is the one case the stale-NEXT rule cannot tell from the
@@ -42,8 +41,7 @@ async def _until(predicate, what: str, timeout: float = 10.0) -> None:
 
 async def _start_server(testpmd_bin: str, path: str) -> DpdkTestpmd:
     pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=path, forward_mode="io")
-    await pmd.wait_for(LISTENING)
-    await asyncio.sleep(0.3)  # the listener is set up right after port configuration
+    await pmd.wait_listening()
     return pmd
 
 

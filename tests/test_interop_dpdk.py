@@ -24,8 +24,7 @@ def any_path(request, abstract_path, fs_path):
 async def test_our_slave_with_testpmd_server(testpmd_bin, any_path):
     pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=any_path, secret="pw")
     try:
-        await pmd.wait_for(r"Port 0: [0-9A-F:]{17}")
-        await asyncio.sleep(0.3)  # the listener is set up right after port configuration
+        await pmd.wait_listening()
         async with memif_aio.connect(any_path, id=0, secret="pw", timeout=20) as iface:
             details = iface.details()
             assert details.link_up and details.role == "slave"
@@ -55,8 +54,7 @@ async def test_our_master_with_testpmd_client(testpmd_bin, any_path):
 async def test_wrong_secret_refused_by_testpmd_server(testpmd_bin, abstract_path):
     pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=abstract_path, secret="right")
     try:
-        await pmd.wait_for(r"Port 0: [0-9A-F:]{17}")
-        await asyncio.sleep(0.3)
+        await pmd.wait_listening()
         with pytest.raises(SecretMismatch) as refused:
             async with memif_aio.connect(abstract_path, secret="wrong", timeout=20):
                 pass

@@ -14,12 +14,24 @@ import threading
 import time
 import uuid
 
-LISTENING = r"Port 0: [0-9A-F:]{17}"  # printed once the port is configured (server listens)
+FORWARDING = r"Logical Core \d+ \(socket \d+\) forwards packets"  # cores being launched
 LINK_UP = r"memif_connect\(\): Connected"  # the PMD's own word that its link is up
 
 
 def find_testpmd() -> str | None:
     return shutil.which("dpdk-testpmd")
+
+
+def unix_socket_listening(path: str) -> bool:
+    """Whether a Unix socket is listening on ``path`` (``@name`` for an abstract one), as
+    /proc/net/unix says: the path column, and the SO_ACCEPTCON bit (0x10000) in the flags."""
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.rstrip("\n").split(None, 7)
+            if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                return True
+    return False
 
 
 class Testpmd:
@@ -43,6 +55,7 @@ class Testpmd:
         binary = find_testpmd()
         if binary is None:
             raise FileNotFoundError("dpdk-testpmd not found (Debian package dpdk-dev)")
+        self.socket = socket
         abstract = socket.startswith("@")
         vdev = f"net_memif0,role={role},id={id},socket={socket.lstrip('@')}"
         vdev += ",socket-abstract=" + ("yes" if abstract else "no")
@@ -107,8 +120,19 @@ class Testpmd:
             time.sleep(0.02)
 
     def wait_listening(self, timeout: float = 20.0) -> None:
-        self.wait_for(LISTENING, timeout)
-        time.sleep(0.3)  # the memif listener is created right after the port is configured
+        """Return once a server (role=server) accepts connections and forwards packets.
+
+        The PMD listens from its probe on, long before testpmd forwards: a packet that
+        arrives in between is taken off the ring and lost. So: the line announcing the
+        forwarding cores (printed as they are launched; a handshake takes longer), then the
+        kernel's word that the socket listens.
+        """
+        end = time.monotonic() + timeout
+        self.wait_for(FORWARDING, timeout)
+        while not unix_socket_listening(self.socket):
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise TimeoutError(f"testpmd never listened on {self.socket}")
+            time.sleep(0.005)
 
     def rate(self, key: str = "Rx-pps", seconds: float = 2.0) -> float:
         """Median of testpmd's per-second ``key`` (``Rx-pps``/``Tx-pps``) over ``seconds``."""

@@ -19,6 +19,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from helpers import open_fds
 from memif_aio import protocol as p
 
 COOKIE = 0x3E31F20
@@ -368,10 +369,6 @@ async def serve_as_master(
 
 
 # ------------------------------------------------------------------------------------- leaks
-
-
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
 def memfd_mappings() -> list[str]:

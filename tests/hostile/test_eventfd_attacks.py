@@ -119,7 +119,7 @@ async def test_a_full_nonblocking_eventfd_is_just_a_woken_peer(abstract_path, ca
             os.write(mem.m2s[0].eventfd, FULL)
             for i in range(3):
                 await iface.tx_queues[0].send(b"%d" % i)
-                await asyncio.sleep(0.01)
+                iface.tx_queues[0].flush()  # one publish and one signal per packet
             assert mem.m2s[0].tail == 3 and iface.connected
         finally:
             chan.close()

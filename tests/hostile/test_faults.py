@@ -13,10 +13,10 @@ import socket
 import pytest
 import uvloop
 from checks import one_warning
-from rawpeer import Resources, memfd_mappings, open_fds
+from rawpeer import Resources, memfd_mappings
 
 import memif_aio
-from helpers import PeerProcess, wait_peer_fds_closed
+from helpers import PeerProcess, open_fds, until_stopped, wait_peer_fds_closed
 from memif_aio import DisconnectedError
 
 KINDS = ("/memfd:", "anon_inode:[eventfd]", "socket:")  # pipes belong to the peer process
@@ -47,7 +47,7 @@ async def test_slave_sigkilled_mid_burst(abstract_path):
             received += len(await asyncio.wait_for(rxq.recv_burst(), 5))
         receiving = asyncio.ensure_future(rxq.recv_burst())
         elapsed = await _noticed(iface, peer.kill)
-        assert elapsed < 0.1, f"noticed after {elapsed * 1000:.0f} ms"
+        assert elapsed < 0.5, f"noticed after {elapsed * 1000:.0f} ms"  # a few ms expected
         try:
             await asyncio.wait_for(receiving, 1)  # a last burst may still have been there
         except DisconnectedError:
@@ -82,16 +82,16 @@ async def test_master_sigkilled_mid_burst(fs_path):
         for _ in range(50):
             await asyncio.wait_for(txq.send_burst([b"y" * 64] * 64), 5)
         peer.proc.send_signal(signal.SIGSTOP)  # frozen: what we send now stays in flight
-        await asyncio.sleep(0.05)
+        await until_stopped(peer.proc.pid)
         if txq.free_slots:
             await asyncio.wait_for(txq.send_burst([b"z" * 64] * min(100, txq.free_slots)), 2)
-        await asyncio.sleep(0.02)  # published (sends may be staged until the loop turns)
+        txq.flush()  # published now, not when the loop next turns
         stuck = 256 - txq.free_slots  # published, never consumed by the frozen master
         assert stuck > 0
         sending = asyncio.ensure_future(txq.send_burst([b"w" * 64] * 1000))  # blocks: full ring
         await asyncio.sleep(0.05)
         elapsed = await _noticed(iface, peer.kill)
-        assert elapsed < 0.1, f"noticed after {elapsed * 1000:.0f} ms"
+        assert elapsed < 0.5, f"noticed after {elapsed * 1000:.0f} ms"  # a few ms expected
         with pytest.raises(DisconnectedError):
             await asyncio.wait_for(sending, 1)
         await asyncio.wait_for(draining, 1)

@@ -154,9 +154,7 @@ async def test_master_tx_breach_in_refilled_descriptors(abstract_path, caplog, d
             with pytest.raises((PeerProtocolError, DisconnectedError)):
                 for _ in range(3):
                     await txq.send(b"x" * 64)
-                    if hasattr(txq, "flush"):
-                        txq.flush()
-                    await asyncio.sleep(0.01)
+                    txq.flush()  # publishing checks the peer's tail
             got = await chan.expect_disconnect()
         finally:
             chan.close()
@@ -310,7 +308,7 @@ async def test_slave_tx_breach_tail_beyond_head(slave_env, caplog):
         with pytest.raises((PeerProtocolError, DisconnectedError)):
             for _ in range(3):
                 await iface.tx_queues[0].send(b"x")
-                await asyncio.sleep(0.01)
+                iface.tx_queues[0].flush()  # publishing checks the peer's tail
         got = await chan.expect_disconnect()
         view.close()
     finally:

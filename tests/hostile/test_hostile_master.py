@@ -404,7 +404,7 @@ async def test_peer_that_never_speaks_times_out(abstract_path, caplog):
             elapsed = asyncio.get_running_loop().time() - started
         finally:
             chan.close()
-        assert reason == hs.TIMEOUT and 0.2 < elapsed < 1.5
+        assert reason == hs.TIMEOUT and 0.2 < elapsed < 3.0  # 0.3 s configured
         await one_warning(caplog, hs.TIMEOUT, PEER)
         await before.assert_released()
         await honest_slave_connects(abstract_path, iface)
