@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import uuid
 
 import pytest
 import uvloop
@@ -23,6 +22,12 @@ def _recording(new_loop):
     return factory
 
 
+def pytest_configure(config):
+    # Under CI the interop peer must run: the plugin's testpmd_peer fails instead of skipping.
+    if os.environ.get("CI") == "true":
+        config.option.memif_require_testpmd = True
+
+
 def pytest_asyncio_loop_factories(config, item):
     return {
         "asyncio": _recording(asyncio.new_event_loop),
@@ -36,12 +41,6 @@ def _fail_on_loop_errors():
     yield
     errors, _loop_errors[:] = list(_loop_errors), []
     assert not errors, f"event loop exception handler called: {errors}"
-
-
-@pytest.fixture
-def abstract_path() -> str:
-    """A fresh abstract socket name, unique per test."""
-    return f"@/tmp/memif_aio-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 import memif_aio
-from memif_aio.testing.testpmd import Testpmd
 
 
 class EchoCheckProtocol(asyncio.DatagramProtocol):
@@ -43,19 +42,18 @@ class EchoCheckProtocol(asyncio.DatagramProtocol):
 
 
 @pytest.mark.dpdk
-async def test_protocol_round_trips_100k_packets_through_testpmd(testpmd_bin, abstract_path):
-    with Testpmd(role="server", socket=abstract_path, forward_mode="io") as pmd:
-        await asyncio.to_thread(pmd.wait_listening)
-        transport, protocol = await memif_aio.create_endpoint(
-            lambda: EchoCheckProtocol(100_000), abstract_path, role="slave"
-        )
-        try:
-            assert transport.get_extra_info("memif").remote_app_name.startswith("DPDK")
-            assert await asyncio.wait_for(protocol.done, 60) == 100_000
-        finally:
-            transport.close()
-            await transport.wait_closed()
-        assert protocol.lost == [None]
+async def test_protocol_round_trips_100k_packets_through_testpmd(testpmd_peer, memif_path):
+    await asyncio.to_thread(testpmd_peer, role="server", forward_mode="io")
+    transport, protocol = await memif_aio.create_endpoint(
+        lambda: EchoCheckProtocol(100_000), memif_path, role="slave"
+    )
+    try:
+        assert transport.get_extra_info("memif").remote_app_name.startswith("DPDK")
+        assert await asyncio.wait_for(protocol.done, 60) == 100_000
+    finally:
+        transport.close()
+        await transport.wait_closed()
+    assert protocol.lost == [None]
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -79,11 +77,11 @@ class Recorder(asyncio.DatagramProtocol):
         self.events.append(f"lost:{type(exc).__name__}")
 
 
-async def test_flow_control_pauses_and_resumes_with_a_slow_reader(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_flow_control_pauses_and_resumes_with_a_slow_reader(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         reader_side = await sock.create_interface(id=0, role="master", ring_size=256)
         transport, protocol = await memif_aio.create_endpoint(
-            Recorder, abstract_path, role="slave", ring_size=256
+            Recorder, memif_path, role="slave", ring_size=256
         )
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
         await reader_side.wait_connected(timeout=10)
@@ -105,10 +103,10 @@ async def test_flow_control_pauses_and_resumes_with_a_slow_reader(abstract_path)
         assert protocol.events[-1] == "lost:NoneType"
 
 
-async def test_stream_sees_eof_when_the_peer_disconnects(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_stream_sees_eof_when_the_peer_disconnects(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master")
-        reader, writer = await memif_aio.open_packet_stream(abstract_path)
+        reader, writer = await memif_aio.open_packet_stream(memif_path)
         await master.wait_connected(timeout=10)
         writer.write(b"ping")
         await writer.drain()
@@ -132,11 +130,11 @@ async def _take(reader, n):
             return
 
 
-async def test_endpoint_refused_raises_with_reason(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_endpoint_refused_raises_with_reason(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         await sock.create_interface(id=0, role="master", secret="right")
         with pytest.raises(memif_aio.SecretMismatch):
-            await memif_aio.create_endpoint(Recorder, abstract_path, secret="wrong")
+            await memif_aio.create_endpoint(Recorder, memif_path, secret="wrong")
 
 
 def test_run_on_uvloop_and_default():
@@ -147,10 +145,10 @@ def test_run_on_uvloop_and_default():
     assert memif_aio.run(which(), use_uvloop=False).startswith("asyncio")
 
 
-async def test_stream_with_limit_one_keeps_reading(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_stream_with_limit_one_keeps_reading(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master")
-        reader, writer = await memif_aio.open_packet_stream(abstract_path, limit=1)
+        reader, writer = await memif_aio.open_packet_stream(memif_path, limit=1)
         await master.wait_connected(timeout=10)
         await master.tx_queues[0].send_burst([b"1", b"2", b"3"])
         got = [await asyncio.wait_for(reader.read_packet(), 5) for _ in range(3)]
@@ -159,7 +157,7 @@ async def test_stream_with_limit_one_keeps_reading(abstract_path):
         await writer.wait_closed()
 
 
-async def test_protocol_exception_is_reported_and_closes(abstract_path):
+async def test_protocol_exception_is_reported_and_closes(memif_path):
     class Broken(Recorder):
         def datagram_received(self, data, addr):
             raise RuntimeError("application bug")
@@ -169,9 +167,9 @@ async def test_protocol_exception_is_reported_and_closes(abstract_path):
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
-        async with memif_aio.Socket(abstract_path) as sock:
+        async with memif_aio.Socket(memif_path) as sock:
             master = await sock.create_interface(id=0, role="master")
-            transport, protocol = await memif_aio.create_endpoint(Broken, abstract_path)
+            transport, protocol = await memif_aio.create_endpoint(Broken, memif_path)
             await master.wait_connected(timeout=10)
             await master.tx_queues[0].send(b"boom")
             await asyncio.wait_for(transport.wait_closed(), 5)

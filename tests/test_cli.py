@@ -10,8 +10,6 @@ from contextlib import contextmanager
 
 import pytest
 
-from memif_aio.testing.testpmd import Testpmd
-
 CLI = [sys.executable, "-m", "memif_aio"]
 
 
@@ -45,38 +43,38 @@ def test_help_lists_commands_with_examples():
     assert "example:" in run("ping", "--help").stdout
 
 
-def test_probe_reports_hello_and_ack(abstract_path):
-    with service("echo", abstract_path, "--id", "3", "--secret", "pw"):
-        ok = run("probe", abstract_path, "--id", "3", "--secret", "pw")
+def test_probe_reports_hello_and_ack(memif_path):
+    with service("echo", memif_path, "--id", "3", "--secret", "pw"):
+        ok = run("probe", memif_path, "--id", "3", "--secret", "pw")
         assert ok.returncode == 0, ok.stderr
         assert "master 'memif-aio echo'" in ok.stdout and "accepted (ACK)" in ok.stdout
         assert "ring size 16384" in ok.stdout
         as_json = json.loads(
-            run("probe", abstract_path, "--id", "3", "--secret", "pw", "--json").stdout
+            run("probe", memif_path, "--id", "3", "--secret", "pw", "--json").stdout
         )
         assert as_json["accepted"] and as_json["hello"]["max_log2_ring_size"] == 14
-        wrong = run("probe", abstract_path, "--id", "3", "--secret", "nope")
+        wrong = run("probe", memif_path, "--id", "3", "--secret", "nope")
         assert wrong.returncode == 1 and "refused: secret mismatch" in wrong.stdout
-        unknown = run("probe", abstract_path, "--id", "9", "--secret", "pw")
+        unknown = run("probe", memif_path, "--id", "9", "--secret", "pw")
         assert unknown.returncode == 1 and "unknown interface id 9" in unknown.stdout
 
 
-def test_no_master_listening_is_exit_3(abstract_path, fs_path):
-    for path in (abstract_path, fs_path):
+def test_no_master_listening_is_exit_3(memif_path, fs_path):
+    for path in (memif_path, fs_path):
         result = run("probe", path)
         assert result.returncode == 3, result
         assert (
             result.stderr.startswith("memif-aio probe: ") and len(result.stderr.splitlines()) == 1
         )
-    result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "--timeout", "1")
+    result = run("ping", memif_path, "--ip", "10.0.0.2", "10.0.0.1", "--timeout", "1")
     assert result.returncode == 3 and "cannot connect" in result.stderr
 
 
-def test_ping_against_our_responder_and_refusals(abstract_path):
-    with service("responder", abstract_path, "--ip", "10.9.0.1", "--secret", "pw"):
+def test_ping_against_our_responder_and_refusals(memif_path):
+    with service("responder", memif_path, "--ip", "10.9.0.1", "--secret", "pw"):
         result = run(
             "ping",
-            abstract_path,
+            memif_path,
             "--secret",
             "pw",
             "--ip",
@@ -93,7 +91,7 @@ def test_ping_against_our_responder_and_refusals(abstract_path):
         as_json = json.loads(
             run(
                 "ping",
-                abstract_path,
+                memif_path,
                 "--secret",
                 "pw",
                 "--ip",
@@ -109,11 +107,11 @@ def test_ping_against_our_responder_and_refusals(abstract_path):
             ).stdout
         )
         assert as_json["received"] == 2 and as_json["rtt_ms"]["p50"] > 0
-        wrong = run("ping", abstract_path, "--secret", "bad", "--ip", "10.9.0.2", "10.9.0.1")
+        wrong = run("ping", memif_path, "--secret", "bad", "--ip", "10.9.0.2", "10.9.0.1")
         assert wrong.returncode == 1 and "refused: secret mismatch" in wrong.stderr
         silent = run(
             "ping",
-            abstract_path,
+            memif_path,
             "--secret",
             "pw",
             "--ip",
@@ -125,33 +123,30 @@ def test_ping_against_our_responder_and_refusals(abstract_path):
         assert silent.returncode == 4 and "no ARP reply" in silent.stderr
 
 
-def test_dpdk_workaround_flag_is_a_slave_option(abstract_path):
-    result = run("echo", abstract_path, "--role", "master", "--dpdk-workaround", "on")
+def test_dpdk_workaround_flag_is_a_slave_option(memif_path):
+    result = run("echo", memif_path, "--role", "master", "--dpdk-workaround", "on")
     assert result.returncode == 2
     assert result.stderr == (
         "memif-aio echo: dpdk_workaround='on' is for role='slave' (it defends its rx rings)\n"
     )
-    result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "--dpdk-workaround", "x")
+    result = run("ping", memif_path, "--ip", "10.0.0.2", "10.0.0.1", "--dpdk-workaround", "x")
     assert result.returncode == 2 and "invalid choice: 'x'" in result.stderr
 
 
-def test_id_in_use_is_refused(abstract_path):
-    with service("responder", abstract_path, "--ip", "10.9.0.1"):
-        with service("echo", abstract_path, "--role", "slave"):
-            result = run("ping", abstract_path, "--ip", "10.9.0.2", "10.9.0.1", "-c", "1")
+def test_id_in_use_is_refused(memif_path):
+    with service("responder", memif_path, "--ip", "10.9.0.1"):
+        with service("echo", memif_path, "--role", "slave"):
+            result = run("ping", memif_path, "--ip", "10.9.0.2", "10.9.0.1", "-c", "1")
             assert result.returncode == 1
             assert "refused: interface already connected" in result.stderr
 
 
 @pytest.mark.dpdk
-def test_ping_through_testpmd_icmpecho(testpmd_bin, abstract_path):
-    with Testpmd(role="server", socket=abstract_path, forward_mode="icmpecho") as pmd:
-        pmd.wait_listening()
-        result = run(
-            "ping", abstract_path, "--ip", "192.168.7.2", "192.168.7.1", "-c", "3", "-i", "0.05"
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "3 packets transmitted, 3 received" in result.stdout
+def test_ping_through_testpmd_icmpecho(testpmd_peer, memif_path):
+    testpmd_peer(role="server", forward_mode="icmpecho")
+    result = run("ping", memif_path, "--ip", "192.168.7.2", "192.168.7.1", "-c", "3", "-i", "0.05")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 packets transmitted, 3 received" in result.stdout
 
 
 def test_demo_prints_the_table():
@@ -205,23 +200,23 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, testpmd_bin):
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bad_options_are_usage_errors(abstract_path):
-    result = run("probe", abstract_path, "--secret", "x" * 30)
+def test_bad_options_are_usage_errors(memif_path):
+    result = run("probe", memif_path, "--secret", "x" * 30)
     assert result.returncode == 2 and "secret" in result.stderr
-    result = run("ping", abstract_path, "--ip", "10.0.0.2", "10.0.0.1", "-c", "0")
+    result = run("ping", memif_path, "--ip", "10.0.0.2", "10.0.0.1", "-c", "0")
     assert result.returncode == 2
-    result = run("echo", abstract_path, "--role", "slave", "--allow-unsealed-regions")
+    result = run("echo", memif_path, "--role", "slave", "--allow-unsealed-regions")
     assert result.returncode == 2 and "allow_unsealed_regions is for role='master'" in result.stderr
 
 
-def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
+def test_echo_service_survives_a_peer_that_breaks_the_data_path(memif_path):
     import asyncio
     import os
 
     import memif_aio
 
     async def scenario() -> bytes:
-        async with memif_aio.Socket(abstract_path, reconnect_interval=60) as bad_sock:
+        async with memif_aio.Socket(memif_path, reconnect_interval=60) as bad_sock:
             bad = await bad_sock.create_interface(id=0, role="slave")
             await bad.wait_connected(timeout=10)
             memory = bad.link.plane.memory
@@ -230,11 +225,11 @@ def test_echo_service_survives_a_peer_that_breaks_the_data_path(abstract_path):
             ring.head = 1
             os.eventfd_write(memory.s2m[0].spec.eventfd, 1)  # publish like a producer
             await asyncio.wait_for(bad.wait_disconnected(), 5)
-        async with memif_aio.connect(abstract_path, timeout=10) as good:
+        async with memif_aio.connect(memif_path, timeout=10) as good:
             await good.tx_queues[0].send(b"still echoing")
             return await asyncio.wait_for(good.rx_queues[0].recv(), 5)
 
-    with service("echo", abstract_path):
+    with service("echo", memif_path):
         assert asyncio.run(scenario()) == b"still echoing"
 
 

@@ -28,9 +28,9 @@ def negotiated(details: dict) -> dict:
 
 
 @pytest.mark.parametrize("local_role", ["master", "slave"])
-async def test_two_processes_connect_and_agree(abstract_path, local_role):
+async def test_two_processes_connect_and_agree(memif_path, local_role):
     remote_role = "slave" if local_role == "master" else "master"
-    async with memif_aio.Socket(abstract_path, app_name="local-app") as sock:
+    async with memif_aio.Socket(memif_path, app_name="local-app") as sock:
         iface = await sock.create_interface(
             id=3,
             role=local_role,
@@ -44,7 +44,7 @@ async def test_two_processes_connect_and_agree(abstract_path, local_role):
             "--role",
             remote_role,
             "--socket",
-            abstract_path,
+            memif_path,
             "--id",
             "3",
             "--secret",
@@ -71,12 +71,12 @@ async def test_two_processes_connect_and_agree(abstract_path, local_role):
     assert local["id"] == remote["id"] == 3 and local["mode"] == remote["mode"] == "ethernet"
 
 
-async def test_four_interfaces_on_one_master_socket_and_id_in_use(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_four_interfaces_on_one_master_socket_and_id_in_use(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         ifaces = [await sock.create_interface(id=i, role="master") for i in range(4)]
         peers = [
             await PeerProcess.start(
-                "--role", "slave", "--socket", abstract_path, "--id", str(i), "--name", f"slave{i}"
+                "--role", "slave", "--socket", memif_path, "--id", str(i), "--name", f"slave{i}"
             )
             for i in range(4)
         ]
@@ -89,7 +89,7 @@ async def test_four_interfaces_on_one_master_socket_and_id_in_use(abstract_path)
                 assert iface.details().remote_name == f"slave{i}"
             # A second slave for id 2 is refused with a reason, and id 2 stays up.
             with pytest.raises(HandshakeError, match="already connected"):
-                async with memif_aio.connect(abstract_path, id=2, timeout=10):
+                async with memif_aio.connect(memif_path, id=2, timeout=10):
                     pass
             assert ifaces[2].connected
         finally:
@@ -97,17 +97,17 @@ async def test_four_interfaces_on_one_master_socket_and_id_in_use(abstract_path)
                 assert await peer.stop() == 0
 
 
-async def test_unknown_id_and_wrong_secret_are_refused_with_reason(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_unknown_id_and_wrong_secret_are_refused_with_reason(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master", secret="right")
         with pytest.raises(HandshakeError, match="unknown interface id 9"):
-            async with memif_aio.connect(abstract_path, id=9, timeout=10):
+            async with memif_aio.connect(memif_path, id=9, timeout=10):
                 pass
         with pytest.raises(SecretMismatch, match="secret mismatch"):
-            async with memif_aio.connect(abstract_path, id=0, secret="wrong", timeout=10):
+            async with memif_aio.connect(memif_path, id=0, secret="wrong", timeout=10):
                 pass
         assert "secret mismatch" in master.details().last_disconnect_reason
-        async with memif_aio.connect(abstract_path, id=0, secret="right", timeout=10) as slave:
+        async with memif_aio.connect(memif_path, id=0, secret="right", timeout=10) as slave:
             assert slave.connected
 
 
@@ -133,8 +133,8 @@ async def test_slave_waits_for_master_and_reconnects_after_master_restart(fs_pat
         assert slave.details().last_disconnect_reason == "interface closed"
 
 
-async def test_live_socket_is_not_stolen(fs_path, abstract_path):
-    for path in (fs_path, abstract_path):
+async def test_live_socket_is_not_stolen(fs_path, memif_path):
+    for path in (fs_path, memif_path):
         async with memif_aio.Socket(path) as first:
             await first.create_interface(id=0, role="master")
             second = memif_aio.Socket(path)
@@ -150,11 +150,11 @@ async def test_filesystem_socket_is_owner_only(fs_path):
         assert os.stat(fs_path).st_mode & 0o777 == 0o600
 
 
-async def test_close_releases_every_fd_and_mapping(abstract_path):
+async def test_close_releases_every_fd_and_mapping(memif_path):
     fds_before, maps_before = open_fds(), memif_mappings()
-    async with memif_aio.Socket(abstract_path) as master_sock:
+    async with memif_aio.Socket(memif_path) as master_sock:
         await master_sock.create_interface(id=0, role="master", rx_queues=2, tx_queues=2)
-        async with memif_aio.connect(abstract_path, rx_queues=2, tx_queues=2) as slave:
+        async with memif_aio.connect(memif_path, rx_queues=2, tx_queues=2) as slave:
             assert len(memif_mappings()) == len(maps_before) + 4  # 2 regions, both sides
             assert len(open_fds()) > len(fds_before)
             assert slave.connected
@@ -163,16 +163,16 @@ async def test_close_releases_every_fd_and_mapping(abstract_path):
     assert open_fds() == fds_before
 
 
-async def test_close_during_handshake_releases_everything(abstract_path):
+async def test_close_during_handshake_releases_everything(memif_path):
     """A master that never answers: the slave is closed mid-handshake."""
     fds_before = open_fds()
     import socket as pysocket
 
     listener = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_SEQPACKET)
-    listener.bind("\0" + abstract_path[1:])
+    listener.bind("\0" + memif_path[1:])
     listener.listen()
     try:
-        async with memif_aio.Socket(abstract_path) as sock:
+        async with memif_aio.Socket(memif_path) as sock:
             slave = await sock.create_interface(id=0, role="slave")
             await asyncio.sleep(0.2)
             assert slave.state is memif_aio.LinkState.CONNECTING

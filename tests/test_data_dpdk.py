@@ -15,11 +15,11 @@ pytestmark = pytest.mark.dpdk
 PACKETS = 200_000
 
 
-async def test_integrity_through_testpmd_io_as_slave(testpmd_bin, abstract_path):
-    pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=abstract_path)
+async def test_integrity_through_testpmd_io_as_slave(testpmd_bin, memif_path):
+    pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=memif_path)
     try:
         await pmd.wait_listening()
-        async with memif_aio.connect(abstract_path, buffer_size=2048, timeout=20) as iface:
+        async with memif_aio.connect(memif_path, buffer_size=2048, timeout=20) as iface:
             await wait_until_echoing(iface.tx_queues[0], iface.rx_queues[0])
             before = iface.stats()
             got = await asyncio.wait_for(
@@ -34,10 +34,10 @@ async def test_integrity_through_testpmd_io_as_slave(testpmd_bin, abstract_path)
         await pmd.stop()
 
 
-async def test_integrity_through_testpmd_io_as_master(testpmd_bin, abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_integrity_through_testpmd_io_as_master(testpmd_bin, memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
-        pmd = await DpdkTestpmd.start(testpmd_bin, role="client", socket=abstract_path)
+        pmd = await DpdkTestpmd.start(testpmd_bin, role="client", socket=memif_path)
         try:
             await iface.wait_connected(timeout=20)
             await wait_until_echoing(iface.tx_queues[0], iface.rx_queues[0])
@@ -49,13 +49,13 @@ async def test_integrity_through_testpmd_io_as_master(testpmd_bin, abstract_path
             await pmd.stop()
 
 
-async def test_metadata_is_harmless_to_dpdk_and_not_carried(testpmd_bin, abstract_path):
+async def test_metadata_is_harmless_to_dpdk_and_not_carried(testpmd_bin, memif_path):
     """DPDK's net_memif neither reads nor writes descriptor metadata: packets sent with it come
     back intact, with metadata 0 (what our refilled descriptors hold). README states this."""
-    pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=abstract_path)
+    pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=memif_path)
     try:
         await pmd.wait_listening()
-        async with memif_aio.connect(abstract_path, buffer_size=2048, timeout=20) as iface:
+        async with memif_aio.connect(memif_path, buffer_size=2048, timeout=20) as iface:
             txq, rxq = iface.tx_queues[0], iface.rx_queues[0]
             await wait_until_echoing(txq, rxq)
             pattern = Pattern(3)

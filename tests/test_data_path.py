@@ -18,14 +18,14 @@ from memif_aio import DisconnectedError, LocalProtocolError, PeerProtocolError
 
 
 @pytest.mark.parametrize("local_role", ["master", "slave"])
-async def test_four_queues_both_directions_between_processes(abstract_path, local_role):
+async def test_four_queues_both_directions_between_processes(memif_path, local_role):
     remote_role = "slave" if local_role == "master" else "master"
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(
             id=0, role=local_role, rx_queues=4, tx_queues=4, buffer_size=2048
         )
         peer = await PeerProcess.start(
-            "--role", remote_role, "--socket", abstract_path, "--queues", "4", "--echo"
+            "--role", remote_role, "--socket", memif_path, "--queues", "4", "--echo"
         )
         try:
             await iface.wait_connected(timeout=15)
@@ -53,12 +53,12 @@ async def test_four_queues_both_directions_between_processes(abstract_path, loca
             assert await peer.stop() == 0
 
 
-async def test_interrupts_lose_no_wakeup(abstract_path):
+async def test_interrupts_lose_no_wakeup(memif_path):
     """10 000 single packets with random gaps: each echo must wake us (no polling here)."""
     rng = random.Random(7)
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
-        peer = await PeerProcess.start("--role", "slave", "--socket", abstract_path, "--echo")
+        peer = await PeerProcess.start("--role", "slave", "--socket", memif_path, "--echo")
         try:
             await iface.wait_connected(timeout=15)
             rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
@@ -76,10 +76,10 @@ async def test_interrupts_lose_no_wakeup(abstract_path):
             assert await peer.stop() == 0
 
 
-async def test_descriptor_outside_region_disconnects_peer_and_we_survive(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_descriptor_outside_region_disconnects_peer_and_we_survive(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master")
-        async with memif_aio.Socket(abstract_path, reconnect_interval=60) as bad_sock:
+        async with memif_aio.Socket(memif_path, reconnect_interval=60) as bad_sock:
             bad = await bad_sock.create_interface(id=0, role="slave")
             await master.wait_connected(timeout=10)
             await bad.wait_connected(timeout=10)
@@ -96,55 +96,47 @@ async def test_descriptor_outside_region_disconnects_peer_and_we_survive(abstrac
             assert "beyond region 1" in master.details().last_disconnect_reason
             assert master.stats()["rx_errors"] >= 1
         # A well-behaved peer is served afterwards.
-        async with memif_aio.connect(abstract_path, timeout=10) as good:
+        async with memif_aio.connect(memif_path, timeout=10) as good:
             await master.wait_connected(timeout=10)
             await good.tx_queues[0].send(b"fine")
             assert await asyncio.wait_for(master.rx_queues[0].recv(), 5) == b"fine"
 
 
-async def test_queue_waiters_get_disconnected_error(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
-        master = await sock.create_interface(id=0, role="master")
-        async with memif_aio.connect(abstract_path, timeout=10) as slave:
-            await master.wait_connected(timeout=10)
-            waiter = asyncio.ensure_future(master.rx_queues[0].recv())
-            await asyncio.sleep(0.05)
-            await slave.close()
-            with pytest.raises(DisconnectedError):
-                await asyncio.wait_for(waiter, 5)
+async def test_queue_waiters_get_disconnected_error(memif_pair):
+    master, slave = memif_pair
+    waiter = asyncio.ensure_future(master.rx_queues[0].recv())
+    await asyncio.sleep(0.05)  # asleep on its interrupt, not merely created
+    await slave.close()
+    with pytest.raises(DisconnectedError):
+        await asyncio.wait_for(waiter, 5)
 
 
-async def test_chained_packets_and_segments(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
-        master = await sock.create_interface(id=0, role="master")
-        async with memif_aio.connect(abstract_path, buffer_size=1024, timeout=10) as slave:
-            await master.wait_connected(timeout=10)
-            data = bytes(range(256)) * 20  # 5120 bytes: 5 buffers of 1024
-            await slave.tx_queues[0].send(data)
-            burst = await master.rx_queues[0].recv_burst()
-            assert list(burst.nsegments) == [5] and list(burst.lengths) == [5120]
-            assert b"".join(bytes(s) for s in burst.segments(0)) == data
-            assert burst[0] == data
-            burst.release()
-            # master -> slave honours the slave's 1024-byte buffers
-            await master.tx_queues[0].send(data)
-            assert await slave.rx_queues[0].recv() == data
+@pytest.mark.memif(buffer_size=1024)
+async def test_chained_packets_and_segments(memif_pair):
+    master, slave = memif_pair
+    data = bytes(range(256)) * 20  # 5120 bytes: 5 buffers of 1024
+    await slave.tx_queues[0].send(data)
+    burst = await master.rx_queues[0].recv_burst()
+    assert list(burst.nsegments) == [5] and list(burst.lengths) == [5120]
+    assert b"".join(bytes(s) for s in burst.segments(0)) == data
+    assert burst[0] == data
+    burst.release()
+    # master -> slave honours the slave's 1024-byte buffers
+    await master.tx_queues[0].send(data)
+    assert await slave.rx_queues[0].recv() == data
 
 
-async def test_alloc_commit_and_polling_mode(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
-        master = await sock.create_interface(id=0, role="master")
-        async with memif_aio.connect(abstract_path, timeout=10) as slave:
-            await master.wait_connected(timeout=10)
-            rxq = master.rx_queues[0]
-            rxq.polling = True
-            bufs = await slave.tx_queues[0].alloc(3)
-            assert len(bufs) == 3
-            for i, buf in enumerate(bufs):
-                buf[:5] = b"pkt-%d" % i
-            assert slave.tx_queues[0].commit([5, 5]) == 2
-            burst = await asyncio.wait_for(rxq.recv_burst(), 5)
-            assert [bytes(burst[i]) for i in range(len(burst))] == [b"pkt-0", b"pkt-1"]
+async def test_alloc_commit_and_polling_mode(memif_pair):
+    master, slave = memif_pair
+    rxq = master.rx_queues[0]
+    rxq.polling = True
+    bufs = await slave.tx_queues[0].alloc(3)
+    assert len(bufs) == 3
+    for i, buf in enumerate(bufs):
+        buf[:5] = b"pkt-%d" % i
+    assert slave.tx_queues[0].commit([5, 5]) == 2
+    burst = await asyncio.wait_for(rxq.recv_burst(), 5)
+    assert [bytes(burst[i]) for i in range(len(burst))] == [b"pkt-0", b"pkt-1"]
 
 
 def test_burst_path_does_not_allocate_per_packet():
@@ -343,10 +335,10 @@ async def test_send_to_a_polling_peer_publishes_each_packet_at_once(qlink, queue
     assert qlink.mrx.pending() == 5 and qlink.signals(qlink.mrx) == 1
 
 
-async def test_packets_left_in_the_ring_at_disconnect_are_counted_as_drops(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_packets_left_in_the_ring_at_disconnect_are_counted_as_drops(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master")
-        async with memif_aio.connect(abstract_path, timeout=10) as slave:
+        async with memif_aio.connect(memif_path, timeout=10) as slave:
             await master.wait_connected(timeout=10)
             await master.tx_queues[0].send_burst([b"unread"] * 5 + [bytes(5000)])
             await asyncio.sleep(0.05)

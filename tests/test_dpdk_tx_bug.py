@@ -71,14 +71,14 @@ async def _fill_to_one_free_slot(iface, publishable: int) -> tuple[list[bytes], 
 
 @pytest.mark.dpdk
 @pytest.mark.parametrize("chained", [2098, 5000], ids=["ends-in-extra-slot", "dropped"])
-async def test_one_free_slot_and_a_chained_packet(testpmd_bin, abstract_path, chained):
+async def test_one_free_slot_and_a_chained_packet(testpmd_bin, memif_path, chained):
     """2098 B would end in the slot past head (DPDK takes that slot's length, 100, as its
     capacity), 5000 B would be dropped after writing there: with the sentinel DPDK drops
     both, cleanly."""
-    pmd = await _start_server(testpmd_bin, abstract_path)
+    pmd = await _start_server(testpmd_bin, memif_path)
     try:
         async with memif_aio.connect(
-            abstract_path, ring_size=RING, buffer_size=BUFFER, timeout=20
+            memif_path, ring_size=RING, buffer_size=BUFFER, timeout=20
         ) as iface:
             assert iface.details().dpdk_defences == ("sentinel", "short-next-ends-packet")
             rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
@@ -110,13 +110,13 @@ async def test_one_free_slot_and_a_chained_packet(testpmd_bin, abstract_path, ch
 
 @pytest.mark.dpdk
 @pytest.mark.parametrize("chained", [2098, 5000], ids=["ends-in-extra-slot", "dropped"])
-async def test_one_free_slot_without_the_defence_shows_the_bug(testpmd_bin, abstract_path, chained):
+async def test_one_free_slot_without_the_defence_shows_the_bug(testpmd_bin, memif_path, chained):
     """The same scenario with ``dpdk_workaround="off"``: what the defence is for. (This pins
     DPDK's behaviour, from 19.08 to at least 25.11; a DPDK that fixes it fails here.)"""
-    pmd = await _start_server(testpmd_bin, abstract_path)
+    pmd = await _start_server(testpmd_bin, memif_path)
     try:
         async with memif_aio.connect(
-            abstract_path, ring_size=RING, buffer_size=BUFFER, timeout=20, dpdk_workaround="off"
+            memif_path, ring_size=RING, buffer_size=BUFFER, timeout=20, dpdk_workaround="off"
         ) as iface:
             assert iface.details().dpdk_defences == ()
             rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
@@ -151,14 +151,14 @@ async def test_one_free_slot_without_the_defence_shows_the_bug(testpmd_bin, abst
 
 @pytest.mark.dpdk
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_windowed_echo_through_testpmd(testpmd_bin, abstract_path, seed):
+async def test_windowed_echo_through_testpmd(testpmd_bin, memif_path, seed):
     """20 000 packets of 60-9000 B, 2048-byte buffers (most chained), 400 in flight: the rx
     ring fills and DPDK drops; whatever comes back is exact and in order, and every loss is
     one testpmd counted as TX-dropped."""
     packets = Numbered(seed, 20_000, 60, 9000, exclude=NOT_ONE_BUFFER)
-    pmd = await _start_server(testpmd_bin, abstract_path)
+    pmd = await _start_server(testpmd_bin, memif_path)
     try:
-        async with memif_aio.connect(abstract_path, buffer_size=BUFFER, timeout=20) as iface:
+        async with memif_aio.connect(memif_path, buffer_size=BUFFER, timeout=20) as iface:
             assert iface.details().dpdk_defences == ("sentinel", "short-next-ends-packet")
             txq, rxq = iface.tx_queues[0], iface.rx_queues[0]
             result = await asyncio.wait_for(windowed_echo(txq, rxq, packets, window=400), 120)
@@ -178,10 +178,10 @@ async def test_windowed_echo_through_testpmd(testpmd_bin, abstract_path, seed):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_windowed_echo_through_a_memif_aio_master(abstract_path, seed):
+async def test_windowed_echo_through_a_memif_aio_master(memif_path, seed):
     """The same traffic against our own master: the defence stays off, nothing is lost."""
     packets = Numbered(seed, 20_000, 60, 9000, exclude=NOT_ONE_BUFFER)
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master")
 
         async def echo() -> None:
@@ -191,7 +191,7 @@ async def test_windowed_echo_through_a_memif_aio_master(abstract_path, seed):
 
         echoing = asyncio.ensure_future(echo())
         try:
-            async with memif_aio.connect(abstract_path, buffer_size=BUFFER, timeout=10) as iface:
+            async with memif_aio.connect(memif_path, buffer_size=BUFFER, timeout=10) as iface:
                 assert iface.details().dpdk_defences == ()
                 txq, rxq = iface.tx_queues[0], iface.rx_queues[0]
                 result = await asyncio.wait_for(windowed_echo(txq, rxq, packets, 400), 120)
@@ -203,13 +203,13 @@ async def test_windowed_echo_through_a_memif_aio_master(abstract_path, seed):
             await asyncio.gather(echoing, return_exceptions=True)
 
 
-async def test_forced_defence_is_refused_by_a_memif_aio_master(abstract_path):
+async def test_forced_defence_is_refused_by_a_memif_aio_master(memif_path):
     """``dpdk_workaround="on"`` hands over empty (capacity-0) descriptors, which our master
     refuses from any peer: "on" is for DPDK masters whose name does not say so."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(id=0, role="master")
         async with memif_aio.connect(
-            abstract_path, ring_size=RING, timeout=10, dpdk_workaround="on"
+            memif_path, ring_size=RING, timeout=10, dpdk_workaround="on"
         ) as iface:
             assert iface.details().dpdk_defences == ("sentinel",)
             await master.wait_connected(timeout=10)
@@ -237,15 +237,15 @@ def test_defences_by_the_name_in_hello():
     assert dpdk_defences("off", "DPDK 22.11.1") == ()
 
 
-async def test_dpdk_workaround_option(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_dpdk_workaround_option(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         with pytest.raises(memif_aio.ConfigError, match="choose one of"):
             await sock.create_interface(id=0, role="master", dpdk_workaround="yes")
         with pytest.raises(memif_aio.ConfigError, match="is for role='slave'"):
             await sock.create_interface(id=0, role="master", dpdk_workaround="on")
         master = await sock.create_interface(id=0, role="master", dpdk_workaround="off")
         assert master.details().dpdk_workaround == "off"
-        async with memif_aio.connect(abstract_path, timeout=10) as slave:
+        async with memif_aio.connect(memif_path, timeout=10) as slave:
             details = slave.details()
             assert details.dpdk_workaround == "auto" and details.dpdk_defences == ()
             assert slave.rx_queues[0].ring.ring.head == 1024  # every slot: no sentinel

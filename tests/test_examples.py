@@ -42,31 +42,31 @@ def listening(name: str, *args: str):
             proc.wait()
 
 
-def test_echo_server_and_packet_generator(abstract_path):
-    with listening("echo_server.py", abstract_path, "--count", "20000") as server:
-        generator = start("packet_generator.py", abstract_path, "--count", "20000")
+def test_echo_server_and_packet_generator(memif_path):
+    with listening("echo_server.py", memif_path, "--count", "20000") as server:
+        generator = start("packet_generator.py", memif_path, "--count", "20000")
         assert "sent 20000, received 20000" in finish(generator)
         assert "echoed 20000 packets" in finish(server)
 
 
-def test_protocol_endpoint_and_stream_client(abstract_path):
-    with listening("echo_server.py", abstract_path):
+def test_protocol_endpoint_and_stream_client(memif_path):
+    with listening("echo_server.py", memif_path):
         assert "round trips: 1000" in finish(
-            start("protocol_endpoint.py", abstract_path, "--count", "1000")
+            start("protocol_endpoint.py", memif_path, "--count", "1000")
         )
-        out = finish(start("stream_client.py", abstract_path, "--count", "10"))
+        out = finish(start("stream_client.py", memif_path, "--count", "10"))
         assert "last reply: hello 9" in out and "10 replies" in out
 
 
-def test_icmp_responder_answers_ping(abstract_path):
-    with listening("icmp_responder.py", abstract_path, "--ip", "10.1.0.1"):
+def test_icmp_responder_answers_ping(memif_path):
+    with listening("icmp_responder.py", memif_path, "--ip", "10.1.0.1"):
         ping = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "memif_aio",
                 "ping",
-                abstract_path,
+                memif_path,
                 "--ip",
                 "10.1.0.2",
                 "10.1.0.1",
@@ -83,17 +83,17 @@ def test_icmp_responder_answers_ping(abstract_path):
         assert "3 packets transmitted, 3 received" in ping.stdout
 
 
-def test_300_full_hd_frames_between_processes(abstract_path):
-    with listening("frame_receiver.py", abstract_path, "--frames", "300", "--json") as receiver:
-        sender = start("frame_sender.py", abstract_path, "--frames", "300")
+def test_300_full_hd_frames_between_processes(memif_path):
+    with listening("frame_receiver.py", memif_path, "--frames", "300", "--json") as receiver:
+        sender = start("frame_sender.py", memif_path, "--frames", "300")
         assert "sent 300 frames of 3110400 bytes" in finish(sender, 120)
         summary = json.loads(finish(receiver, 120).strip().splitlines()[-1])
     assert summary["frames"] == 300 and summary["missing"] == 0 and summary["last_seq"] == 299
     assert summary["fps"] > 0
 
 
-def test_forwarder_between_two_interfaces_and_hairpin(abstract_path):
-    path_a, path_b = abstract_path + "-a", abstract_path + "-b"
+def test_forwarder_between_two_interfaces_and_hairpin(memif_path):
+    path_a, path_b = memif_path + "-a", memif_path + "-b"
 
     async def drive() -> None:
         async with memif_aio.Socket(path_a) as sa, memif_aio.Socket(path_b) as sb:

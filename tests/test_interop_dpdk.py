@@ -17,8 +17,8 @@ LINK_UP = r"memif_connect\(\): Connected"  # the PMD's own word that its link is
 
 
 @pytest.fixture(params=["abstract", "filesystem"])
-def any_path(request, abstract_path, fs_path):
-    return abstract_path if request.param == "abstract" else fs_path
+def any_path(request, memif_path, fs_path):
+    return memif_path if request.param == "abstract" else fs_path
 
 
 async def test_our_slave_with_testpmd_server(testpmd_bin, any_path):
@@ -51,12 +51,12 @@ async def test_our_master_with_testpmd_client(testpmd_bin, any_path):
         assert reason
 
 
-async def test_wrong_secret_refused_by_testpmd_server(testpmd_bin, abstract_path):
-    pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=abstract_path, secret="right")
+async def test_wrong_secret_refused_by_testpmd_server(testpmd_bin, memif_path):
+    pmd = await DpdkTestpmd.start(testpmd_bin, role="server", socket=memif_path, secret="right")
     try:
         await pmd.wait_listening()
         with pytest.raises(SecretMismatch) as refused:
-            async with memif_aio.connect(abstract_path, secret="wrong", timeout=20):
+            async with memif_aio.connect(memif_path, secret="wrong", timeout=20):
                 pass
         assert "secret" in refused.value.reason.lower()
     finally:
@@ -64,12 +64,10 @@ async def test_wrong_secret_refused_by_testpmd_server(testpmd_bin, abstract_path
     assert LINK_UP not in pmd.output()
 
 
-async def test_wrong_secret_refused_by_our_master(testpmd_bin, abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_wrong_secret_refused_by_our_master(testpmd_bin, memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master", secret="right")
-        pmd = await DpdkTestpmd.start(
-            testpmd_bin, role="client", socket=abstract_path, secret="wrong"
-        )
+        pmd = await DpdkTestpmd.start(testpmd_bin, role="client", socket=memif_path, secret="wrong")
         try:
             for _ in range(200):
                 if iface.details().last_disconnect_reason:
@@ -82,15 +80,15 @@ async def test_wrong_secret_refused_by_our_master(testpmd_bin, abstract_path):
         assert LINK_UP not in pmd.output()
 
 
-async def test_zero_copy_client_needs_allow_unsealed_regions(testpmd_bin, abstract_path):
+async def test_zero_copy_client_needs_allow_unsealed_regions(testpmd_bin, memif_path):
     """DPDK's zero-copy client shares its mbuf memory: a memfd created without sealing. Refused
     by default with a reason; accepted with allow_unsealed_regions, and packets echo intact."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         strict = await sock.create_interface(id=0, role="master")
         trusting = await sock.create_interface(id=1, role="master", allow_unsealed_regions=True)
         pmds = [
             await DpdkTestpmd.start(
-                testpmd_bin, role="client", socket=abstract_path, id=i, zero_copy=True
+                testpmd_bin, role="client", socket=memif_path, id=i, zero_copy=True
             )
             for i in (0, 1)
         ]

@@ -52,3 +52,19 @@ def test_plugin_works_in_a_fresh_project(pytester):
         "asyncio_default_fixture_loop_scope=function",
     )
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "outcome"), [((), {"skipped": 1}), (("--memif-require-testpmd",), {"errors": 1})]
+)
+def test_a_missing_testpmd_skips_unless_required(pytester, monkeypatch, tmp_path, args, outcome):
+    pytester.makepyfile(
+        """
+        def test_against_dpdk(testpmd_peer):
+            testpmd_peer()
+        """
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dpdk-testpmd to be found
+    monkeypatch.delenv("CI", raising=False)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(**outcome)

@@ -14,7 +14,9 @@ and pytest-asyncio::
 
 Fixtures: ``memif_path`` (a fresh abstract socket name), ``memif_pair`` (a connected master
 and slave in this process; options via ``@pytest.mark.memif(ring_size=..., ...)``),
-``testpmd_peer`` (a factory starting ``dpdk-testpmd`` as a memif server or client).
+``testpmd_peer`` (a factory starting ``dpdk-testpmd`` as a memif server or client; the test
+is skipped when dpdk-testpmd is missing, or fails with ``--memif-require-testpmd`` or the ini
+option ``memif_require_testpmd = true``, as a CI run should).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ except ImportError:  # the plugin loads in every pytest run: never break one wit
 from ..interface import Interface
 from ..socket import open_interface
 from .testpmd import Testpmd, find_testpmd
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    help_text = "fail, not skip, tests using testpmd_peer when dpdk-testpmd is missing"
+    parser.addoption("--memif-require-testpmd", action="store_true", help=help_text)
+    parser.addini("memif_require_testpmd", help_text, type="bool", default=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,18 +85,25 @@ if pytest_asyncio is not None:
 
 
 @pytest.fixture
-def testpmd_peer(memif_path: str) -> Iterator[Callable[..., Testpmd]]:
+def testpmd_peer(
+    request: pytest.FixtureRequest, memif_path: str
+) -> Iterator[Callable[..., Testpmd]]:
     """A factory: ``testpmd_peer(role="server", forward_mode="io", **kw)`` starts
     ``dpdk-testpmd`` on ``memif_path`` (``.socket`` on the returned object), ready to accept
-    (server) or started (client). Skips the test when dpdk-testpmd is not installed."""
+    and forwarding (server) or started (client). Blocks while it waits: call it through
+    ``asyncio.to_thread`` in an async test. Skips the test when dpdk-testpmd is not installed,
+    unless it is required (``--memif-require-testpmd``)."""
     if find_testpmd() is None:
-        pytest.skip("dpdk-testpmd is not installed (Debian package dpdk-dev)")
+        missing = "dpdk-testpmd is not installed (Debian package dpdk-dev)"
+        config = request.config
+        if config.getoption("memif_require_testpmd") or config.getini("memif_require_testpmd"):
+            pytest.fail(missing + ", and this run requires it")
+        pytest.skip(missing)
     started: list[Testpmd] = []
 
     def start(role: str = "server", forward_mode: str = "io", **options) -> Testpmd:
         options.setdefault("socket", memif_path)
         pmd = Testpmd(role=role, forward_mode=forward_mode, **options)
-        pmd.socket = options["socket"]  # type: ignore[attr-defined]
         started.append(pmd)
         if role == "server":
             pmd.wait_listening()

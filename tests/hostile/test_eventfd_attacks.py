@@ -57,13 +57,13 @@ async def _raw_slave_up(path: str, iface) -> tuple[RawChannel, PeerMemory]:
     return chan, mem
 
 
-async def test_master_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
+async def test_master_signal_to_a_blocking_full_eventfd(memif_path, caplog):
     """Our master transmits into a ring whose eventfd the peer made blocking and full: the
     signal cannot block (it is refused at once), the peer is disconnected with the reason."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        chan, mem = await _raw_slave_up(abstract_path, iface)
+        chan, mem = await _raw_slave_up(memif_path, iface)
         try:
             mem.refill_m2s()
             make_blocking_and_full(mem.m2s[0].eventfd)
@@ -77,15 +77,15 @@ async def test_master_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
         await one_warning(caplog, BLOCKED, "data path", f"pid {os.getpid()}")
         await before.assert_released()
         assert await idle_cpu() < 0.05
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_slave_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
+async def test_slave_signal_to_a_blocking_full_eventfd(memif_path, caplog):
     """The same against our slave: the master makes the eventfd we created (and share with it)
     blocking and full; our slave disconnects it and serves an honest master afterwards."""
-    listener = RawListener(abstract_path)
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16)
         chan = await listener.accept()
@@ -99,7 +99,7 @@ async def test_slave_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
         finally:
             chan.close()
         assert got == BLOCKED
-        await one_warning(caplog, BLOCKED, "data path", f"{abstract_path} id 0")
+        await one_warning(caplog, BLOCKED, "data path", f"{memif_path} id 0")
         await wait_state(iface, LinkState.CONNECTING, LinkState.DISCONNECTED)
         assert await idle_cpu() < 0.05
         await honest_master_serves(listener, iface)
@@ -109,11 +109,11 @@ async def test_slave_signal_to_a_blocking_full_eventfd(abstract_path, caplog):
     await before.assert_released()
 
 
-async def test_a_full_nonblocking_eventfd_is_just_a_woken_peer(abstract_path, caplog):
+async def test_a_full_nonblocking_eventfd_is_just_a_woken_peer(memif_path, caplog):
     """A counter at its maximum means the peer has a wake-up pending: no error, no block."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
-        chan, mem = await _raw_slave_up(abstract_path, iface)
+        chan, mem = await _raw_slave_up(memif_path, iface)
         try:
             mem.refill_m2s()
             os.write(mem.m2s[0].eventfd, FULL)
@@ -127,16 +127,16 @@ async def test_a_full_nonblocking_eventfd_is_just_a_woken_peer(abstract_path, ca
     assert warnings(caplog) == []
 
 
-async def test_one_eventfd_for_two_links(abstract_path, caplog):
+async def test_one_eventfd_for_two_links(memif_path, caplog):
     """A peer hands the eventfd of its link to interface 0 in again for interface 1: the second
     link is refused before it comes up; both interfaces serve honest slaves afterwards."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         first = await sock.create_interface(id=0, role="master")
         second = await sock.create_interface(id=1, role="master")
         before = Resources()
-        chan, mem = await _raw_slave_up(abstract_path, first)
+        chan, mem = await _raw_slave_up(memif_path, first)
         other = PeerMemory()
-        chan2 = await RawChannel.connect(abstract_path)
+        chan2 = await RawChannel.connect(memif_path)
         try:
             steps = slave_steps(other, id=1)
             s2m = next(i for i, step in enumerate(steps) if step.label == "s2m0")
@@ -155,7 +155,7 @@ async def test_one_eventfd_for_two_links(abstract_path, caplog):
             mem.close()
             other.close()
         await before.assert_released()
-        await honest_slave_connects(abstract_path, first)
+        await honest_slave_connects(memif_path, first)
 
 
 def _spam(efd: int, seconds: float) -> subprocess.Popen:
@@ -173,12 +173,12 @@ def _spam(efd: int, seconds: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script], pass_fds=[efd])
 
 
-async def test_interrupt_storm_costs_little_and_traffic_still_flows(abstract_path, caplog):
+async def test_interrupt_storm_costs_little_and_traffic_still_flows(memif_path, caplog):
     """A peer signalling without sending: we stop listening to it for short pauses (the
     consumer polls), so the storm costs a fraction of a CPU, and packets still arrive."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
-        chan, mem = await _raw_slave_up(abstract_path, iface)
+        chan, mem = await _raw_slave_up(memif_path, iface)
         rxq = iface.rx_queues[0]
         spammer = _spam(mem.s2m[0].eventfd, 1.5)
         try:

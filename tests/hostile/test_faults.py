@@ -33,13 +33,13 @@ async def _noticed(iface: memif_aio.Interface, kill) -> float:
     return loop.time() - started
 
 
-async def test_slave_sigkilled_mid_burst(abstract_path):
+async def test_slave_sigkilled_mid_burst(memif_path):
     """Our master under a blasting slave: the kill is noticed within 100 ms, everything is
     released, and the next slave is served."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources(KINDS)
-        peer = await PeerProcess.start("--role", "slave", "--socket", abstract_path, "--blast")
+        peer = await PeerProcess.start("--role", "slave", "--socket", memif_path, "--blast")
         await iface.wait_connected(timeout=10)
         rxq = iface.rx_queues[0]
         received = 0
@@ -54,7 +54,7 @@ async def test_slave_sigkilled_mid_burst(abstract_path):
             pass
         assert iface.stats()["rx_packets"] >= 20_000
         await before.assert_released()
-        peer = await PeerProcess.start("--role", "slave", "--socket", abstract_path, "--echo")
+        peer = await PeerProcess.start("--role", "slave", "--socket", memif_path, "--echo")
         try:
             await iface.wait_connected(timeout=10)
             await iface.tx_queues[0].send(b"ping")

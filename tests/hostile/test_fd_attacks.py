@@ -66,11 +66,11 @@ def _proves_lingering(fd: int) -> None:
 
 
 @pytest.mark.parametrize("count", [1, 250], ids=["one-socket", "250-fds"])
-async def test_master_closes_lingering_sockets_off_the_loop(abstract_path, caplog, count):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_master_closes_lingering_sockets_off_the_loop(memif_path, caplog, count):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             await chan.expect(p.Hello)
             with lingering_socket() as fd:
@@ -87,13 +87,13 @@ async def test_master_closes_lingering_sockets_off_the_loop(abstract_path, caplo
         assert "unknown message type 9" in reason
         await one_warning(caplog, "unknown message type 9")
         assert time.monotonic() - started < LINGER_SECONDS / 3
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_slave_closes_a_lingering_socket_sent_with_hello(abstract_path, caplog):
-    listener = RawListener(abstract_path)
+async def test_slave_closes_a_lingering_socket_sent_with_hello(memif_path, caplog):
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16)
         chan = await listener.accept()

@@ -58,11 +58,11 @@ async def _flooder(path: str, count: int) -> asyncio.subprocess.Process:
     )
 
 
-async def test_honest_slave_gets_through_a_flood_of_half_open_connections(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path, handshake_timeout=30) as sock:
+async def test_honest_slave_gets_through_a_flood_of_half_open_connections(memif_path, caplog):
+    async with memif_aio.Socket(memif_path, handshake_timeout=30) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources(kinds=("/memfd:", "anon_inode:", "socket:"))  # not the subprocess's
-        flood = await _flooder(abstract_path, FLOOD)
+        flood = await _flooder(memif_path, FLOOD)
         assert flood.stdout is not None and flood.stdin is not None
         try:
             assert await asyncio.wait_for(flood.stdout.readline(), 30) == b"flooding\n"
@@ -70,7 +70,7 @@ async def test_honest_slave_gets_through_a_flood_of_half_open_connections(abstra
             mem = PeerMemory()
             try:
                 for _ in range(HONEST_ATTEMPTS):
-                    chan = await RawChannel.connect(abstract_path)
+                    chan = await RawChannel.connect(memif_path)
                     try:
                         assert await drive(chan, slave_steps(mem), timeout=5) is None
                         await iface.wait_connected(timeout=5)

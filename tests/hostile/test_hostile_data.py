@@ -88,12 +88,12 @@ async def _raw_slave_up(path: str, iface) -> tuple[RawChannel, PeerMemory]:
 
 
 @pytest.mark.parametrize("case", list(MASTER_RX))
-async def test_master_rx_breach(abstract_path, caplog, case):
+async def test_master_rx_breach(memif_path, caplog, case):
     corrupt, reason = MASTER_RX[case]
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        chan, mem = await _raw_slave_up(abstract_path, iface)
+        chan, mem = await _raw_slave_up(memif_path, iface)
         try:
             rxq = iface.rx_queues[0]
             receiving = asyncio.ensure_future(rxq.recv())
@@ -112,14 +112,14 @@ async def test_master_rx_breach(abstract_path, caplog, case):
         with pytest.raises(DisconnectedError):
             rxq.recv_burst_nowait()
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_zero_length_s2m_descriptor_is_an_empty_packet(abstract_path, caplog):
+async def test_zero_length_s2m_descriptor_is_an_empty_packet(memif_path, caplog):
     """Length 0 is a legal (empty) packet on receive, not a breach: delivered, link stays up."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
-        chan, mem = await _raw_slave_up(abstract_path, iface)
+        chan, mem = await _raw_slave_up(memif_path, iface)
         try:
             mem.send_s2m(b"")
             assert await asyncio.wait_for(iface.rx_queues[0].recv(), 3) == b""
@@ -139,11 +139,11 @@ async def test_zero_length_s2m_descriptor_is_an_empty_packet(abstract_path, capl
     ],
     ids=["capacity-zero", "bad-region", "capacity-beyond-region"],
 )
-async def test_master_tx_breach_in_refilled_descriptors(abstract_path, caplog, desc, reason):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_master_tx_breach_in_refilled_descriptors(memif_path, caplog, desc, reason):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        chan, mem = await _raw_slave_up(abstract_path, iface)
+        chan, mem = await _raw_slave_up(memif_path, iface)
         try:
             mem.refill_m2s()
             flags, region, length, offset = desc
@@ -162,18 +162,18 @@ async def test_master_tx_breach_in_refilled_descriptors(abstract_path, caplog, d
         assert reason in got
         await one_warning(caplog, reason, "data path")
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_peer_scribbling_while_we_read(abstract_path):
+async def test_peer_scribbling_while_we_read(memif_path):
     """Another process rewrites descriptors and head while we read them: we only ever see
     in-bounds packets or a clean PeerProtocolError, never a crash."""
-    async with memif_aio.Socket(abstract_path, reconnect_interval=0.05) as sock:
+    async with memif_aio.Socket(memif_path, reconnect_interval=0.05) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         outcomes = {"packets": 0, "errors": 0}
         for _ in range(3):
-            chan, mem = await _raw_slave_up(abstract_path, iface)
+            chan, mem = await _raw_slave_up(memif_path, iface)
             script = textwrap.dedent(
                 f"""
                 import mmap, os, random, struct, sys, time
@@ -229,10 +229,10 @@ async def test_peer_scribbling_while_we_read(abstract_path):
 
 
 @pytest.fixture
-async def slave_env(abstract_path):
-    listener = RawListener(abstract_path)
+async def slave_env(memif_path):
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16, buffer_size=256)
         yield listener, iface

@@ -253,15 +253,15 @@ def _corrupt_cookie(mem: PeerMemory) -> Step:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_master_refuses(abstract_path, tmp_path, caplog, case):
+async def test_master_refuses(memif_path, tmp_path, caplog, case):
     edit, reason = CASES[case]
-    async with memif_aio.Socket(abstract_path, handshake_timeout=2) as sock:
+    async with memif_aio.Socket(memif_path, handshake_timeout=2) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         mem = PeerMemory()
         env: dict = {"tmp": tmp_path, "extra_fds": []}
         steps = [s for s in edit(slave_steps(mem), mem, env) if s.label != "noop"]
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             got = await drive(chan, steps)
         finally:
@@ -274,15 +274,15 @@ async def test_master_refuses(abstract_path, tmp_path, caplog, case):
         assert "handshake failed" in line
         assert iface.state is not memif_aio.LinkState.CONNECTED
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
         await before.assert_released()
 
 
-async def test_unsealed_memfd_is_sealed_by_us_and_accepted(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_unsealed_memfd_is_sealed_by_us_and_accepted(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         mem = PeerMemory(seal=False)
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             assert await drive(chan, slave_steps(mem)) is None
             await iface.wait_connected(timeout=3)
@@ -295,14 +295,12 @@ async def test_unsealed_memfd_is_sealed_by_us_and_accepted(abstract_path):
             mem.close()
 
 
-async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(
-    abstract_path, caplog
-):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(memif_path, caplog):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master", allow_unsealed_regions=True)
         mem = PeerMemory(seal=False, sealing=False)  # like DPDK's zero-copy memseg memfd
         assert fcntl.fcntl(mem.region_fds[1], fcntl.F_GET_SEALS) & fcntl.F_SEAL_SEAL
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             assert await drive(chan, slave_steps(mem)) is None
             await iface.wait_connected(timeout=3)
@@ -315,12 +313,12 @@ async def test_allow_unsealed_regions_takes_a_trusted_peers_unsealable_memory(
             for r in caplog.records
         )
         # Even so, the size is still checked just before mapping.
-        reason = await _shrink_buffers_before_connect(abstract_path, sealing=False)
+        reason = await _shrink_buffers_before_connect(memif_path, sealing=False)
         assert hs.REGION_TOO_SMALL in reason
 
 
-async def test_allow_unsealed_regions_is_a_master_option(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_allow_unsealed_regions_is_a_master_option(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         with pytest.raises(memif_aio.ConfigError, match="role='master'"):
             await sock.create_interface(id=0, role="slave", allow_unsealed_regions=True)
 
@@ -344,14 +342,14 @@ async def _shrink_buffers_before_connect(path: str, sealing: bool) -> str:
         mem.close()
 
 
-async def test_a_sealable_region_cannot_be_shrunk_once_sent(abstract_path, caplog):
+async def test_a_sealable_region_cannot_be_shrunk_once_sent(memif_path, caplog):
     """A region that allows sealing is sealed against shrinking as it arrives, before its
     size is read: the peer's truncate after ADD_REGION fails, and the link comes up."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         mem = PeerMemory(seal=False, sealing=True)
         steps = slave_steps(mem)
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             await chan.expect(p.Hello)
             for step in steps[:-1]:
@@ -368,9 +366,9 @@ async def test_a_sealable_region_cannot_be_shrunk_once_sent(abstract_path, caplo
     assert warnings(caplog) == []
 
 
-async def test_names_without_nul_and_not_utf8(abstract_path, caplog):
+async def test_names_without_nul_and_not_utf8(memif_path, caplog):
     """Full 32-byte names carry no terminator: read exactly 32 bytes, whatever they are."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         mem = PeerMemory()
         steps = slave_steps(mem)
@@ -379,7 +377,7 @@ async def test_names_without_nul_and_not_utf8(abstract_path, caplog):
         connect = raw_frame(6, b"N" * 32 + b"overflow?")  # the bytes after the field are padding
         steps[0] = Step(bytes(init), (), "init")
         steps[-1] = Step(connect, (), "connect")
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             assert await drive(chan, steps) is None
             await iface.wait_connected(timeout=3)
@@ -392,11 +390,11 @@ async def test_names_without_nul_and_not_utf8(abstract_path, caplog):
         assert warnings(caplog) == []
 
 
-async def test_peer_that_never_speaks_times_out(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path, handshake_timeout=0.3) as sock:
+async def test_peer_that_never_speaks_times_out(memif_path, caplog):
+    async with memif_aio.Socket(memif_path, handshake_timeout=0.3) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             await chan.expect(p.Hello)
             started = asyncio.get_running_loop().time()
@@ -407,15 +405,15 @@ async def test_peer_that_never_speaks_times_out(abstract_path, caplog):
         assert reason == hs.TIMEOUT and 0.2 < elapsed < 3.0  # 0.3 s configured
         await one_warning(caplog, hs.TIMEOUT, PEER)
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_peer_that_stops_after_init_times_out_and_frees_the_id(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path, handshake_timeout=0.3) as sock:
+async def test_peer_that_stops_after_init_times_out_and_frees_the_id(memif_path, caplog):
+    async with memif_aio.Socket(memif_path, handshake_timeout=0.3) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         mem = PeerMemory()
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             await chan.expect(p.Hello)
             for step in slave_steps(mem)[:3]:  # INIT and both regions, then silence
@@ -428,16 +426,16 @@ async def test_peer_that_stops_after_init_times_out_and_frees_the_id(abstract_pa
             mem.close()
         await one_warning(caplog, hs.TIMEOUT, PEER, "id 0")
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_peer_leaving_mid_handshake_is_not_a_warning(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_peer_leaving_mid_handshake_is_not_a_warning(memif_path, caplog):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         mem = PeerMemory()
         for cut in range(5):
-            chan = await RawChannel.connect(abstract_path)
+            chan = await RawChannel.connect(memif_path)
             await chan.expect(p.Hello)
             for step in slave_steps(mem)[:cut]:
                 chan.send(step.data, step.fds)
@@ -447,15 +445,15 @@ async def test_peer_leaving_mid_handshake_is_not_a_warning(abstract_path, caplog
         mem.close()
         await before.assert_released()
         assert warnings(caplog) == []
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_disconnect_after_link_up_and_garbage_after_link_up(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_disconnect_after_link_up_and_garbage_after_link_up(memif_path, caplog):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         mem = PeerMemory()
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         assert await drive(chan, slave_steps(mem)) is None
         await iface.wait_connected(timeout=3)
         chan.send(raw_frame(5, b"\x01"))  # an ADD_RING frame after CONNECTED, no fd
@@ -467,17 +465,17 @@ async def test_disconnect_after_link_up_and_garbage_after_link_up(abstract_path,
         assert hs.OUT_OF_ORDER in reason
         await one_warning(caplog, hs.OUT_OF_ORDER, PEER)
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_flood_of_connections(abstract_path, caplog):
+async def test_flood_of_connections(memif_path, caplog):
     """1 000 connection attempts (silent, garbage, half handshakes) at once: the master keeps
     at most ``max_pending`` of them, an honest slave still connects during the flood, and
     everything is released afterwards."""
-    async with memif_aio.Socket(abstract_path, handshake_timeout=1.0, max_pending=32) as sock:
+    async with memif_aio.Socket(memif_path, handshake_timeout=1.0, max_pending=32) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
-        addr = "\0" + abstract_path[1:]
+        addr = "\0" + memif_path[1:]
 
         def flood() -> int:
             refused = 0
@@ -509,6 +507,6 @@ async def test_flood_of_connections(abstract_path, caplog):
         assert len(sock._pending) <= 32
         await before.assert_released(timeout=5)
         assert not sock._pending
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
         lines = warnings(caplog)
         assert lines and all("pid" in line for line in lines)

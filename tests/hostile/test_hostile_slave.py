@@ -101,10 +101,10 @@ CASES = {
 
 
 @pytest.fixture
-async def slave_env(abstract_path):
-    listener = RawListener(abstract_path)
+async def slave_env(memif_path):
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05, handshake_timeout=0.5)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05, handshake_timeout=0.5)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16)
         yield listener, iface

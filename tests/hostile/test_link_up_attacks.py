@@ -55,10 +55,10 @@ def only_free_fds(count: int):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_slave_resets_counters_the_master_scribbled_before_connected(abstract_path, caplog):
-    listener = RawListener(abstract_path)
+async def test_slave_resets_counters_the_master_scribbled_before_connected(memif_path, caplog):
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16)
         chan = await listener.accept()
@@ -134,12 +134,12 @@ async def _master_until_connect(chan: RawChannel):
         chan.send(p.Ack())
 
 
-async def test_master_link_up_fails_half_way_and_leaves_nothing(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_master_link_up_fails_half_way_and_leaves_nothing(memif_path, caplog):
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         mem = PeerMemory()
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             await chan.expect(p.Hello)
             steps = slave_steps(mem)
@@ -159,13 +159,13 @@ async def test_master_link_up_fails_half_way_and_leaves_nothing(abstract_path, c
         await one_warning(caplog, "cannot set up the link", f"pid {os.getpid()}")
         assert iface.state is not LinkState.CONNECTED
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)  # receives by interrupt
+        await honest_slave_connects(memif_path, iface)  # receives by interrupt
 
 
-async def test_slave_link_up_fails_half_way_and_leaves_nothing(abstract_path, caplog):
-    listener = RawListener(abstract_path)
+async def test_slave_link_up_fails_half_way_and_leaves_nothing(memif_path, caplog):
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16)
         chan = await listener.accept()
@@ -178,7 +178,7 @@ async def test_slave_link_up_fails_half_way_and_leaves_nothing(abstract_path, ca
         finally:
             chan.close()
         assert reason.startswith("cannot set up the link:") and "open files" in reason
-        await one_warning(caplog, "cannot set up the link", f"{abstract_path} id 0")
+        await one_warning(caplog, "cannot set up the link", f"{memif_path} id 0")
         await wait_state(iface, LinkState.CONNECTING, LinkState.DISCONNECTED)
         await _honest_master_sends(listener, iface, b"heard by interrupt")
         await honest_master_serves(listener, iface)

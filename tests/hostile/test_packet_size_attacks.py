@@ -37,13 +37,13 @@ async def _raw_slave_up(path: str, iface, mem: PeerMemory) -> RawChannel:
     return chan
 
 
-async def test_master_refuses_a_256_mib_chain_without_copying_it(abstract_path, caplog):
+async def test_master_refuses_a_256_mib_chain_without_copying_it(memif_path, caplog):
     """64 descriptors of 4 MiB in a sparse region: every one in bounds, 256 MiB in all."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         before = Resources()
         mem = PeerMemory(log2=6, buffer_size=4 << 20)  # a sparse 512 MiB buffer region
-        chan = await _raw_slave_up(abstract_path, iface, mem)
+        chan = await _raw_slave_up(memif_path, iface, mem)
         rss = rss_mib()
         try:
             receiving = asyncio.ensure_future(iface.rx_queues[0].recv())
@@ -62,13 +62,13 @@ async def test_master_refuses_a_256_mib_chain_without_copying_it(abstract_path, 
         assert rss_mib() - rss < 16
         await one_warning(caplog, "exceeds max_packet_size", "data path")
         await before.assert_released()
-        await honest_slave_connects(abstract_path, iface)
+        await honest_slave_connects(memif_path, iface)
 
 
-async def test_slave_refuses_a_chain_longer_than_max_packet_size(abstract_path, caplog):
-    listener = RawListener(abstract_path)
+async def test_slave_refuses_a_chain_longer_than_max_packet_size(memif_path, caplog):
+    listener = RawListener(memif_path)
     before = Resources()
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=64, buffer_size=2048)
         chan = await listener.accept()
@@ -100,13 +100,13 @@ async def test_slave_refuses_a_chain_longer_than_max_packet_size(abstract_path, 
     await before.assert_released()
 
 
-async def test_master_refuses_to_wait_for_room_that_can_never_come(abstract_path, caplog):
+async def test_master_refuses_to_wait_for_room_that_can_never_come(memif_path, caplog):
     """The slave's whole rx ring holds 16 x 32 bytes: a 600-byte packet can never fit. Every
     transmit path says so at once (no DISCONNECT: the mistake is ours), and the link goes on."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         mem = PeerMemory(log2=4)
-        chan = await _raw_slave_up(abstract_path, iface, mem)
+        chan = await _raw_slave_up(memif_path, iface, mem)
         try:
             ring = mem.m2s[0]
             for slot in range(ring.size):

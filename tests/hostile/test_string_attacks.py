@@ -44,9 +44,9 @@ def _records(caplog, level=logging.INFO) -> list[str]:
     ]
 
 
-async def test_master_escapes_names_and_reasons(abstract_path, caplog):
+async def test_master_escapes_names_and_reasons(memif_path, caplog):
     caplog.set_level(logging.INFO, logger="memif_aio")
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         mem = PeerMemory()
         steps = slave_steps(mem)
@@ -54,7 +54,7 @@ async def test_master_escapes_names_and_reasons(abstract_path, caplog):
         init[33 : 33 + len(EVIL)] = EVIL  # INIT app name
         steps[0] = Step(bytes(init), (), "init")
         steps[-1] = Step(raw_frame(6, EVIL), (), "connect")  # CONNECT interface name
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             assert await drive(chan, steps) is None
             await iface.wait_connected(timeout=3)
@@ -75,10 +75,10 @@ async def test_master_escapes_names_and_reasons(abstract_path, caplog):
             _clean(line)
 
 
-async def test_master_escapes_a_refusal_reason(abstract_path, caplog):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_master_escapes_a_refusal_reason(memif_path, caplog):
+    async with memif_aio.Socket(memif_path) as sock:
         await sock.create_interface(id=0, role="master")
-        chan = await RawChannel.connect(abstract_path)
+        chan = await RawChannel.connect(memif_path)
         try:
             await chan.expect(p.Hello)
             chan.send(raw_frame(8, b"\0\0\0\0" + EVIL))  # DISCONNECT during the handshake
@@ -89,11 +89,11 @@ async def test_master_escapes_a_refusal_reason(abstract_path, caplog):
         _clean(line)
 
 
-async def test_slave_escapes_the_masters_words(abstract_path, caplog):
+async def test_slave_escapes_the_masters_words(memif_path, caplog):
     """A master's HELLO name and its refusal reason reach our warning line and the exception
     connect() raises: escaped both times."""
     evil_name = EVIL.decode("utf-8", "surrogateescape")
-    listener = RawListener(abstract_path)
+    listener = RawListener(memif_path)
 
     async def refuse() -> None:
         chan = await listener.accept()
@@ -108,7 +108,7 @@ async def test_slave_escapes_the_masters_words(abstract_path, caplog):
     refusing = asyncio.ensure_future(refuse())
     try:
         with pytest.raises(memif_aio.HandshakeError) as refused:
-            async with memif_aio.connect(abstract_path, timeout=5):
+            async with memif_aio.connect(memif_path, timeout=5):
                 pass
         await refusing
     finally:
@@ -119,9 +119,9 @@ async def test_slave_escapes_the_masters_words(abstract_path, caplog):
     _clean(line)
 
 
-async def test_slave_shows_an_evil_master_name_escaped(abstract_path):
-    listener = RawListener(abstract_path)
-    sock = memif_aio.Socket(abstract_path, reconnect_interval=0.05)
+async def test_slave_shows_an_evil_master_name_escaped(memif_path):
+    listener = RawListener(memif_path)
+    sock = memif_aio.Socket(memif_path, reconnect_interval=0.05)
     try:
         iface = await sock.create_interface(id=0, role="slave", ring_size=16)
         chan = await listener.accept()
