@@ -38,13 +38,14 @@ from .handshake import Role
 from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
 from .link import Stats
 from .protocol import Mode
-from .queues import RxQueue, TxQueue
+from .queues import RxMode, RxQueue, TxQueue
 from .socket import Socket, open_interface
 
 __all__ = [
     "__version__",
     "Burst",
     "DEFAULT_MAX_PACKET_SIZE",
+    "RxMode",
     "RxQueue",
     "Stats",
     "TxQueue",

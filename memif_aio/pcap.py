@@ -49,16 +49,20 @@ __all__ = [
 ]
 
 LINKTYPE_ETHERNET = 1
-# Wireshark refuses an Ethernet packet longer than this (its WTAP_MAX_PACKET_SIZE_STANDARD).
+"""Link type of every interface the writer declares by default (Ethernet frames)."""
 DEFAULT_SNAPLEN = 262144
-# What the reader accepts in one block or record unless told otherwise (Wireshark's own
-# pcapng block limit is 16 MiB as well).
+"""The writer's default snapshot length: Wireshark refuses an Ethernet packet longer than
+this (its WTAP_MAX_PACKET_SIZE_STANDARD)."""
 MAX_BLOCK_SIZE = 16 * 1024 * 1024
+"""The largest block or record the reader accepts unless told otherwise (Wireshark's own
+pcapng block limit is 16 MiB as well)."""
 MAX_INTERFACES = 65536
+"""The most interfaces the reader accepts in one file unless told otherwise."""
 
-# epb_flags bits 0-1: the direction the packet went through the interface.
 FLAG_INBOUND = 0x1
+"""epb_flags direction bits (0-1): the packet was received on the interface."""
 FLAG_OUTBOUND = 0x2
+"""epb_flags direction bits (0-1): the packet was sent on the interface."""
 
 _SHB, _IDB, _OPB, _SPB, _NRB, _ISB, _EPB = 0x0A0D0D0A, 1, 2, 3, 4, 5, 6
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -639,7 +643,9 @@ class CaptureReader:
         self.max_interfaces = max_interfaces
         self._chunk = max(chunk_size, 4096)
         self.interfaces: list[InterfaceInfo] = []
+        """The interfaces declared so far, in file order (pcap: one)."""
         self.statistics: dict[int, InterfaceStatistics] = {}
+        """The last Interface Statistics Block seen for each interface index (pcapng)."""
         self.sections = 0
         self._buf = b""
         self._pos = 0
