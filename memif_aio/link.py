@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypedDict, cast
 
+from . import _ring
 from . import fds as _fds
 from . import handshake as hs
 from .control import ControlChannel, connect_seqpacket
@@ -118,7 +119,7 @@ class LinkOptions:
     buffer_size: int = 2048
     cacheline: int = 64
     allow_unsealed_regions: bool = False
-    max_packet_size: int = 65536 + 512
+    max_packet_size: int = _ring.DEFAULT_MAX_PACKET_SIZE
     dpdk_workaround: str = "auto"
     rx_mode: str = "interrupt"
 
