@@ -83,9 +83,10 @@ dist: $(DIST_STAMP)
 	$(PY) tests/smoke/check_dist.py dist
 
 # The wheel from `make dist`, installed into a fresh virtualenv in an empty directory outside
-# the source tree, and used from there: import, CLI, two processes, the pytest plugin.
+# the source tree, and used from there: import, CLI, two processes, the pytest plugin; then
+# the sdist, installed by pip from source into another fresh virtualenv, checked the same way.
 smoke: dist
-	bash tests/smoke/run.sh dist/*manylinux*.whl
+	bash tests/smoke/run.sh dist/*manylinux*.whl dist/*.tar.gz
 
 $(DIST_STAMP): Makefile | $(PY)
 	$(PY) -m pip install -q $(DIST_TOOLS)

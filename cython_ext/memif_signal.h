@@ -18,6 +18,9 @@
  *
  * The io_uring ABI structs are declared here (not taken from <linux/io_uring.h>) so the module
  * builds against old kernel headers (manylinux images); they are part of the stable kernel ABI.
+ * The helper thread is started through CPython's PyThread API (detached), not pthread_create
+ * directly: glibc 2.34 re-versioned pthread_create/join/detach, and one reference to them
+ * would make the wheel need glibc 2.34 (manylinux_2_34) instead of 2.28.
  */
 #ifndef MEMIF_SIGNAL_H
 #define MEMIF_SIGNAL_H
@@ -28,11 +31,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
+#include "Python.h" /* PyThread_start_new_thread */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -231,7 +235,6 @@ static int memif_uring_probe(void)
 enum { MEMIF_HELPER_RUNNING, MEMIF_HELPER_EXITED, MEMIF_HELPER_ORPHANED };
 
 typedef struct {
-    pthread_t tid;
     int wake_fd;      /* private eventfd: only we hold it, so poking it never blocks */
     int nslots;
     int stop;         /* atomic */
@@ -250,7 +253,7 @@ static void memif_signal_thread_release(memif_signal_thread *t)
     free(t);
 }
 
-static void *memif_signal_thread_main(void *arg)
+static void memif_signal_thread_main(void *arg)
 {
     memif_signal_thread *t = (memif_signal_thread *)arg;
     struct pollfd pfd;
@@ -258,6 +261,7 @@ static void *memif_signal_thread_main(void *arg)
     int i, running = MEMIF_HELPER_RUNNING;
     pfd.fd = t->wake_fd;
     pfd.events = POLLIN;
+    prctl(PR_SET_NAME, "memif-signal"); /* what top -H and /proc/PID/task/N/comm show */
     while (!__atomic_load_n(&t->stop, __ATOMIC_ACQUIRE)) {
         if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
             break;
@@ -277,18 +281,19 @@ static void *memif_signal_thread_main(void *arg)
             __atomic_store_n(&t->busy_fd, -1, __ATOMIC_RELEASE);
         }
     }
-    /* Whoever moves the state first decides who frees: the owner joins an exited helper, an
-       orphaned helper frees itself. */
+    /* Whoever moves the state first decides who frees: the owner frees an exited helper's
+       state (the helper touches none of it after this exchange), an orphaned helper frees it
+       itself. The thread is detached: nobody joins it. */
     if (!__atomic_compare_exchange_n(&t->state, &running, MEMIF_HELPER_EXITED, 0,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         memif_signal_thread_release(t);
-    return NULL;
 }
 
 /* NULL with errno set on failure. */
 static memif_signal_thread *memif_signal_thread_new(int nslots)
 {
     int i, err;
+    unsigned long started;
     memif_signal_thread *t = (memif_signal_thread *)calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
@@ -305,10 +310,10 @@ static memif_signal_thread *memif_signal_thread_new(int nslots)
     }
     for (i = 0; i < nslots; i++)
         t->fds[i] = -1;
-    err = pthread_create(&t->tid, NULL, memif_signal_thread_main, t);
-    if (err) {
+    started = PyThread_start_new_thread(memif_signal_thread_main, t);
+    if (started == PYTHREAD_INVALID_THREAD_ID) {
         memif_signal_thread_release(t);
-        errno = err;
+        errno = EAGAIN; /* what pthread_create says when it cannot start one */
         return NULL;
     }
     return t;
@@ -328,13 +333,12 @@ static void memif_signal_thread_post(memif_signal_thread *t, int slot)
 
 /* Stop the helper, freeing it from a stalled write by draining that peer eventfd with a read
  * that cannot sleep (the drained value is lost: only a hostile peer stalls us). Returns 0 once
- * joined, 1 if it is still stuck after timeout_ms: it is then detached and frees itself when
- * the peer lets its write through. Either way `t` must not be used again. */
+ * it has exited, 1 if it is still stuck after timeout_ms: it then frees itself when the peer
+ * lets its write through. Either way `t` must not be used again. */
 static int memif_signal_thread_free(memif_signal_thread *t, int timeout_ms)
 {
     struct timespec pause = {0, 200000};
     long waited_us = 0;
-    pthread_t tid = t->tid;
     int running;
     __atomic_store_n(&t->stop, 1, __ATOMIC_RELEASE);
     (void)!write(t->wake_fd, &memif_signal_one, 8);
@@ -348,16 +352,13 @@ static int memif_signal_thread_free(memif_signal_thread *t, int timeout_ms)
         if (waited_us >= (long)timeout_ms * 1000) {
             running = MEMIF_HELPER_RUNNING;
             if (__atomic_compare_exchange_n(&t->state, &running, MEMIF_HELPER_ORPHANED, 0,
-                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                pthread_detach(tid); /* t belongs to the helper now */
-                return 1;
-            }
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                return 1; /* t belongs to the helper now */
             break; /* it exited meanwhile */
         }
         nanosleep(&pause, NULL);
         waited_us += 200;
     }
-    pthread_join(tid, NULL);
     memif_signal_thread_release(t);
     return 0;
 }

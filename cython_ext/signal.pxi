@@ -19,8 +19,17 @@ HELPER_STOP_TIMEOUT_MS = 50
 
 def signal_backend():
     """How this process signals peer eventfds: ``"io_uring"`` (a write with RWF_NOWAIT: inline
-    and never sleeping) or ``"thread"`` (a helper thread per link does the writes)."""
+    and never sleeping) or ``"thread"`` (a helper thread per link does the writes).
+
+    ``MEMIF_AIO_SIGNAL_BACKEND=thread`` in the environment forces the helper thread (what a
+    container whose seccomp profile forbids io_uring gets anyway); ``io_uring`` is honoured
+    only where it works."""
     global _uring_usable
+    forced = os.environ.get("MEMIF_AIO_SIGNAL_BACKEND", "")
+    if forced == "thread":
+        return "thread"
+    if forced not in ("", "io_uring"):
+        raise ValueError(f"MEMIF_AIO_SIGNAL_BACKEND={forced!r}: use io_uring or thread")
     if _uring_usable < 0:
         _uring_usable = memif_uring_probe()
     return "io_uring" if _uring_usable else "thread"

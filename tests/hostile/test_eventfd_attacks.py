@@ -80,6 +80,54 @@ async def test_master_signal_to_a_blocking_full_eventfd(memif_path, caplog):
         await honest_slave_connects(memif_path, iface)
 
 
+async def test_helper_thread_takes_the_stall_where_io_uring_is_forbidden(memif_path, monkeypatch):
+    """Without io_uring (a container's seccomp profile) a helper thread writes the signals. A
+    blocking full eventfd then stalls that thread, never the loop (the watchdog would fail this
+    test): the link keeps working both ways, and closing it frees the helper (the counter is
+    drained by a read that cannot sleep), so no thread outlives the link."""
+    monkeypatch.setenv("MEMIF_AIO_SIGNAL_BACKEND", "thread")
+    async with memif_aio.Socket(memif_path) as sock:
+        iface = await sock.create_interface(id=0, role="master")
+        before = Resources()
+        chan, mem = await _raw_slave_up(memif_path, iface)
+        try:
+            mem.refill_m2s()
+            make_blocking_and_full(mem.m2s[0].eventfd)
+            for i in range(3):
+                await iface.tx_queues[0].send(b"%d" % i)
+                iface.tx_queues[0].flush()  # one publish, one (stalled) signal each
+            assert mem.m2s[0].tail == 3 and iface.connected
+            mem.send_s2m(b"still listening")
+            assert await asyncio.wait_for(iface.rx_queues[0].recv(), 5) == b"still listening"
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 5
+            while signal_helpers() != 1 and loop.time() < end:  # it names itself on start
+                await asyncio.sleep(0.01)
+            assert signal_helpers() == 1
+        finally:
+            chan.close()
+            mem.close()
+        await wait_state(iface, LinkState.DISCONNECTED)
+        await before.assert_released()
+        end = loop.time() + 5
+        while signal_helpers() and loop.time() < end:
+            await asyncio.sleep(0.01)
+        assert signal_helpers() == 0, "the stalled helper thread outlived the link"
+        await honest_slave_connects(memif_path, iface)
+
+
+def signal_helpers() -> int:
+    """Helper threads of this process (they name themselves memif-signal)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                count += comm.read().strip() == "memif-signal"
+        except FileNotFoundError:
+            pass
+    return count
+
+
 async def test_slave_signal_to_a_blocking_full_eventfd(memif_path, caplog):
     """The same against our slave: the master makes the eventfd we created (and share with it)
     blocking and full; our slave disconnects it and serves an honest master afterwards."""
