@@ -3,8 +3,9 @@
     python tests/smoke/check_dist.py dist
 
 The sdist carries what a build needs (every .pyx/.pxd/.pxi, no generated C) and what a user
-reads and runs; the wheel is manylinux, holds every module of the tree, and its extension is
-stripped and carries no RPATH of the build machine. Needs pyelftools (comes with auditwheel).
+reads and runs; the wheel is manylinux_2_28 (or older), holds every module of the tree, and
+its extension is stripped and carries no RPATH of the build machine. Needs pyelftools (comes
+with auditwheel).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+
+MAX_GLIBC = (2, 28)
 
 TREE = Path(__file__).resolve().parents[2]
 
@@ -60,6 +63,11 @@ def check_extension(name: str, data: bytes) -> None:
 def check_wheel(path: Path) -> None:
     if "-manylinux_" not in path.name:
         fail(f"{path.name} is not a manylinux wheel")
+    # glibc 2.28: RHEL 8, Debian 10, Ubuntu 20.04 and later. A newer symbol version (glibc 2.34
+    # re-versioned the pthread functions, for one) silently drops those systems.
+    glibc = tuple(map(int, path.name.split("-manylinux_")[1].split("_")[:2]))
+    if glibc > MAX_GLIBC:
+        fail(f"{path.name} needs glibc {glibc} > {MAX_GLIBC}: a newer libc symbol crept in")
     with zipfile.ZipFile(path) as wheel:
         names = set(wheel.namelist())
         modules = {str(p.relative_to(TREE)) for p in TREE.glob("memif_aio/**/*.py")}
