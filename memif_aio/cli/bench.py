@@ -105,9 +105,8 @@ def memif_aio_echo_peer() -> Iterator[str]:
     """``memif-aio echo`` as master in another process (on the peer CPU)."""
     path = f"@/tmp/memif-aio-bench-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memif_aio", "echo", path, "--role", "master"],
+        [sys.executable, "-m", "memif_aio", "-q", "echo", path, "--role", "master"],
         stdout=subprocess.PIPE,
-        stdin=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: _pin(PEER_CPU),
     )
@@ -117,8 +116,7 @@ def memif_aio_echo_peer() -> Iterator[str]:
             raise RuntimeError("memif-aio echo did not start")
         yield path
     finally:
-        if proc.stdin:
-            proc.stdin.close()
+        proc.terminate()  # SIGTERM: it says goodbye and exits 0
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -318,3 +316,43 @@ def plot(report: Report, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def register(command) -> None:
+    parser = command(
+        "bench",
+        "throughput/latency matrix against memif_aio and dpdk-testpmd",
+        "memif-aio bench --quick --out bench-results",
+    )
+    parser.add_argument("--quick", action="store_true", help="a ~30-60 s run (64/1500 B, short)")
+    parser.add_argument("--sizes", help="comma-separated packet sizes")
+    parser.add_argument("--duration", type=float, help="seconds per measurement")
+    parser.add_argument("--no-testpmd", action="store_true", help="only memif_aio peers")
+    parser.add_argument("--out", default="bench-results", help="directory for json/md/png")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run_sync=run_command)
+
+
+def run_command(args, ctx) -> int:
+    from .common import Progress, say
+
+    config = BenchConfig.quick() if args.quick else BenchConfig()
+    if args.sizes:
+        config.sizes = tuple(int(s) for s in args.sizes.split(","))
+    if args.duration:
+        config.duration = args.duration
+    if args.no_testpmd:
+        config.use_testpmd = False
+    progress = Progress()
+    report = run(config, progress.done if not args.json else lambda line: None)
+    written = write(report, Path(args.out))
+    if args.json:
+        say(json.dumps(asdict(report)))
+    else:
+        say("")
+        say(to_markdown(report))
+        say("wrote " + ", ".join(str(p) for p in written))
+    return 0
