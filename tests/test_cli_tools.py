@@ -402,9 +402,7 @@ def test_signal_disconnects_with_reason_removes_socket_exits_0(tmp_path, command
     extra = [a.format(tmp=tmp_path) for a in LONG_RUNNING[command]]
     args = [command, *extra, path, "--role", "master"]
     if command == "replay":
-        args = [command, extra[0], path, "--role", "master", "--timeout", "20", *extra[1:]]
-    elif command == "gen":
-        args += ["--timeout", "20"]
+        args = [command, extra[0], path, "--role", "master", *extra[1:]]
 
     async def peer(cli: Cli) -> str:
         async with memif_aio.connect(path, timeout=20, **FAST) as iface:

@@ -238,13 +238,17 @@ def stop_on_sigterm() -> None:
 # ------------------------------------------------------------------------------ interfaces
 
 
+SLAVE_TIMEOUT = 5.0  # seconds a one-shot command waits for its master by default
+BY_ROLE = "by role"  # --timeout default: SLAVE_TIMEOUT as slave, no limit as master
+
+
 def add_peer_options(
     parser: argparse.ArgumentParser,
     role: str | None = None,
     *,
     socket_help: str = "socket path, or @name for an abstract socket",
     queues: bool = False,
-    timeout: float | None = 5.0,
+    timeout: float | str | None = 5.0,
 ) -> None:
     parser.add_argument("socket", help=socket_help)
     add_interface_options(parser, role, queues=queues, timeout=timeout)
@@ -255,11 +259,18 @@ def add_interface_options(
     role: str | None = None,
     *,
     queues: bool = False,
-    timeout: float | None = 5.0,
+    timeout: float | str | None = 5.0,
 ) -> None:
     parser.add_argument("--id", type=int, default=0, help="interface id (default 0)")
     parser.add_argument("--secret", help="interface secret (up to 24 bytes)")
-    if timeout is not None:
+    if timeout == BY_ROLE:
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            help=f"seconds to wait for the link (default {SLAVE_TIMEOUT:g} as slave, no limit "
+            "as master)",
+        )
+    elif timeout is not None:
         parser.add_argument(
             "--timeout",
             type=float,
@@ -307,8 +318,10 @@ async def open_peer(
     exit 1, nobody listening exit 3, timeout exit 4."""
     from .. import open_interface
 
-    timeout = getattr(args, "timeout", None)
     fail_fast = role == "slave"
+    timeout = getattr(args, "timeout", None)
+    if timeout is None and fail_fast:
+        timeout = SLAVE_TIMEOUT
     options = {**interface_options(args), **extra}
     async with contextlib.AsyncExitStack() as stack:
         if handler is not None and fail_fast:

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import MemifError
 from . import packets
 from .common import (
+    BY_ROLE,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -53,7 +54,7 @@ def register(command) -> None:
         "UDP traffic generator; with an echoing peer: received, lost, reordered, latency",
         "memif-aio gen @/tmp/e.sock --size IMIX --rate 100000 --count 1000000",
     )
-    add_peer_options(parser, "slave", queues=True)
+    add_peer_options(parser, "slave", queues=True, timeout=BY_ROLE)
     parser.add_argument(
         "--size", default="64", help="frame bytes (64..65535), or IMIX (64/576/1500, 7:4:1)"
     )

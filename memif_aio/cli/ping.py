@@ -14,10 +14,12 @@ import time
 
 from . import packets, perf
 from .common import (
+    BY_ROLE,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    SLAVE_TIMEOUT,
     CommandError,
     add_peer_options,
     open_peer,
@@ -32,7 +34,7 @@ def register(command) -> None:
         "ICMP echo over memif; ARP-resolves the target first",
         "memif-aio ping @/tmp/r.sock --ip 192.168.1.1 192.168.1.2 -c 5",
     )
-    add_peer_options(parser, "slave")
+    add_peer_options(parser, "slave", timeout=BY_ROLE)
     parser.add_argument("target", help="IPv4 address to ping")
     parser.add_argument("--ip", required=True, help="our IPv4 address")
     parser.add_argument("--mac", default="02:fe:00:00:00:02", help="our MAC address")
@@ -48,11 +50,12 @@ async def run(args: argparse.Namespace, ctx) -> int:
         raise CommandError("--count must be at least 1 and --size not negative", EXIT_USAGE)
     mac, ip = packets.parse_mac(args.mac), packets.parse_ip(args.ip)
     target = packets.parse_ip(args.target)
+    wait = args.timeout if args.timeout is not None else SLAVE_TIMEOUT  # for ARP and replies
     rtts: list[float] = []
     sent = 0
     async with open_peer(args, args.role, ctx.handler) as iface, watching(iface, ctx.console):
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
-        target_mac = await _resolve(rxq, txq, mac, ip, target, args.timeout)
+        target_mac = await _resolve(rxq, txq, mac, ip, target, wait)
         ident = os.getpid() & 0xFFFF
         payload = bytes(i & 0xFF for i in range(args.size))
         if not args.json:
@@ -68,7 +71,7 @@ async def run(args: argparse.Namespace, ctx) -> int:
                 start = time.perf_counter_ns()
                 await txq.send(request)
                 sent += 1
-                reply = await _await_reply(rxq, ident, seq, min(args.timeout, 2.0))
+                reply = await _await_reply(rxq, ident, seq, min(wait, 2.0))
                 if reply is not None:
                     rtt = (time.perf_counter_ns() - start) / 1e6
                     rtts.append(rtt)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..pcap import LINKTYPE_ETHERNET, CaptureFormatError, CaptureReader, PacketBatch
 from .common import (
+    BY_ROLE,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -49,7 +50,7 @@ def register(command) -> None:
         "memif-aio replay capture.pcapng @/run/memif.sock --speed 2",
     )
     parser.add_argument("file", help="pcap or pcapng file (Ethernet), - for stdin")
-    add_peer_options(parser, "slave", timeout=5.0)
+    add_peer_options(parser, "slave", timeout=BY_ROLE)
     timing = parser.add_mutually_exclusive_group()
     timing.add_argument("--speed", type=float, help="replay X times faster (default 1)")
     timing.add_argument("--rate", type=float, help="packets per second, evenly spaced")
