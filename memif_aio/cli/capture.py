@@ -102,10 +102,9 @@ class _Stream:
 
     idb: int | None
     packets: int = 0  # recorded (or, without a file, counted)
-    bytes: int = 0
     first: float | None = None  # time.monotonic() of the first and last burst
     last: float = 0.0
-    _closed: dict = field(default_factory=lambda: {"packets": 0, "drops": 0})
+    _closed: dict = field(default_factory=lambda: {"packets": 0, "bytes": 0, "drops": 0})
     _queues: list = field(default_factory=list)  # receive queues of links still up
 
     def track(self, queue) -> None:
@@ -118,7 +117,8 @@ class _Stream:
             self._queues.remove(old)
 
     def queue_counter(self, name: str) -> int:
-        """``packets`` (received from the ring) or ``drops`` (lost with a link), all links."""
+        """``packets``, ``bytes`` (received from the ring) or ``drops`` (lost with a link),
+        over all links."""
         return self._closed[name] + sum(q.stats()[name] for q in self._queues)
 
 
@@ -189,8 +189,7 @@ class Recorder:
             stream.first = now
         stream.last = now
         stream.packets += n
-        stream.bytes += int(burst.lengths[:n].sum())
-        if self.remaining == 0:
+        if self.count is not None and self.remaining == 0:
             self.finished.set()
         return n
 
@@ -230,10 +229,11 @@ class Recorder:
                 self.writer.close()
 
     def counters(self) -> tuple[int, int, int]:
+        """Packets recorded, bytes received, packets dropped by the interface."""
         streams = self.streams.values()
         return (
             sum(s.packets for s in streams),
-            sum(s.bytes for s in streams),
+            sum(s.queue_counter("bytes") for s in streams),
             sum(s.queue_counter("drops") for s in streams),
         )
 
@@ -402,9 +402,13 @@ class _Rates:
             total = _direction_packets(self.recorder, direction)
             rate = (total - self.before[direction]) / max(now - self.at, 1e-9)
             self.before[direction] = total
-            parts.append(f"{direction} {total} packets ({rate / 1e6:.3f} Mpps)")
+            parts.append(f"{direction} {total} packets ({_rate(rate)})")
         self.at = now
         return ", ".join(parts)
+
+
+def _rate(pps: float) -> str:
+    return f"{pps / 1e6:.3f} Mpps" if pps >= 100_000 else f"{pps:.0f} pps"
 
 
 def _direction_packets(recorder: Recorder, direction: str) -> int:
@@ -418,7 +422,7 @@ def _tap_summary(recorder: Recorder) -> str:
         packets = sum(s.packets for s in streams)
         starts = [s.first for s in streams if s.first is not None]
         span = max((s.last for s in streams), default=0.0) - min(starts, default=0.0)
-        rate = f", {packets / span / 1e6:.3f} Mpps from first to last burst" if span > 0 else ""
+        rate = f", {_rate(packets / span)} from first to last burst" if span > 0 else ""
         dropped = sum(s.queue_counter("drops") for s in streams)
         parts.append(f"{direction} {packets} packets{rate}, {dropped} dropped")
     return "forwarded " + "; ".join(parts)
