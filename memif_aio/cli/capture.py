@@ -75,6 +75,7 @@ def register(command) -> None:
     parser.add_argument(
         "--queues", type=int, default=1, help="queue pairs (slave: asks; master: accepts)"
     )
+    parser.add_argument("--ring-size", type=int, help="slots per ring (slave: asks; default 1024)")
     _add_recording_options(parser, required=False)
     parser.set_defaults(run=run_tap)
 
@@ -382,6 +383,7 @@ def _side_options(args: argparse.Namespace, side: str) -> dict:
         "secret": getattr(args, f"secret_{side}"),
         "rx_queues": args.queues,
         "tx_queues": args.queues,
+        "ring_size": args.ring_size,
         "name": f"tap-{side}",
     }
     return {k: v for k, v in options.items() if v is not None}

@@ -44,29 +44,42 @@ def say(text: str = "") -> None:
 
 # ------------------------------------------------------------------------------ refusal hints
 
-# What to check for each refusal reason (handshake.py's constants, compared as values: a reason
-# with details appended, like "ring index beyond limit: s2m 1", matches by its constant prefix).
-HINTS = {
-    hs.SECRET_MISMATCH: "both sides need the same --secret",
-    hs.UNKNOWN_ID: "the master has no interface with this --id",
-    hs.ALREADY_CONNECTED: "another slave holds this id: stop it or use another --id",
-    hs.MODE_MISMATCH: "both sides need the same mode (ethernet, ip, punt/inject)",
-    hs.VERSION_MISMATCH: "the peer speaks another memif protocol version (2.0 here)",
-    hs.RING_LIMIT: "the slave asks for more queues than the master accepts: check --queues",
-    hs.REGION_NOT_SEALABLE: "a DPDK zero-copy client? --allow-unsealed-regions, for a "
-    "trusted peer only",
-    hs.TIMEOUT: "the peer stopped answering in the middle of the handshake",
-    hs.PEER_CLOSED: "the master closed without a reason: libmemif does that for an unknown "
-    "--id or more --queues than it has (memif-aio probe SOCKET --id N shows its answer)",
-}
+# What to check for each refusal reason: ours (handshake.py's constants) and the strings
+# libmemif and DPDK send in DISCONNECT (seen from libmemif's socket.h and DPDK 22.11), matched
+# without case; a reason with details appended ("ring index beyond limit: s2m 1") matches by
+# its leading words.
+_SECRET = "both sides need the same --secret"
+_ID = "the master has no interface with this --id"
+REFUSAL_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    ((hs.SECRET_MISMATCH, "incorrect secret", "secret required"), _SECRET),
+    ((hs.UNKNOWN_ID, "unmatched interface id", "id not found"), _ID),
+    (
+        (hs.ALREADY_CONNECTED, "already connected"),
+        "another slave holds this id: stop it or use another --id",
+    ),
+    ((hs.MODE_MISMATCH,), "both sides need the same mode (ethernet, ip, punt/inject)"),
+    ((hs.VERSION_MISMATCH,), "the peer speaks another memif protocol version (2.0 here)"),
+    ((hs.RING_LIMIT,), "the slave asks for more queues than the master accepts: check --queues"),
+    (
+        (hs.REGION_NOT_SEALABLE,),
+        "a DPDK zero-copy client? --allow-unsealed-regions, for a trusted peer only",
+    ),
+    ((hs.TIMEOUT,), "the peer stopped answering in the middle of the handshake"),
+    (
+        (hs.PEER_CLOSED,),
+        "the master closed without a reason: libmemif does that for an unknown --id or more "
+        "--queues than it has (memif-aio probe SOCKET --id N shows its answer)",
+    ),
+)
 
 
 def hint(reason: str) -> str | None:
-    """What to check for a refusal ``reason`` (ours or a peer's, any case), or None."""
+    """What to check for a refusal ``reason`` (ours or a peer's), or None."""
     folded = reason.lower()
-    for known, text in HINTS.items():
-        if folded == known or folded.startswith((known + ":", known + " ")):
-            return text
+    for reasons, text in REFUSAL_HINTS:
+        for known in reasons:
+            if folded == known or folded.startswith((known + ":", known + " ")):
+                return text
     return None
 
 
@@ -86,6 +99,8 @@ class Console:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self._live = False  # a \r progress line is showing
+        # "{socket} id {id}" of our slave interfaces: how the library labels their sessions.
+        self.slave_labels: set[str] = set()
 
     def event(self, text: str) -> None:
         """A link event or status line (silenced by -q)."""
@@ -133,8 +148,13 @@ class ConsoleHandler(logging.Handler):
             args = record.args if isinstance(record.args, tuple) else ()
             reason = next((a for a in args if isinstance(a, str) and hint(a)), None)
             level = record.levelno
-            if level == logging.INFO and hs.PEER_CLOSED in args and "handshake failed" in args:
-                level = logging.WARNING
+            if reason == hs.PEER_CLOSED:
+                # A master that closes mid-handshake refuses silently (libmemif): say so. A
+                # slave that leaves a master mid-handshake is no refusal: as logged.
+                if args[0] in self.console.slave_labels and "handshake failed" in args:
+                    level = max(level, logging.WARNING)
+                else:
+                    reason = None
             if level < self.show_level:
                 return
             if reason is not None and self.mute_refusals:
@@ -291,6 +311,12 @@ def add_interface_options(
         parser.add_argument(
             "--queues", type=int, default=1, help="queue pairs (slave: asks; master: accepts)"
         )
+        parser.add_argument(
+            "--ring-size",
+            type=int,
+            help="slots per ring, a power of two up to 16384 (slave: asks; default 1024); "
+            "a larger ring rides out longer pauses of a busy machine",
+        )
 
 
 def interface_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -304,6 +330,7 @@ def interface_options(args: argparse.Namespace) -> dict[str, Any]:
     queues = getattr(args, "queues", None)
     if queues is not None:
         options["rx_queues"] = options["tx_queues"] = queues
+    options["ring_size"] = getattr(args, "ring_size", None)
     if getattr(args, "allow_unsealed_regions", False):
         options["allow_unsealed_regions"] = True
     return {k: v for k, v in options.items() if v is not None}
@@ -336,7 +363,11 @@ async def open_peer(
             raise CommandError(f"{args.socket}: refused: {with_hint(exc.reason)}") from None
         except HandshakeTimeout as exc:
             code = EXIT_UNREACHABLE if exc.unreachable else EXIT_TIMEOUT
-            raise CommandError(f"{args.socket}: {exc.reason}", code) from None
+            # "not connected after 5.0s (<the last attempt's reason>)"
+            last = exc.reason.rpartition("(")[2].rstrip(")")
+            what = hint(last)
+            message = f"{exc.reason} (check: {what})" if what else exc.reason
+            raise CommandError(f"{args.socket}: {message}", code) from None
         except OSError as exc:  # e.g. a master's socket address in use
             raise CommandError(f"{args.socket}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
         finally:
@@ -392,6 +423,8 @@ async def watch_link(iface: Any, console: Console) -> None:
 
 @contextlib.asynccontextmanager
 async def watching(iface: Any, console: Console) -> AsyncIterator[None]:
+    if iface.role.value == "slave":
+        console.slave_labels.add(f"{iface.socket_path} id {iface.id}")
     task = asyncio.ensure_future(watch_link(iface, console))
     try:
         yield
