@@ -265,6 +265,13 @@ async def live_counter(recorder: Recorder, console: Console, describe) -> AsyncI
             await task
 
 
+async def _share_the_loop() -> None:
+    """After a full burst: recv_burst and send_burst return without suspending while there are
+    packets and room, so a busy queue would keep the loop from the other queues, the other
+    direction, the live counter and the signals."""
+    await asyncio.sleep(0)
+
+
 async def _until_done_or_down(pumps: list[asyncio.Future], *waits: asyncio.Future) -> None:
     """Run the pumps of one link until they end (link down), or one of ``waits`` fires; then
     stop them all and raise what broke one (a failing write), if anything."""
@@ -333,8 +340,10 @@ async def _capture_links(iface, recorder: Recorder, args: argparse.Namespace) ->
             with contextlib.suppress(MemifError):  # the link went down
                 while not recorder.finished.is_set():
                     burst = await rxq.recv_burst(min(BURST, recorder.remaining))
-                    recorder.record(stream, burst, FLAG_INBOUND)
+                    full = recorder.record(stream, burst, FLAG_INBOUND) == BURST
                     burst.release()
+                    if full:
+                        await _share_the_loop()
 
         for rxq, stream in zip(queues, streams, strict=True):
             stream.track(rxq)
@@ -469,6 +478,8 @@ async def _forward(rxq, txq, stream: _Stream, recorder: Recorder, flags: int) ->
     with contextlib.suppress(MemifError):  # either link went down
         while not recorder.finished.is_set():
             burst = await rxq.recv_burst(min(BURST, recorder.remaining))
-            recorder.record(stream, burst, flags)
+            full = recorder.record(stream, burst, flags) == BURST
             await txq.send_burst(burst)  # never forward() first: gather_into needs the data
             burst.release()
+            if full:
+                await _share_the_loop()

@@ -266,7 +266,7 @@ async def _send(txq, frames: Frames, report: QueueReport, count, rate, duration)
             break
         n = BURST if count is None else min(BURST, count - sent)
         if rate is not None:
-            due = int((now - start) * rate) + 1 - sent
+            due = int((now - start) * rate) + 1 - sent  # packet k is due at k / rate
             if due <= 0:
                 await asyncio.sleep((sent - (now - start) * rate) / rate)
                 continue
@@ -276,6 +276,10 @@ async def _send(txq, frames: Frames, report: QueueReport, count, rate, duration)
         sent += n
         report.sent = sent
         report.sent_bytes += int(lengths.sum())
+        # send_burst returns without yielding while the ring has room: let the replies in
+        # (else at a rate just below what this loop can do, it would never sleep, and the
+        # replies would wait until both rings are full).
+        await asyncio.sleep(0)
     txq.flush()
 
 

@@ -155,6 +155,7 @@ async def _send_batch(txq, batch: PacketBatch, due: np.ndarray | None, clock: _C
     packets = batch.packets
     if due is None:
         await txq.send_burst(packets)
+        await asyncio.sleep(0)  # send_burst need not suspend: let signals and the link in
         return
     loop = asyncio.get_running_loop()
     if clock.t0 is None:  # the clock starts with the first packet, once it is read
@@ -168,6 +169,7 @@ async def _send_batch(txq, batch: PacketBatch, due: np.ndarray | None, clock: _C
             await txq.send_burst(packets[i:ready])
             clock.sent(due[i:ready], loop.time() - t0)
             i = ready
+            await asyncio.sleep(0)
         else:
             await asyncio.sleep(float(due[i]) - now)
 
