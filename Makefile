@@ -30,7 +30,8 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26" "uvloop>=0.19" \
-		"pytest>=8" "pytest-asyncio>=1.5,<2" "pytest-timeout>=2.3" "hypothesis>=6.100" "ruff>=0.5" "mypy>=1.10" "matplotlib>=3.7"
+		"pytest>=8" "pytest-asyncio>=1.5,<2" "pytest-timeout>=2.3" "hypothesis>=6.100" "ruff>=0.5" "mypy>=1.10" \
+		"matplotlib>=3.7" "scapy>=2.5"
 	touch $@
 
 # Editable install builds memif_aio/_ring*.so in place; rebuilt whenever a .pyx/.pxd/.pxi changes.

@@ -126,3 +126,36 @@ def test_forwarder_between_two_interfaces_and_hairpin(memif_path):
             assert "forwarding 300 packets A -> A" in await asyncio.to_thread(finish, hairpin)
 
     asyncio.run(drive())
+
+
+def test_scapy_exchange_against_the_responder(memif_path):
+    """scapy builds ARP and ICMP requests, memif carries them, scapy matches the replies and
+    checks their checksums (an implementation independent of ours)."""
+    responder = subprocess.Popen(
+        [sys.executable, "-m", "memif_aio", "responder", memif_path, "--ip", "10.7.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout.readline().startswith("ready"), responder.stderr.read()
+        out = finish(
+            start("scapy_exchange.py", memif_path, "--ip", "10.7.0.2", "--target", "10.7.0.1")
+        )
+    finally:
+        responder.terminate()
+        assert responder.wait(15) == 0
+    assert "10.7.0.1 is at 02:fe:00:00:00:01" in out
+    assert out.count("echo-reply 0 / Raw  (checksums ok)") == 3 and "BAD" not in out
+    assert "sent 4, answered 3, unanswered 1" in out
+
+
+def test_scapy_router_tests_pass_under_pytest():
+    """examples/scapy_test_router.py as a user runs it: pytest with memif_aio's plugin."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(EXAMPLES / "scapy_test_router.py"), "-q",
+         "-p", "no:cacheprovider"],
+        capture_output=True, text=True, timeout=120, cwd=EXAMPLES.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout and "skipped" not in result.stdout

@@ -15,9 +15,10 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import DisconnectedError
 from ..interface import Interface
@@ -26,6 +27,7 @@ from . import perf
 
 PEER_CPU, OUR_CPU = 0, 1
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def _run(loop: str, make: Callable[[], Awaitable]) -> object:
+def _run(loop: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a fresh session on ``loop``; one retry if the link drops (a peer restarting, a
     machine under load), so one hiccup does not cost the whole matrix."""
     from .. import run
@@ -89,8 +91,10 @@ def _pin(cpu: int) -> None:
             os.sched_setaffinity(0, {cpu})
 
 
-def _session(path: str, fn: Callable[[Interface], Awaitable[object]]) -> Callable:
-    async def run() -> object:
+def _session(
+    path: str, fn: Callable[[Interface], Awaitable[T]]
+) -> Callable[[], Coroutine[Any, Any, T]]:
+    async def run() -> T:
         from .. import connect
 
         async with connect(path, timeout=20, app_name="memif-aio bench") as iface:
@@ -105,9 +109,8 @@ def memif_aio_echo_peer() -> Iterator[str]:
     """``memif-aio echo`` as master in another process (on the peer CPU)."""
     path = f"@/tmp/memif-aio-bench-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memif_aio", "echo", path, "--role", "master"],
+        [sys.executable, "-m", "memif_aio", "-q", "echo", path, "--role", "master"],
         stdout=subprocess.PIPE,
-        stdin=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: _pin(PEER_CPU),
     )
@@ -117,8 +120,7 @@ def memif_aio_echo_peer() -> Iterator[str]:
             raise RuntimeError("memif-aio echo did not start")
         yield path
     finally:
-        if proc.stdin:
-            proc.stdin.close()
+        proc.terminate()  # SIGTERM: it says goodbye and exits 0
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -207,7 +209,9 @@ def _run_matrix(config: BenchConfig, progress: Progress) -> Report:
     return report
 
 
-def _measure(fn: Callable, size: int, api: str, seconds: float) -> Callable:
+def _measure(
+    fn: Callable[..., Awaitable[perf.Throughput]], size: int, api: str, seconds: float
+) -> Callable[[Interface], Coroutine[Any, Any, perf.Throughput]]:
     async def measure(iface: Interface) -> perf.Throughput:
         return await fn(iface, size, api, seconds)
 
@@ -220,7 +224,6 @@ def _latency(peer: str, loop: str, path: str, seconds: float) -> LatencyRow:
         return await perf.ping_pong(iface, 64, seconds)
 
     rtts = _run(loop, _session(path, measure))
-    assert isinstance(rtts, list)
     return LatencyRow(
         peer,
         loop,
@@ -259,10 +262,10 @@ def to_markdown(report: Report) -> str:
             "| RTT, 64 B ping-pong | loop | samples | p50 us | p99 us | p99.9 us |",
             "|---|---|---:|---:|---:|---:|",
         ]
-        for r in report.latency:
+        for lat in report.latency:
             lines.append(
-                f"| {r.peer} | {r.loop} | {r.samples} | {r.p50_us:.1f} | {r.p99_us:.1f} "
-                f"| {r.p999_us:.1f} |"
+                f"| {lat.peer} | {lat.loop} | {lat.samples} | {lat.p50_us:.1f} "
+                f"| {lat.p99_us:.1f} | {lat.p999_us:.1f} |"
             )
     lines += ["", *(f"Note: {n}" for n in report.notes)] if report.notes else []
     return "\n".join(lines) + "\n"
@@ -318,3 +321,43 @@ def plot(report: Report, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def register(command) -> None:
+    parser = command(
+        "bench",
+        "throughput/latency matrix against memif_aio and dpdk-testpmd",
+        "memif-aio bench --quick --out bench-results",
+    )
+    parser.add_argument("--quick", action="store_true", help="a ~30-60 s run (64/1500 B, short)")
+    parser.add_argument("--sizes", help="comma-separated packet sizes")
+    parser.add_argument("--duration", type=float, help="seconds per measurement")
+    parser.add_argument("--no-testpmd", action="store_true", help="only memif_aio peers")
+    parser.add_argument("--out", default="bench-results", help="directory for json/md/png")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run_sync=run_command)
+
+
+def run_command(args, ctx) -> int:
+    from .common import Progress, say
+
+    config = BenchConfig.quick() if args.quick else BenchConfig()
+    if args.sizes:
+        config.sizes = tuple(int(s) for s in args.sizes.split(","))
+    if args.duration:
+        config.duration = args.duration
+    if args.no_testpmd:
+        config.use_testpmd = False
+    progress = Progress()
+    report = run(config, progress.done if not args.json else lambda line: None)
+    written = write(report, Path(args.out))
+    if args.json:
+        say(json.dumps(asdict(report)))
+    else:
+        say("")
+        say(to_markdown(report))
+        say("wrote " + ", ".join(str(p) for p in written))
+    return 0

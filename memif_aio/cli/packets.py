@@ -1,7 +1,8 @@
-"""Just enough Ethernet, ARP, IPv4 and ICMP to answer and send pings over memif.
+"""Just enough Ethernet, ARP, IPv4, ICMP and UDP to answer and send pings and generate
+traffic over memif.
 
-Pure functions over bytes: no I/O, no state. Used by the ``responder`` and ``ping`` commands
-and the ICMP responder example.
+Pure functions over bytes: no I/O, no state. Used by the ``responder``, ``ping`` and ``gen``
+commands and the ICMP responder example.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 ETH_P_IP = 0x0800
+IPPROTO_UDP = 17
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
@@ -18,6 +20,8 @@ _ETH = struct.Struct("!6s6sH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _ICMP_ECHO = struct.Struct("!BBHHH")
+_UDP = struct.Struct("!HHHH")
+HEADERS_UDP = _ETH.size + _IP.size + _UDP.size  # 42: where a UDP payload starts
 
 
 def parse_mac(text: str) -> bytes:
@@ -33,6 +37,10 @@ def format_mac(mac: bytes) -> str:
 
 def parse_ip(text: str) -> bytes:
     return ipaddress.IPv4Address(text).packed
+
+
+def format_ip(packed: bytes) -> str:
+    return str(ipaddress.IPv4Address(packed))
 
 
 def checksum(data: bytes | memoryview) -> int:
@@ -67,6 +75,29 @@ def icmp_echo(
     ip = _IP.pack(0x45, 0, 20 + len(icmp), seq & 0xFFFF, 0x4000, ttl, 1, 0, src_ip, dst_ip)
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     return _ETH.pack(dst_mac, src_mac, ETH_P_IP) + ip + icmp
+
+
+def udp(
+    src_mac: bytes,
+    dst_mac: bytes,
+    src_ip: bytes,
+    dst_ip: bytes,
+    src_port: int,
+    dst_port: int,
+    payload: bytes,
+    ttl: int = 64,
+) -> bytes:
+    """An Ethernet/IPv4/UDP frame; the UDP checksum is 0 ("none", allowed over IPv4), so the
+    payload can change in place without touching the headers."""
+    length = _UDP.size + len(payload)
+    ip = _IP.pack(0x45, 0, _IP.size + length, 0, 0x4000, ttl, IPPROTO_UDP, 0, src_ip, dst_ip)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return (
+        _ETH.pack(dst_mac, src_mac, ETH_P_IP)
+        + ip
+        + _UDP.pack(src_port, dst_port, length, 0)
+        + payload
+    )
 
 
 @dataclass(frozen=True)

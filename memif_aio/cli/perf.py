@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import MemifError
 from ..interface import Interface
+from ..queues import DEFAULT_BURST
 
 Progress = Callable[[str], None]
 
@@ -30,7 +31,10 @@ async def echo_service(iface: Interface) -> None:
             rxq, txq = iface.rx_queues[index], iface.tx_queues[index]
             try:
                 async for burst in rxq.bursts():
+                    full = len(burst) == DEFAULT_BURST
                     await txq.send_burst(burst)  # copied ring to ring in C
+                    if full:  # neither call suspends while there are packets and room:
+                        await asyncio.sleep(0)  # let the other queues and signals in
             except (MemifError, IndexError):
                 # The link went down, or the peer broke it (already disconnected, logged):
                 # serve the next one.
