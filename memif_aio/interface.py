@@ -258,13 +258,14 @@ class Interface:
         peer (tx). Errors count peer violations, each once."""
         return self.link.stats()
 
-    async def close(self, *, linger: float = DEFAULT_LINGER) -> None:
-        """Disconnect (telling the peer why), release memory and fds, stop reconnecting.
+    async def close(self, *, linger: float = DEFAULT_LINGER, reason: str = hs.LOCAL_CLOSE) -> None:
+        """Disconnect (the peer's DISCONNECT carries ``reason``, cut to 96 bytes), release
+        memory and fds, stop reconnecting.
 
         memif's control channel is not ordered with the rings: a DISCONNECT sent right after a
         burst can overtake it. So a connected interface first waits, up to ``linger`` seconds,
         until the peer has taken everything in our tx rings (0 to skip).
         """
-        await self.link.close(linger)
+        await self.link.close(linger, reason)
         if self._on_close is not None:
             self._on_close(self)

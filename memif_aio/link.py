@@ -551,15 +551,15 @@ class Link:
                     totals[f"{prefix}_{name}"] += value
         return totals
 
-    async def close(self, linger: float) -> None:
-        """Disconnect (telling the peer why), release everything, stop reconnecting."""
+    async def close(self, linger: float, reason: str = hs.LOCAL_CLOSE) -> None:
+        """Disconnect (telling the peer ``reason``), release everything, stop reconnecting."""
         if self.state is LinkState.CLOSED:
             return
         self._closing = True
         if linger > 0 and self.connected:
             await self._wait_tx_consumed(linger)
         if self._session is not None:
-            self._session.close(hs.LOCAL_CLOSE)
+            self._session.close(reason)
         task, self._task = self._task, None
         if task is not None and not task.get_loop().is_closed():
             task.cancel()

@@ -162,15 +162,16 @@ class Socket:
         self.role = parsed
         return interface
 
-    async def close(self) -> None:
-        """Close every interface, the listener, and remove the socket file we created."""
+    async def close(self, *, reason: str = hs.LOCAL_CLOSE) -> None:
+        """Close every interface (their peers get DISCONNECT with ``reason``), the listener, and
+        remove the socket file we created."""
         if self.closed:
             return
         self.closed = True
         # Together: each may linger (up to 0.5 s) for its peer to take what it sent.
-        await asyncio.gather(*(interface.close() for interface in self.interfaces))
+        await asyncio.gather(*(interface.close(reason=reason) for interface in self.interfaces))
         for session in list(self._pending):
-            session.close()
+            session.close(reason)
         self.warnings.close()
         if self._file_check is not None:
             self._file_check.cancel()

@@ -27,6 +27,13 @@ from memif_aio.testing.testpmd import Testpmd
 
 CLI = [sys.executable, "-m", "memif_aio"]
 LOCAL_CLOSE = "interface closed"  # the DISCONNECT reason of a closing memif_aio interface
+
+
+def stopped(command: str, signum: int = signal.SIGTERM) -> str:
+    """The DISCONNECT reason of a command stopped by a signal."""
+    return f"memif-aio {command} stopped ({signal.Signals(signum).name})"
+
+
 FAST = {"reconnect_interval": 0.1}  # our slaves: try again soon while the command starts
 
 
@@ -179,7 +186,7 @@ def test_capture_to_stdout_into_tshark_and_sigterm(tshark_bin, tmp_path, memif_p
                 return await asyncio.wait_for(iface.wait_disconnected(), 15)
 
         try:
-            assert asyncio.run(send()) == LOCAL_CLOSE
+            assert asyncio.run(send()) == stopped("capture")
         finally:
             assert capture.finish() == 0
             assert tshark.wait(60) == 0
@@ -228,7 +235,7 @@ def test_tap_forwards_and_records_both_directions(tshark_bin, tmp_path):
                 tap.__exit__()
 
     tap, reasons = asyncio.run(scenario())
-    assert reasons == (LOCAL_CLOSE, LOCAL_CLOSE)
+    assert reasons == (stopped("tap"), stopped("tap"))
     assert not os.path.exists(path_b)
     assert "A->B 300 packets" in tap.stderr and "B->A 200 packets" in tap.stderr
     directions = by_interface(tshark_read(tshark_bin, str(out)))
@@ -432,7 +439,7 @@ def test_signal_disconnects_with_reason_removes_socket_exits_0(tmp_path, command
             return await asyncio.wait_for(iface.wait_disconnected(), 15)
 
     with Cli(*args) as cli:
-        assert asyncio.run(peer(cli)) == LOCAL_CLOSE
+        assert asyncio.run(peer(cli)) == stopped(command, signum)
         assert cli.finish() == 0, cli.stderr
     assert f"stopping on {signum.name}" in cli.stderr
     assert not os.path.exists(path)
@@ -445,7 +452,7 @@ def test_ping_stopped_by_sigterm_prints_its_summary(tmp_path):
         with Cli(*args, "10.6.0.1", "-c", "1000", "-i", "0.05") as ping:
             ping.wait_for("bytes from 10.6.0.1: icmp_seq=2", stream="out")
             assert ping.stop() == 0
-        responder.wait_for(f"link down: {path} id 0 (slave): {LOCAL_CLOSE}")
+        responder.wait_for(f"link down: {path} id 0 (slave): {stopped('ping')}")
         assert responder.stop() == 0
     assert "packets transmitted" in ping.stdout and " 0% packet loss" in ping.stdout
     assert not os.path.exists(path)

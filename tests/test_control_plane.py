@@ -180,3 +180,21 @@ async def test_close_during_handshake_releases_everything(memif_path):
         listener.close()
     await peer_fds_closed()
     assert open_fds() == fds_before
+
+
+async def test_close_tells_the_peer_why(memif_pair):
+    master, slave = memif_pair
+    waiting = asyncio.ensure_future(master.wait_disconnected())
+    await slave.close(reason="maintenance window (SIGTERM)")
+    assert await asyncio.wait_for(waiting, 5) == "maintenance window (SIGTERM)"
+    assert master.details().last_disconnect_reason == "maintenance window (SIGTERM)"
+
+
+async def test_socket_close_tells_every_peer_why(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.connect(memif_path, timeout=10) as slave:
+            await master.wait_connected(timeout=10)
+            waiting = asyncio.ensure_future(slave.wait_disconnected())
+            await sock.close(reason="memif-aio echo stopped")
+            assert await asyncio.wait_for(waiting, 5) == "memif-aio echo stopped"

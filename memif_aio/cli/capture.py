@@ -34,6 +34,7 @@ from .common import (
     CommandError,
     Console,
     add_peer_options,
+    closes_on_signal,
     interface_options,
     label,
     watching,
@@ -301,7 +302,7 @@ async def run_capture(args: argparse.Namespace, ctx) -> int:
     )
     started = time.monotonic()
     try:
-        async with Socket(args.socket, app_name="memif-aio capture") as sock:
+        async with closes_on_signal(Socket(args.socket, app_name="memif-aio capture")) as sock:
             iface = await sock.create_interface(role=args.role, **interface_options(args))
             where = "stdout" if args.write == "-" else args.write
             console.event(f"capturing on {label(iface)}, writing {where}")
@@ -367,8 +368,8 @@ async def run_tap(args: argparse.Namespace, ctx) -> int:
     )
     try:
         async with (
-            Socket(args.socket_a, app_name="memif-aio tap") as sock_a,
-            Socket(args.socket_b, app_name="memif-aio tap") as sock_b,
+            closes_on_signal(Socket(args.socket_a, app_name="memif-aio tap")) as sock_a,
+            closes_on_signal(Socket(args.socket_b, app_name="memif-aio tap")) as sock_b,
         ):
             a = await sock_a.create_interface(**_side_options(args, "a"))
             b = await sock_b.create_interface(**_side_options(args, "b"))

@@ -5,9 +5,10 @@ Output: results go to stdout; link events (up, down, refused), warnings and the 
 go to stderr, each prefixed ``memif-aio COMMAND:``. ``-q`` keeps only the error line, ``-v``
 adds the library's INFO lines, ``-vv`` its DEBUG lines.
 
-Signals: SIGTERM (systemd, docker) and SIGINT (Ctrl-C) cancel the running command; its
-``async with`` blocks close the interfaces, which send DISCONNECT with a reason and remove the
-socket files they created, and the command exits 0.
+Signals: SIGTERM (systemd, docker) and SIGINT (Ctrl-C) first close what the command opened
+(``closes_on_signal``), so every peer's DISCONNECT says ``memif-aio COMMAND stopped (SIGTERM)``
+and the socket files we created are removed; then the command is cancelled (its ``async
+with`` blocks find everything closed) and exits 0.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import logging
 import signal
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .. import handshake as hs
 from ..errors import DisconnectedError, HandshakeError, HandshakeTimeout, MemifError
@@ -207,6 +209,22 @@ def setup_logging(console: Console, verbose: int, quiet: bool) -> ConsoleHandler
 # ---------------------------------------------------------------------------------- signals
 
 
+class _Closable(Protocol):
+    async def close(self, *, reason: str) -> None: ...
+
+
+_Opened = TypeVar("_Opened", bound=_Closable)
+# What a signal closes (with its reason) before the command is cancelled: Sockets and
+# Interfaces the command opened, forgotten as soon as nothing else holds them.
+_closes_on_signal: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def closes_on_signal(opened: _Opened) -> _Opened:
+    """Register a Socket or Interface to be closed, with the signal as the reason, on SIGTERM."""
+    _closes_on_signal.add(opened)
+    return opened
+
+
 def run_command(
     args: argparse.Namespace,
     command: Callable[[], Awaitable[int]],
@@ -215,20 +233,37 @@ def run_command(
     """Run an async command on the chosen loop; SIGTERM/SIGINT stop it cleanly (exit 0)."""
     from .. import run
 
-    return run(_supervised(command, console), use_uvloop=args.uvloop)
+    name = f"memif-aio {getattr(args, 'command', None) or 'command'}"
+    return run(_supervised(command, console, name), use_uvloop=args.uvloop)
 
 
-async def _supervised(command: Callable[[], Awaitable[int]], console: Console | None) -> int:
+async def _supervised(
+    command: Callable[[], Awaitable[int]], console: Console | None, name: str = "memif-aio"
+) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(command())
     signalled: list[int] = []
+    closing: list[asyncio.Task[None]] = []
+
+    async def close_then_cancel(reason: str) -> None:
+        try:
+            opened = list(_closes_on_signal)
+            await asyncio.gather(
+                *(item.close(reason=reason) for item in opened), return_exceptions=True
+            )
+        finally:
+            task.cancel()
 
     def stop(signum: int) -> None:
         # A second signal interrupts the clean-up too.
-        if console is not None and not signalled:
-            console.event(f"stopping on {signal.Signals(signum).name}")
+        if signalled:
+            task.cancel()
+            return
+        signame = signal.Signals(signum).name
+        if console is not None:
+            console.event(f"stopping on {signame}")
         signalled.append(signum)
-        task.cancel()
+        closing.append(loop.create_task(close_then_cancel(f"{name} stopped ({signame})")))
 
     installed = []
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -241,9 +276,15 @@ async def _supervised(command: Callable[[], Awaitable[int]], console: Console | 
         if signalled:
             return EXIT_OK
         raise
+    except (CommandError, MemifError):
+        # After a signal our own close ends the link under the command: not a failure.
+        if signalled:
+            return EXIT_OK
+        raise
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+        await asyncio.gather(*closing, return_exceptions=True)
 
 
 def stop_on_sigterm() -> None:
@@ -359,6 +400,7 @@ async def open_peer(
                     args.socket, role=role, timeout=timeout, fail_fast=fail_fast, **options
                 )
             )
+            closes_on_signal(iface)
         except HandshakeError as exc:
             raise CommandError(f"{args.socket}: refused: {with_hint(exc.reason)}") from None
         except HandshakeTimeout as exc:

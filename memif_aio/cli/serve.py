@@ -21,6 +21,7 @@ from .common import (
     EXIT_OK,
     CommandError,
     add_peer_options,
+    closes_on_signal,
     interface_options,
     say,
     watching,
@@ -77,7 +78,8 @@ async def _stdin_closed_or_forever(args: argparse.Namespace) -> None:
 async def serve(args: argparse.Namespace, ctx, service: Callable[..., Awaitable[None]]) -> int:
     from .. import Socket
 
-    async with Socket(args.socket, app_name=f"memif-aio {args.command}") as sock:
+    app_name = f"memif-aio {args.command}"
+    async with closes_on_signal(Socket(args.socket, app_name=app_name)) as sock:
         iface = await sock.create_interface(role=args.role, **interface_options(args))
         say(f"ready: {args.command} on {args.socket} id {args.id} as {args.role}")
         async with watching(iface, ctx.console):
