@@ -24,6 +24,7 @@ from ..errors import DisconnectedError
 from ..interface import Interface
 from ..testing.testpmd import Testpmd, find_testpmd
 from . import perf
+from .common import stop_process
 
 PEER_CPU, OUR_CPU = 0, 1
 Progress = Callable[[str], None]
@@ -120,12 +121,7 @@ def memif_aio_echo_peer() -> Iterator[str]:
             raise RuntimeError("memif-aio echo did not start")
         yield path
     finally:
-        proc.terminate()  # SIGTERM: it says goodbye and exits 0
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def ceiling(size: int, seconds: float) -> float:

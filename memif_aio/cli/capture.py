@@ -35,6 +35,7 @@ from .common import (
     Console,
     add_peer_options,
     closes_on_signal,
+    in_background,
     interface_options,
     label,
     watching,
@@ -258,13 +259,8 @@ async def live_counter(recorder: Recorder, console: Console, describe) -> AsyncI
                 console.event(text)
                 last_line, last_logged = text, time.monotonic()
 
-    task = asyncio.ensure_future(tick())
-    try:
+    async with in_background(tick()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _share_the_loop() -> None:

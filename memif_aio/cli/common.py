@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 import sys
 import time
 import weakref
@@ -464,16 +465,34 @@ async def watch_link(iface: Any, console: Console) -> None:
 
 
 @contextlib.asynccontextmanager
-async def watching(iface: Any, console: Console) -> AsyncIterator[None]:
-    if iface.role.value == "slave":
-        console.slave_labels.add(f"{iface.socket_path} id {iface.id}")
-    task = asyncio.ensure_future(watch_link(iface, console))
+async def in_background(work: Awaitable[None]) -> AsyncIterator[None]:
+    """Run ``work`` as a task while the block runs; cancel it (and wait) on the way out."""
+    task = asyncio.ensure_future(work)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def watching(iface: Any, console: Console) -> AsyncIterator[None]:
+    if iface.role.value == "slave":
+        console.slave_labels.add(f"{iface.socket_path} id {iface.id}")
+    async with in_background(watch_link(iface, console)):
+        yield
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM a ``memif-aio`` child (it says goodbye to its peers and exits 0); kill it if it
+    has not gone after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Progress:

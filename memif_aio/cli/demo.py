@@ -16,7 +16,7 @@ import time
 import uuid
 
 from . import perf
-from .common import EXIT_OK, CommandError, Progress, run_command, say
+from .common import EXIT_OK, CommandError, Progress, run_command, say, stop_process
 
 
 def _show(progress: Progress, label: str, text: str) -> None:
@@ -52,12 +52,7 @@ def run(args: argparse.Namespace, ctx) -> int:
             )
         return run_command(args, lambda: _traffic(args, path))
     finally:
-        master.terminate()  # SIGTERM: it says goodbye and exits 0
-        try:
-            master.wait(10)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        stop_process(master)
 
 
 async def _traffic(args: argparse.Namespace, path: str) -> int:

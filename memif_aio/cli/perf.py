@@ -79,36 +79,43 @@ async def echo_throughput(
     await txq.send_burst(refill)
     count = 0
     start = time.perf_counter()
-    stop = start + seconds
-    next_report = start + 0.25
+    clock = _ReportClock(start, seconds, lambda now: Throughput(size, api, count, now - start))
+
     if api == "burst":
         async for burst in rxq.bursts():
             n = len(burst)
             count += n
             await txq.send_burst(refill[:n])
-            now = time.perf_counter()
-            if now >= next_report:
-                next_report = now + 0.25
-                if progress:
-                    progress(f"{Throughput(size, api, count, now - start).mpps:6.2f} Mpps")
-                if now >= stop:
-                    break
+            if clock.tick(progress):
+                break
     else:
         send = txq.send
         async for _ in rxq:
             await send(packet)
             count += 1
-            if count & 0x3FF == 0:
-                now = time.perf_counter()
-                if now >= next_report:
-                    next_report = now + 0.25
-                    if progress:
-                        progress(f"{Throughput(size, api, count, now - start).mpps:6.2f} Mpps")
-                    if now >= stop:
-                        break
+            if count & 0x3FF == 0 and clock.tick(progress):
+                break
     elapsed = time.perf_counter() - start
     await _drain(iface)
     return Throughput(size, api, count, elapsed)
+
+
+class _ReportClock:
+    """Every quarter second: report the rate so far; say when the time is up."""
+
+    def __init__(self, start: float, seconds: float, rate: Callable[[float], Throughput]) -> None:
+        self.stop = start + seconds
+        self.next_report = start + 0.25
+        self.rate = rate
+
+    def tick(self, progress: Progress | None) -> bool:
+        now = time.perf_counter()
+        if now < self.next_report:
+            return False
+        self.next_report = now + 0.25
+        if progress:
+            progress(f"{self.rate(now).mpps:6.2f} Mpps")
+        return now >= self.stop
 
 
 async def _drain(iface: Interface, quiet: float = 0.05) -> None:
