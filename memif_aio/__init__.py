@@ -35,7 +35,7 @@ from .errors import (
     SecretMismatch,
 )
 from .handshake import Role
-from .interface import Interface, InterfaceDetails, LinkState, QueueDetails
+from .interface import Interface, InterfaceDetails, LinkEvent, LinkState, QueueDetails
 from .link import Stats
 from .protocol import Mode
 from .queues import RxMode, RxQueue, TxQueue
@@ -63,6 +63,7 @@ __all__ = [
     "HandshakeTimeout",
     "Interface",
     "InterfaceDetails",
+    "LinkEvent",
     "LinkState",
     "LocalProtocolError",
     "MemifError",

@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 
 from . import _ring
 from . import handshake as hs
-from .errors import ConfigError
-from .link import DEFAULT_LINGER, Link, LinkOptions, LinkState, SocketContext, Stats
+from .errors import ConfigError, MemifError
+from .link import (
+    DEFAULT_LINGER,
+    Link,
+    LinkEventKind,
+    LinkOptions,
+    LinkState,
+    SocketContext,
+    Stats,
+)
 from .protocol import SECRET_SIZE, Mode, encode_string, printable
 from .queues import RxMode, RxQueue, TxQueue
 
@@ -53,6 +61,25 @@ class InterfaceDetails:
     # before 23.03, "short-next-ends-packet" (README "Interop notes").
     dpdk_defences: tuple[str, ...] = ()
     max_packet_size: int = _ring.DEFAULT_MAX_PACKET_SIZE
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """What a :class:`~memif_aio.Socket`'s ``on_link_event`` callback hears, on the loop thread.
+
+    ``kind``: ``"up"`` (link connected), ``"down"`` (a connected link ended; ``reason`` says
+    why, ``error`` is None after a clean local close) or ``"refused"`` (a handshake did not
+    complete: refused by either side or timed out; ``error`` is the exception, e.g.
+    :class:`~memif_aio.SecretMismatch`). ``interface`` is None when a master refused a peer
+    before it named one of its interfaces (an unknown id, a malformed first message).
+    ``peer`` labels the other side as the logs do (its pid and uid on a master).
+    """
+
+    kind: LinkEventKind
+    interface: Interface | None
+    peer: str
+    reason: str = ""
+    error: MemifError | None = None
 
 
 class Interface:

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypedDict, cast
+from typing import Literal, Protocol, TypedDict, cast
 
 from . import _ring
 from . import fds as _fds
@@ -70,6 +70,9 @@ class Stats(TypedDict):
     tx_bytes: int
     tx_errors: int
     tx_drops: int
+
+
+LinkEventKind = Literal["up", "down", "refused"]
 
 
 class LinkState(str, enum.Enum):
@@ -159,6 +162,21 @@ class SocketContext:
     reconnect_interval: float
     handshake_timeout: float | None
     warnings: WarningLimiter
+    # (link or None, kind, peer label, reason, error): the socket turns it into a LinkEvent.
+    on_event: Callable[[Link | None, LinkEventKind, str, str, MemifError | None], None] | None = (
+        None
+    )
+
+    def emit(
+        self,
+        link: Link | None,
+        kind: LinkEventKind,
+        peer: str,
+        reason: str,
+        error: MemifError | None,
+    ) -> None:
+        if self.on_event is not None:
+            self.on_event(link, kind, peer, reason, error)
 
 
 # ------------------------------------------------------------------------------------ sessions
@@ -466,6 +484,7 @@ class Link:
         self._plane = plane
         self.defences = defences
         self._set_state(LinkState.CONNECTED)
+        self.context.emit(self, "up", session.peer_label(), "", None)
         log.info(
             "memif %s id %d: connected to %s (%s)%s",
             self.context.path,
@@ -495,6 +514,10 @@ class Link:
             )
         if self.state is not LinkState.CLOSED:
             self._set_state(LinkState.DISCONNECTED)
+        if was_up:
+            self.context.emit(self, "down", session.peer_label(), closed.reason, closed.error)
+        elif closed.error is not None and not isinstance(closed.error, DisconnectedError):
+            self.context.emit(self, "refused", session.peer_label(), closed.reason, closed.error)
 
     def _peer_notice(self, text: str) -> None:
         session = self._session

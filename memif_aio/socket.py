@@ -22,14 +22,14 @@ import socket as _socket
 import stat
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from . import handshake as hs
 from .control import new_seqpacket_socket, unix_address
-from .errors import ConfigError
-from .interface import Interface
-from .link import Session, SocketContext
+from .errors import ConfigError, DisconnectedError, MemifError
+from .interface import Interface, LinkEvent
+from .link import Link, LinkEventKind, Session, SocketContext
 from .memory import SharedMemory
 from .protocol import Disconnect, encode
 from .ratelimit import WarningLimiter
@@ -45,6 +45,7 @@ SOCKET_OPTIONS = frozenset(
         "handshake_timeout",
         "max_pending",
         "max_pending_per_peer",
+        "on_link_event",
     }
 )
 
@@ -71,6 +72,11 @@ class Socket:
     ``file_check_interval`` seconds (a class attribute, 1 s); a file put there by someone else
     is left alone.
 
+    ``on_link_event(event)`` (a :class:`~memif_aio.LinkEvent`) hears every link up, link
+    down and refused handshake of this socket's interfaces (libmemif's on_connect and
+    on_disconnect, DPDK's link-state callback), on the loop thread; what it raises is logged,
+    never propagated.
+
     Example::
 
         async with memif_aio.Socket("/run/app/memif.sock") as sock:
@@ -91,6 +97,7 @@ class Socket:
         handshake_timeout: float | None = hs.DEFAULT_HANDSHAKE_TIMEOUT,
         max_pending: int = 64,
         max_pending_per_peer: int = 8,
+        on_link_event: Callable[[LinkEvent], object] | None = None,
     ) -> None:
         if max_pending < 1:
             raise ConfigError(f"max_pending={max_pending} must be at least 1")
@@ -107,8 +114,15 @@ class Socket:
         self.max_pending_per_peer = max_pending_per_peer
         self.warnings = WarningLimiter(log)
         self.role: hs.Role | None = None
+        self.on_link_event = on_link_event
         self._context = SocketContext(
-            path, self.address, app_name, reconnect_interval, handshake_timeout, self.warnings
+            path,
+            self.address,
+            app_name,
+            reconnect_interval,
+            handshake_timeout,
+            self.warnings,
+            on_event=self._link_event,
         )
         self._masters: dict[int, Interface] = {}  # by interface id
         self._slaves: list[Interface] = []
@@ -362,6 +376,29 @@ class Socket:
         if interface is not None:
             # A refused slave (wrong secret, mode...): the owner of the id should hear why.
             interface.link.refused(closed.reason)
+        if closed.error is not None and not isinstance(closed.error, DisconnectedError):
+            self._report(
+                LinkEvent("refused", interface, session.peer_label(), closed.reason, closed.error)
+            )
+
+    def _link_event(
+        self,
+        link: Link | None,
+        kind: LinkEventKind,
+        peer: str,
+        reason: str,
+        error: MemifError | None,
+    ) -> None:
+        interface = next((i for i in self.interfaces if i.link is link), None)
+        self._report(LinkEvent(kind, interface, peer, reason, error))
+
+    def _report(self, event: LinkEvent) -> None:
+        if self.on_link_event is None:
+            return
+        try:
+            self.on_link_event(event)
+        except Exception:
+            log.exception("memif %s: on_link_event(%s) raised", self.path, event.kind)
 
 
 @contextlib.asynccontextmanager

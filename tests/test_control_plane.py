@@ -10,7 +10,7 @@ import pytest
 
 import memif_aio
 from helpers import PeerProcess, open_fds, peer_fds_closed
-from memif_aio import HandshakeError, SecretMismatch
+from memif_aio import DisconnectedError, HandshakeError, SecretMismatch
 
 
 def memif_mappings() -> list[str]:
@@ -198,3 +198,79 @@ async def test_socket_close_tells_every_peer_why(memif_path):
             waiting = asyncio.ensure_future(slave.wait_disconnected())
             await sock.close(reason="memif-aio echo stopped")
             assert await asyncio.wait_for(waiting, 5) == "memif-aio echo stopped"
+
+
+class Events:
+    """An on_link_event callback that records, and lets a test wait for a kind."""
+
+    def __init__(self) -> None:
+        self.seen: list[memif_aio.LinkEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: memif_aio.LinkEvent) -> None:
+        self.seen.append(event)
+        self._changed.set()
+
+    async def next(self, kind: str, timeout: float = 5.0) -> memif_aio.LinkEvent:
+        async def wait() -> memif_aio.LinkEvent:
+            while True:
+                for event in self.seen:
+                    if event.kind == kind:
+                        self.seen.remove(event)
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_link_events_up_down_both_sides(memif_path):
+    master_events, slave_events = Events(), Events()
+    async with memif_aio.Socket(memif_path, on_link_event=master_events) as sock:
+        master = await sock.create_interface(id=3, role="master")
+        async with memif_aio.connect(
+            memif_path, id=3, timeout=10, on_link_event=slave_events, app_name="events test"
+        ) as slave:
+            up = await master_events.next("up")
+            assert up.interface is master and up.error is None and f"pid {os.getpid()}" in up.peer
+            assert (await slave_events.next("up")).interface is slave
+            await slave.close(reason="done here")
+            down = await master_events.next("down")
+            assert down.interface is master and down.reason == "done here"
+            assert isinstance(down.error, DisconnectedError)
+            slave_down = await slave_events.next("down")
+            assert slave_down.reason == "done here" and slave_down.error is None  # ours
+    assert master_events.seen == [] and slave_events.seen == []
+
+
+async def test_link_events_for_refusals(memif_path, caplog):
+    master_events, slave_events = Events(), Events()
+    async with memif_aio.Socket(memif_path, on_link_event=master_events) as sock:
+        master = await sock.create_interface(id=0, role="master", secret="right")
+        with pytest.raises(SecretMismatch):
+            async with memif_aio.connect(
+                memif_path, secret="wrong", timeout=10, on_link_event=slave_events
+            ):
+                pass
+        refused = await slave_events.next("refused")
+        assert isinstance(refused.error, SecretMismatch) and refused.interface is not None
+        on_master = await master_events.next("refused")
+        assert on_master.interface is master and isinstance(on_master.error, SecretMismatch)
+        with pytest.raises(HandshakeError):
+            async with memif_aio.connect(memif_path, id=9, timeout=10):
+                pass
+        unknown = await master_events.next("refused")
+        assert unknown.interface is None and "9" in unknown.peer
+
+
+async def test_a_raising_link_event_callback_is_logged_not_fatal(memif_path, caplog):
+    def broken(event: memif_aio.LinkEvent) -> None:
+        raise RuntimeError("user bug")
+
+    async with memif_aio.Socket(memif_path, on_link_event=broken) as sock:
+        master = await sock.create_interface(id=0, role="master")
+        async with memif_aio.connect(memif_path, timeout=10) as slave:
+            await master.wait_connected(timeout=10)
+            await slave.tx_queues[0].send(b"still fine")
+            assert await asyncio.wait_for(master.rx_queues[0].recv(), 5) == b"still fine"
+    assert any("on_link_event(up) raised" in r.getMessage() for r in caplog.records)
