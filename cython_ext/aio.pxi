@@ -4,6 +4,12 @@
 # waiting. No coroutine per packet: ``async for`` hands out a reused, already-completed
 # awaitable while a burst lasts, and ``send`` returns one while the ring has room.
 
+from cpython.ref cimport Py_DECREF
+
+from asyncio import CancelledError as _CancelledError
+from asyncio import InvalidStateError as _InvalidStateError
+from asyncio import current_task as _current_task
+
 # ---------------------------------------------------------------------------------------------
 # per-packet async iteration
 
@@ -106,6 +112,170 @@ cdef class YieldOnce:
         pass
 
 
+cdef enum:
+    WAITER_IDLE = 0  # not armed: nobody waits
+    WAITER_PENDING = 1
+    WAITER_DONE = 2  # woken, or failed/cancelled (``outcome`` says which)
+
+
+@cython.final
+cdef class Waiter:
+    """A reusable future for the one task that waits on a queue: no allocation per wait, and
+    a wake-up from an fd callback can resume that task on the spot.
+
+    ``await waiter.arm()`` suspends the task like a Future would (a Task accepts any object
+    with ``_asyncio_future_blocking``, ``get_loop()``, ``add_done_callback()`` and
+    ``result()``). ``wake(direct)``: with ``direct`` (only from a loop callback, no task
+    running) the waiting task's wake-up runs now, inside this call, instead of on the next
+    loop iteration, which saves one iteration per interrupt; otherwise, like
+    ``fail(exc)`` and a task's ``cancel()``, the outcome is delivered through ``call_soon``
+    with a finished asyncio Future of its own, so re-arming never races a late delivery.
+    One waiting task at a time: ``arm()`` raises ``RuntimeError`` while one is pending.
+    """
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self._asyncio_future_blocking = False
+
+    def get_loop(self):
+        return self.loop
+
+    @property
+    def pending(self):
+        """True from ``arm()`` until woken, failed or cancelled."""
+        return self.state == WAITER_PENDING
+
+    def arm(self):
+        """Make ready for one wait; returns self (to be awaited at once)."""
+        if self.state == WAITER_PENDING:
+            raise RuntimeError("another task is already waiting here")
+        self.state = WAITER_PENDING
+        self.outcome = None
+        return self
+
+    def done(self):
+        return self.state != WAITER_PENDING
+
+    cdef void _disarm(self) noexcept:
+        # The awaiting coroutine went away without a wake-up (an exception thrown in).
+        if self.state == WAITER_PENDING:
+            self.state = WAITER_IDLE
+            self.callback = self.context = None
+
+    def cancelled(self):
+        return self.state == WAITER_DONE and isinstance(self.outcome, _CancelledError)
+
+    def result(self):
+        if self.state == WAITER_PENDING:
+            raise _InvalidStateError("result is not set")
+        if self.outcome is not None:
+            raise self.outcome
+        return None
+
+    def exception(self):
+        if self.state == WAITER_PENDING:
+            raise _InvalidStateError("exception is not set")
+        if isinstance(self.outcome, _CancelledError):
+            raise self.outcome
+        return self.outcome
+
+    def add_done_callback(self, fn, *, context=None):
+        if self.state != WAITER_PENDING:
+            self._deliver(fn, context)
+            return
+        if self.callback is not None:
+            raise RuntimeError("another task is already waiting here")
+        self.callback = fn
+        self.context = context
+
+    def remove_done_callback(self, fn):
+        if self.callback is not None and self.callback == fn:
+            self.callback = self.context = None
+            return 1
+        return 0
+
+    cdef int _deliver(self, fn, context) except -1:
+        # A finished Future of its own: the receiver reads the outcome from it, not from us.
+        future = self.loop.create_future()
+        if self.outcome is None:
+            future.set_result(None)
+        elif isinstance(self.outcome, _CancelledError):
+            future.cancel(*self.outcome.args)
+        else:
+            future.set_exception(self.outcome)
+        self.loop.call_soon(fn, future, context=context)
+        return 0
+
+    cdef object _finish(self, outcome):
+        """Done with ``outcome`` (None: woken); the callback to run, taken off, or None."""
+        fn = self.callback
+        if self.state != WAITER_PENDING:
+            return None
+        self.state = WAITER_DONE
+        self.outcome = outcome
+        self.callback = None
+        return fn
+
+    def wake(self, bint direct=False):
+        """Resume the waiting task (if any): now when ``direct`` and no task is running on
+        the loop, else on the next iteration. Never raises for the woken task's errors."""
+        context = self.context
+        fn = self._finish(None)
+        if fn is None:
+            return
+        self.context = None
+        if direct and _current_task(self.loop) is None:
+            if context is None:
+                fn(self)
+            else:
+                context.run(fn, self)
+        else:
+            self._deliver(fn, context)
+
+    def fail(self, exc):
+        """The waiting task (if any) gets ``exc`` raised, on the next iteration."""
+        context = self.context
+        fn = self._finish(exc)
+        self.context = None
+        if fn is not None:
+            self._deliver(fn, context)
+
+    def cancel(self, msg=None):
+        if self.state != WAITER_PENDING:
+            return False
+        context = self.context
+        fn = self._finish(_CancelledError() if msg is None else _CancelledError(msg))
+        self.context = None
+        if fn is not None:
+            self._deliver(fn, context)
+        return True
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.state == WAITER_PENDING:
+            self._asyncio_future_blocking = True
+            return self  # the Task registers its wake-up with add_done_callback
+        if self.outcome is not None:
+            raise self.outcome
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self):
+        pass
+
+
 cdef class QueueCore:
     """What every queue has in C: its index, its gate (``closed_reason``, None while the
     link is up) and where a peer's violation is reported (``on_peer_error``, once per queue
@@ -140,11 +310,64 @@ cdef class QueueCore:
 
 
 cdef class RxQueueCore(QueueCore):
-    """The C half of :class:`memif_aio.RxQueue`: taking bursts, and ``async for``."""
+    """The C half of :class:`memif_aio.RxQueue`: taking bursts, ``async for``, and the
+    interrupt-mode wait of ``async for`` (``_fast_wait``), which never calls ``_wait()``.
 
-    def __init__(self, int index, RxRing ring not None, on_peer_error):
+    With ``loop``, the queue has a :class:`Waiter` (``_waiter``) for its consumer; the
+    subclass sets ``_fast_wait`` while the queue is in interrupt mode, and its interrupt
+    callback is :meth:`_interrupt`. ``_set_flush_queues(txqs)``: the transmit queues whose
+    staged packets go out before the consumer sleeps or spins (a reply sent just before
+    waiting for the next request).
+    """
+
+    def __init__(self, int index, RxRing ring not None, on_peer_error, loop=None):
         QueueCore.__init__(self, index, on_peer_error)
         self.ring = ring
+        self.tx_queues = ()
+        if loop is not None:
+            self._waiter = Waiter(loop)
+
+    @property
+    def _fast_wait(self):
+        """True: ``async for`` waits here in C on the Waiter (interrupt mode)."""
+        return self.fast
+
+    @_fast_wait.setter
+    def _fast_wait(self, bint value):
+        if value and self._waiter is None:
+            raise LocalProtocolError("a fast wait needs the queue's loop")
+        self.fast = value
+
+    def _set_flush_queues(self, queues):
+        cdef tuple checked = tuple(queues)
+        for queue in checked:
+            if not isinstance(queue, TxQueueCore):
+                raise TypeError(f"{queue!r} is not a TxQueueCore")
+        self.tx_queues = checked
+
+    cdef int _flush_tx(self) except -1:
+        cdef TxQueueCore queue
+        for queue in self.tx_queues:
+            if queue.closed_reason is None and not queue.ring.closed and queue.ring.staged_descs:
+                queue.ring._flush()
+        return 0
+
+    def flush_tx(self):
+        """Publish what the transmit queues of ``_set_flush_queues`` have staged."""
+        self._flush_tx()
+
+    def _interrupt(self):
+        """The interrupt callback (from the loop, never raising): wake the consumer and run it
+        right here, one loop iteration sooner. A signal that brought nothing goes to the
+        subclass's ``_empty_wakeup()`` (interrupt-storm accounting)."""
+        if self.closed_reason is None and not self.ring._has_news():
+            self._empty_wakeup()
+            return
+        if self._waiter is not None:
+            self._waiter.wake(True)
+
+    def _empty_wakeup(self):
+        """A signal that brought nothing (subclasses count them: interrupt storms)."""
 
     def recv_burst_nowait(self, max_packets=DEFAULT_BURST):
         """Take what is there now (possibly nothing); releases the previous burst."""
@@ -159,15 +382,81 @@ cdef class RxQueueCore(QueueCore):
         return PacketStream(self, DEFAULT_BURST)
 
 
+cdef int _resume_send(PyObject *self, PyObject *arg, PyObject **result) except -1:
+    # am_send: PYGEN_RETURN (0) with the packet, PYGEN_NEXT (1) with the Waiter to suspend on,
+    # PYGEN_ERROR (-1) with the exception set.
+    return (<PacketResume>self).stream._step(result)
+
+
+@cython.final
+cdef class PacketResume:
+    """What :class:`PacketStream` hands out when it must wait in interrupt mode (reused).
+
+    Awaited, it looks at the ring once more (an interrupt handled before the await began found
+    no waiter), publishes staged transmit packets, then suspends the task on the queue's
+    :class:`Waiter`. Woken, it takes the burst and returns the first packet; woken for nothing
+    (a mode switch, a signal without news), it waits on in the queue's mode: here again, or
+    through the subclass's ``_wait()``. No coroutine, no Future, no StopIteration per wait.
+    """
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef PyObject *raw = NULL
+        cdef int rc = self.stream._step(&raw)
+        value = <object>raw
+        Py_DECREF(value)  # _step's reference; `value` holds its own
+        if rc == 1:
+            return value
+        raise StopIteration(value)
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        cdef PacketStream stream = self.stream
+        cdef PyObject *raw = NULL
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        if stream.inner is not None:
+            rc = stream._delegate(&raw, val)
+            value = <object>raw
+            Py_DECREF(value)
+            if rc == 1:
+                return value
+            raise StopIteration(value)
+        if stream.waiting:
+            stream.waiting = False
+            stream.queue._waiter._disarm()
+        raise val
+
+    def close(self):
+        cdef PacketStream stream = self.stream
+        inner, stream.inner = stream.inner, None
+        if stream.waiting:
+            stream.waiting = False
+            stream.queue._waiter._disarm()
+        if inner is not None:
+            inner.close()
+
+
+AM_SEND_RESUME = bool(memif_set_am_send(<PyTypeObject *>PacketResume, <void *>_resume_send))
+
+
 @cython.final
 cdef class PacketStream:
     """``async for pkt in rxq``: one packet per step, no coroutine per packet.
 
     While the current burst has packets, ``__anext__`` returns a reused :class:`Completed`.
     When it is empty it takes a new burst at once (releasing the old one); only when that is
-    empty too does it return a coroutine that awaits the queue's ``_wait()`` (which raises
-    ``DisconnectedError`` once the link is down) and tries again. Packets are single-segment
-    memoryviews (valid until the next step) or joined ``bytes`` (chains).
+    empty too does it wait: in interrupt mode (the queue's ``_fast_wait``) through the reused
+    :class:`PacketResume`, otherwise through a coroutine that awaits the queue's ``_wait()``
+    (which raises ``DisconnectedError`` once the link is down) and tries again. Packets are
+    single-segment memoryviews (valid until the next step) or joined ``bytes`` (chains).
     """
 
     def __cinit__(self, RxQueueCore queue not None, uint32_t max_packets=0):
@@ -175,6 +464,8 @@ cdef class PacketStream:
         self.rx = queue.ring
         self.maxp = max_packets if 0 < max_packets < self.rx.max_burst else self.rx.max_burst
         self.ready = Completed()
+        self.resume = PacketResume.__new__(PacketResume)
+        self.resume.stream = self
 
     def __aiter__(self):
         return self
@@ -204,7 +495,73 @@ cdef class PacketStream:
             if self.i < rx.c.n:
                 self.ready.value = self._next()
                 return self.ready
+            if self.queue.fast and self.inner is None:
+                self.waiting = False
+                return self.resume
         return self._slow()
+
+    cdef int _step(self, PyObject **result) except -1:
+        """One step of PacketResume: 1 = suspend on result[0], 0 = result[0] is the packet."""
+        cdef RxQueueCore queue = self.queue
+        cdef Waiter waiter = queue._waiter
+        cdef RxRing rx = self.rx
+        cdef bint looked
+        if self.inner is not None:
+            return self._delegate(result, None)
+        if self.waiting:
+            if waiter.state == WAITER_PENDING:  # stepped without a wake-up: still waiting
+                waiter._asyncio_future_blocking = True
+                Py_INCREF(waiter)
+                result[0] = <PyObject *>waiter
+                return 1
+            self.waiting = False
+            if waiter.outcome is not None:
+                raise waiter.outcome
+            looked = True
+        else:
+            looked = False
+        queue._check()
+        if rx.closed or rx.regions._closed:
+            raise LocalProtocolError("rx ring is closed")
+        if looked or rx._has_news():
+            self._take()
+            if self.i < rx.c.n:
+                value = self._next()
+                Py_INCREF(value)
+                result[0] = <PyObject *>value
+                return 0
+        if not queue.fast:  # the mode changed while we slept: wait its way
+            self.inner = self._slow()
+            return self._delegate(result, None)
+        queue._flush_tx()
+        if waiter.state == WAITER_PENDING:
+            raise LocalProtocolError(f"rx queue {queue.index}: another task is already waiting")
+        waiter.arm()
+        self.waiting = True
+        waiter._asyncio_future_blocking = True
+        Py_INCREF(waiter)
+        result[0] = <PyObject *>waiter
+        return 1
+
+    cdef int _delegate(self, PyObject **result, object exc) except -1:
+        """Drive the _slow() coroutine a fast wait handed over to."""
+        try:
+            if exc is None:
+                value = self.inner.send(None)
+            else:
+                value = self.inner.throw(exc)
+        except StopIteration as stop:
+            self.inner = None
+            value = stop.value
+            Py_INCREF(value)
+            result[0] = <PyObject *>value
+            return 0
+        except BaseException:
+            self.inner = None
+            raise
+        Py_INCREF(value)
+        result[0] = <PyObject *>value
+        return 1
 
     async def _slow(self):
         cdef RxRing rx = self.rx
@@ -236,7 +593,19 @@ cdef class TxQueueCore(QueueCore):
         self.ring = ring
         self.call_soon = loop.call_soon
         self.max_burst = max_burst if max_burst else 1
+        self.yield_every = self.max_burst
         self.turn = YieldOnce()
+
+    @property
+    def _yield_every(self):
+        """Sends between two loop turns of a sender that never waits (``max_burst``); 0
+        never yields (for measuring what the fairness costs, not for use)."""
+        return self.yield_every
+
+    @_yield_every.setter
+    def _yield_every(self, uint32_t value):
+        self.yield_every = value
+        self.since_turn = 0
 
     def send(self, data, metadata=0):
         """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
@@ -258,7 +627,7 @@ cdef class TxQueueCore(QueueCore):
                     self.scheduled = True
                     self.call_soon(self._scheduled_flush)
                 self.since_turn += 1
-                if self.since_turn >= self.max_burst:
+                if self.since_turn >= self.yield_every and self.yield_every:
                     self.since_turn = 0
                     return self.turn
                 return DONE

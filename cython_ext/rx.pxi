@@ -444,6 +444,9 @@ cdef class RxRing:
         """Whether the peer's counter moved since we last read: one load, no validation and no
         error counted (a bogus counter is news too: the next rx_burst() reports it). False
         once closed. What an interrupt is checked against."""
+        return self._has_news()
+
+    cdef bint _has_news(self) noexcept:
         if self.closed or self.regions._closed:
             return False
         cdef char *hdr = self.ring._hdr()

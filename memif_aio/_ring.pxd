@@ -3,6 +3,7 @@
 # nogil burst loops work on, then every extension type with its C attributes and methods.
 # Cython reads this file as the module's own .pxd (by its qualified name, memif_aio/_ring.pxd).
 
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
@@ -294,6 +295,7 @@ cdef class RxRing:
     cdef void _forget_burst(self) noexcept
     cdef int _release(self, uint16_t seen_tail=*, bint have_tail=*) except -1
     cdef uint32_t _refill(self, uint16_t seen_tail) noexcept nogil
+    cdef bint _has_news(self) noexcept
 
 
 cdef class Completed:
@@ -302,6 +304,18 @@ cdef class Completed:
 
 cdef class YieldOnce:
     cdef bint yielded
+
+
+cdef class Waiter:
+    cdef public object _asyncio_future_blocking  # the Future protocol's flag, set by Task
+    cdef object loop
+    cdef object callback  # the waiting task's wake-up
+    cdef object context
+    cdef object outcome  # None: woken; else the exception to raise
+    cdef int state
+    cdef int _deliver(self, fn, context) except -1
+    cdef object _finish(self, outcome)
+    cdef void _disarm(self) noexcept
 
 
 cdef class QueueCore:
@@ -314,6 +328,14 @@ cdef class QueueCore:
 
 cdef class RxQueueCore(QueueCore):
     cdef readonly RxRing ring
+    cdef readonly Waiter _waiter  # the consumer's, reused by every wait (None without a loop)
+    cdef tuple tx_queues  # TxQueueCores published before the consumer sleeps or spins
+    cdef bint fast  # interrupt mode: PacketStream waits in C, without calling _wait()
+    cdef int _flush_tx(self) except -1
+
+
+cdef class PacketResume:
+    cdef PacketStream stream
 
 
 cdef class PacketStream:
@@ -322,8 +344,13 @@ cdef class PacketStream:
     cdef uint32_t maxp
     cdef uint32_t i
     cdef Completed ready
+    cdef PacketResume resume
+    cdef object inner  # the _slow() coroutine a woken fast wait hands over to, if any
+    cdef bint waiting  # PacketResume suspended on the queue's Waiter
     cdef int _take(self) except -1
     cdef object _next(self)
+    cdef int _step(self, PyObject **result) except -1
+    cdef int _delegate(self, PyObject **result, object exc) except -1
 
 
 cdef class TxQueueCore(QueueCore):
@@ -332,6 +359,7 @@ cdef class TxQueueCore(QueueCore):
     cdef uint32_t max_burst
     cdef bint scheduled
     cdef uint32_t since_turn  # sends since the last YieldOnce
+    cdef uint32_t yield_every  # a YieldOnce every this many sends (0: never; testing knob)
     cdef YieldOnce turn
 
 

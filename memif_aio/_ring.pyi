@@ -9,7 +9,8 @@ master every tail. Peer violations raise ``PeerProtocolError``, API misuse
 
 from asyncio import AbstractEventLoop
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Literal
+from contextvars import Context
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -262,6 +263,32 @@ class YieldOnce:
 
     def __await__(self) -> Generator[None]: ...
 
+class Waiter:
+    """A reusable future for the one task waiting on a queue; ``wake(True)`` from a loop
+    callback resumes it at once, other outcomes arrive through ``call_soon``."""
+
+    _asyncio_future_blocking: bool
+    def __init__(self, loop: AbstractEventLoop) -> None: ...
+    def get_loop(self) -> AbstractEventLoop: ...
+    @property
+    def pending(self) -> bool: ...
+    def arm(self) -> Waiter:
+        """Ready for one wait (``RuntimeError`` while one is pending); returns self."""
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def result(self) -> None: ...
+    def exception(self) -> BaseException | None: ...
+    def add_done_callback(
+        self, fn: Callable[[Any], object], *, context: Context | None = None
+    ) -> None: ...
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int: ...
+    def wake(self, direct: bool = False) -> None:
+        """Resume the waiting task: now if ``direct`` and no task runs, else next iteration."""
+    def fail(self, exc: BaseException) -> None:
+        """The waiting task gets ``exc`` (next iteration)."""
+    def cancel(self, msg: object = None) -> bool: ...
+    def __await__(self) -> Generator[Any]: ...
+
 class QueueCore:
     """Index, the gate (``closed_reason``: None while the link is up), peer-error reporting."""
 
@@ -285,14 +312,33 @@ class RxQueueCore(QueueCore):
     """The C half of ``RxQueue``: bursts, and ``async for`` (subclasses define ``_wait``)."""
 
     def __init__(
-        self, index: int, ring: RxRing, on_peer_error: Callable[[PeerProtocolError], None]
+        self,
+        index: int,
+        ring: RxRing,
+        on_peer_error: Callable[[PeerProtocolError], None],
+        loop: AbstractEventLoop | None = None,
     ) -> None: ...
     @property
     def ring(self) -> RxRing: ...
+    @property
+    def _waiter(self) -> Waiter:
+        """The consumer's reused waiter (queues built with a loop only)."""
+    _fast_wait: bool  # interrupt mode: ``async for`` waits in C on _waiter, not via _wait()
+    def _set_flush_queues(self, queues: Sequence[TxQueueCore]) -> None: ...
+    def flush_tx(self) -> None:
+        """Publish what the queues of ``_set_flush_queues`` have staged."""
+    def _interrupt(self) -> None:
+        """Interrupt callback: wake (and run) the consumer; ``_empty_wakeup()`` if no news."""
+    def _empty_wakeup(self) -> None: ...
     def recv_burst_nowait(self, max_packets: int = 256) -> Burst:
         """Take what is there now (possibly nothing); releases the previous burst."""
     def __aiter__(self) -> PacketStream: ...
     async def _wait(self) -> None: ...
+
+class PacketResume:
+    """The reused awaitable of an interrupt-mode wait in ``async for``."""
+
+    def __await__(self) -> Generator[Any, None, memoryview | bytes]: ...
 
 class PacketStream:
     """``async for`` over a queue: a reused Completed per packet, a coroutine only to wait."""
@@ -314,6 +360,7 @@ class TxQueueCore(QueueCore):
     ) -> None: ...
     @property
     def ring(self) -> TxRing: ...
+    _yield_every: int  # testing knob: sends between loop turns (0: never)
     def send(self, data: Buffer, metadata: int = 0) -> Awaitable[None]:
         """Stage one packet; DONE (or YieldOnce every max_burst) when it fit, else the
         subclass's ``_send_slow(data, metadata)``."""

@@ -10,6 +10,7 @@ needs no explicit barriers here because the oracle is only ever run in one proce
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import operator
 import struct
@@ -35,9 +36,11 @@ __all__ = [
     "Completed",
     "DONE",
     "YieldOnce",
+    "Waiter",
     "QueueCore",
     "RxQueueCore",
     "PacketStream",
+    "PacketResume",
     "TxQueueCore",
     "ring_bytes",
 ]
@@ -1261,6 +1264,152 @@ class YieldOnce:
         yield
 
 
+_IDLE, _PENDING, _DONE = 0, 1, 2
+
+
+class Waiter:
+    """A reusable future for the one task that waits on a queue; ``wake(True)`` from a loop
+    callback resumes that task at once (see the Cython class for the whole story)."""
+
+    def __init__(self, loop) -> None:
+        self._loop = loop
+        self._asyncio_future_blocking = False
+        self._state = _IDLE
+        self._callback = None
+        self._context = None
+        self._outcome: BaseException | None = None
+
+    def get_loop(self):
+        return self._loop
+
+    @property
+    def pending(self) -> bool:
+        return self._state == _PENDING
+
+    def arm(self) -> Waiter:
+        if self._state == _PENDING:
+            raise RuntimeError("another task is already waiting here")
+        self._state = _PENDING
+        self._outcome = None
+        return self
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def _disarm(self) -> None:
+        if self._state == _PENDING:
+            self._state = _IDLE
+            self._callback = self._context = None
+
+    def cancelled(self) -> bool:
+        return self._state == _DONE and isinstance(self._outcome, asyncio.CancelledError)
+
+    def result(self) -> None:
+        if self._state == _PENDING:
+            raise asyncio.InvalidStateError("result is not set")
+        if self._outcome is not None:
+            raise self._outcome
+        return None
+
+    def exception(self) -> BaseException | None:
+        if self._state == _PENDING:
+            raise asyncio.InvalidStateError("exception is not set")
+        if isinstance(self._outcome, asyncio.CancelledError):
+            raise self._outcome
+        return self._outcome
+
+    def add_done_callback(self, fn, *, context=None) -> None:
+        if self._state != _PENDING:
+            self._deliver(fn, context)
+            return
+        if self._callback is not None:
+            raise RuntimeError("another task is already waiting here")
+        self._callback = fn
+        self._context = context
+
+    def remove_done_callback(self, fn) -> int:
+        if self._callback is not None and self._callback == fn:
+            self._callback = self._context = None
+            return 1
+        return 0
+
+    def _deliver(self, fn, context) -> None:
+        future = self._loop.create_future()
+        if self._outcome is None:
+            future.set_result(None)
+        elif isinstance(self._outcome, asyncio.CancelledError):
+            future.cancel(*self._outcome.args)
+        else:
+            future.set_exception(self._outcome)
+        self._loop.call_soon(fn, future, context=context)
+
+    def _finish(self, outcome):
+        fn = self._callback
+        if self._state != _PENDING:
+            return None
+        self._state = _DONE
+        self._outcome = outcome
+        self._callback = None
+        return fn
+
+    def wake(self, direct: bool = False) -> None:
+        context = self._context
+        fn = self._finish(None)
+        if fn is None:
+            return
+        self._context = None
+        if direct and asyncio.current_task(self._loop) is None:
+            if context is None:
+                fn(self)
+            else:
+                context.run(fn, self)
+        else:
+            self._deliver(fn, context)
+
+    def fail(self, exc: BaseException) -> None:
+        context = self._context
+        fn = self._finish(exc)
+        self._context = None
+        if fn is not None:
+            self._deliver(fn, context)
+
+    def cancel(self, msg=None) -> bool:
+        if self._state != _PENDING:
+            return False
+        context = self._context
+        cancelled = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
+        fn = self._finish(cancelled)
+        self._context = None
+        if fn is not None:
+            self._deliver(fn, context)
+        return True
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._state == _PENDING:
+            self._asyncio_future_blocking = True
+            return self
+        if self._outcome is not None:
+            raise self._outcome
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self) -> None:
+        pass
+
+
 class QueueCore:
     def __init__(self, index: int, on_peer_error) -> None:
         self.index = index
@@ -1286,11 +1435,46 @@ class QueueCore:
 
 
 class RxQueueCore(QueueCore):
-    def __init__(self, index: int, ring: RxRing, on_peer_error) -> None:
+    def __init__(self, index: int, ring: RxRing, on_peer_error, loop=None) -> None:
         if not isinstance(ring, RxRing):
             raise TypeError("ring must be an RxRing")
         super().__init__(index, on_peer_error)
         self.ring = ring
+        self._tx_queues: tuple = ()
+        self._fast = False
+        self._waiter = Waiter(loop) if loop is not None else None
+
+    @property
+    def _fast_wait(self) -> bool:
+        return self._fast
+
+    @_fast_wait.setter
+    def _fast_wait(self, value: bool) -> None:
+        if value and self._waiter is None:
+            raise LocalProtocolError("a fast wait needs the queue's loop")
+        self._fast = bool(value)
+
+    def _set_flush_queues(self, queues) -> None:
+        checked = tuple(queues)
+        for queue in checked:
+            if not isinstance(queue, TxQueueCore):
+                raise TypeError(f"{queue!r} is not a TxQueueCore")
+        self._tx_queues = checked
+
+    def flush_tx(self) -> None:
+        for queue in self._tx_queues:
+            if queue.closed_reason is None and not queue.ring._closed and queue.ring._staged_descs:
+                queue.ring.flush()
+
+    def _interrupt(self) -> None:
+        if self.closed_reason is None and not self.ring.has_news():
+            self._empty_wakeup()
+            return
+        if self._waiter is not None:
+            self._waiter.wake(True)
+
+    def _empty_wakeup(self) -> None:
+        """A signal that brought nothing (subclasses count them: interrupt storms)."""
 
     def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> Burst:
         self._check_open()
@@ -1336,7 +1520,39 @@ class PacketStream:
                 self._take()
             if self._i < rx._n:
                 return Completed(self._next())
+            if self._queue._fast:
+                return PacketResume(self)
         return self._slow()
+
+    def _resume(self):
+        """PacketResume's wait: look once more, publish, sleep on the Waiter, take."""
+        queue, rx = self._queue, self._rx
+        waiter = queue._waiter
+        looked = False
+        while True:
+            queue._check_open()
+            if rx._closed or rx._regions.closed:
+                raise LocalProtocolError("rx ring is closed")
+            if looked or rx.has_news():
+                self._take()
+                if self._i < rx._n:
+                    return self._next()
+            if not queue._fast:
+                return (yield from self._slow().__await__())
+            queue.flush_tx()
+            if waiter.pending:
+                raise LocalProtocolError(f"rx queue {queue.index}: another task is already waiting")
+            waiter.arm()
+            try:
+                while waiter.pending:
+                    waiter._asyncio_future_blocking = True
+                    yield waiter
+            except BaseException:
+                waiter._disarm()
+                raise
+            if waiter._outcome is not None:
+                raise waiter._outcome
+            looked = True
 
     async def _slow(self):
         rx = self._rx
@@ -1348,6 +1564,16 @@ class PacketStream:
             self._take()
             if rx._n:
                 return self._next()
+
+
+class PacketResume:
+    """What PacketStream hands out when it must wait in interrupt mode."""
+
+    def __init__(self, stream: PacketStream) -> None:
+        self._stream = stream
+
+    def __await__(self):
+        return self._stream._resume()
 
 
 class TxQueueCore(QueueCore):
@@ -1363,6 +1589,16 @@ class TxQueueCore(QueueCore):
         self._scheduled = False
         self._since_turn = 0
         self._turn = YieldOnce()
+        self._yield_every_n = self._max_burst
+
+    @property
+    def _yield_every(self) -> int:
+        return self._yield_every_n
+
+    @_yield_every.setter
+    def _yield_every(self, value: int) -> None:
+        self._yield_every_n = value
+        self._since_turn = 0
 
     def send(self, data, metadata=0):
         tx = self.ring
@@ -1380,7 +1616,7 @@ class TxQueueCore(QueueCore):
                     self._scheduled = True
                     self._call_soon(self._scheduled_flush)
                 self._since_turn += 1
-                if self._since_turn >= self._max_burst:
+                if self._since_turn >= self._yield_every_n and self._yield_every_n:
                     self._since_turn = 0
                     return self._turn
                 return DONE

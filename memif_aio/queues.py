@@ -118,16 +118,13 @@ class RxQueue(_ring.RxQueueCore):
         mode: RxMode | str = RxMode.INTERRUPT,
         spin: float = DEFAULT_SPIN,
         adaptive_window: float = DEFAULT_ADAPTIVE_WINDOW,
-        flush_tx: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(index, ring, on_peer_error)
+        self._loop = asyncio.get_running_loop()
+        super().__init__(index, ring, on_peer_error, self._loop)
         self._eventfd = eventfd
         self._interrupts = interrupts
         self._on_notice = on_notice
-        self._flush_tx = flush_tx
         self.drops = 0
-        self._loop = asyncio.get_running_loop()
-        self._wakeup: asyncio.Future[None] | None = None
         self._mode = RxMode.INTERRUPT
         self.spin = spin
         self.adaptive_window = adaptive_window
@@ -160,7 +157,12 @@ class RxQueue(_ring.RxQueueCore):
             self._interrupts.unwatch(self._eventfd)
         elif self._deaf is None:
             self._interrupts.watch(self._eventfd, self._interrupt)
+        self._set_fast_wait()
         self._wake()
+
+    def _set_fast_wait(self) -> None:
+        # Interrupt mode, listening: `async for` waits in C, without calling _wait().
+        self._fast_wait = self._mode is RxMode.INTERRUPT and self._deaf is None
 
     @property
     def polling(self) -> bool:
@@ -195,17 +197,12 @@ class RxQueue(_ring.RxQueueCore):
 
     # -- interrupts -----------------------------------------------------------------------------
 
-    def _interrupt(self) -> None:
-        # Interrupt callback: never raises; it only wakes the consumer, which reads the ring.
-        if self.closed_reason is None and not self.ring.has_news():
-            self._empty_wakeup()
-            return
-        self._wake()
+    # The interrupt callback is the core's _interrupt(): it wakes the consumer and runs it
+    # right there (no task runs in an fd callback), one loop iteration sooner; a signal that
+    # brought nothing comes here.
 
     def _wake(self) -> None:
-        waiter, self._wakeup = self._wakeup, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waiter.wake()
 
     def _empty_wakeup(self) -> None:
         now = self._loop.time()
@@ -217,6 +214,7 @@ class RxQueue(_ring.RxQueueCore):
             return
         self._interrupts.unwatch(self._eventfd)
         self._deaf = self._loop.call_later(_STORM_PAUSE, self._listen_again)
+        self._set_fast_wait()
         self._wake()  # a waiting consumer goes on by polling
         if self._on_notice is not None and not self._storm_reported:
             self._storm_reported = True
@@ -231,6 +229,7 @@ class RxQueue(_ring.RxQueueCore):
         self._empty_wakeups = 0
         if not self.closed and self._mode is not RxMode.POLLING:
             self._interrupts.watch(self._eventfd, self._interrupt)
+        self._set_fast_wait()
         self._wake()
 
     # -- receive --------------------------------------------------------------------------------
@@ -250,36 +249,35 @@ class RxQueue(_ring.RxQueueCore):
             await asyncio.sleep(_STORM_POLL)
             return
         mode = self._mode
-        now = time.monotonic_ns()
-        if mode is RxMode.POLLING or (
-            mode is RxMode.ADAPTIVE and now - self._last_traffic < self._window_ns
-        ):
-            await self._poll(now)
-            return
-        if mode is RxMode.ADAPTIVE and self.ring.mask_interrupts:
-            # Idle for a window: ask for signals again, then look once more before sleeping
-            # (the flag's store is a full barrier: a packet published before it is seen now,
-            # one published after it is signalled).
-            self.ring.mask_interrupts = False
-            if self.ring.has_news():
-                self._heat(now)
+        if mode is not RxMode.INTERRUPT:  # no clock read on the interrupt path
+            now = time.monotonic_ns()
+            if mode is RxMode.POLLING or now - self._last_traffic < self._window_ns:
+                await self._poll(now)
                 return
-        if self._flush_tx is not None:
-            self._flush_tx()
-        # No lost wake-up: the peer publishes before it signals, and nothing runs between the
-        # caller's empty check and this future, so any later signal finds it.
-        self._wakeup = self._loop.create_future()
-        try:
-            await self._wakeup
-        finally:
-            self._wakeup = None
+            if self.ring.mask_interrupts:
+                # Idle for a window: ask for signals again, then look once more before
+                # sleeping (the flag's store is a full barrier: a packet published before it
+                # is seen now, one published after it is signalled).
+                self.ring.mask_interrupts = False
+                if self.ring.has_news():
+                    self._heat(now)
+                    return
+        self.flush_tx()
+        # No lost wake-up: the peer publishes before it signals. A signal handled before the
+        # waiter is armed (the caller's look may be a loop iteration old) found no waiter, but
+        # its packets are seen here; one that comes later finds the waiter.
+        if self.ring.has_news():
+            return
+        waiter = self._waiter
+        if waiter.pending:
+            raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
+        await waiter.arm()
         self._check_open()
         if self._mode is RxMode.ADAPTIVE:
             self._heat(time.monotonic_ns())
 
     async def _poll(self, now: int) -> None:
-        if self._flush_tx is not None:
-            self._flush_tx()
+        self.flush_tx()
         if now - self._last_turn >= self._spin_ns:
             # However busy the link, the loop gets a turn at least every `spin`.
             self._last_turn = now
@@ -333,9 +331,7 @@ class RxQueue(_ring.RxQueueCore):
             self._deaf.cancel()
             self._deaf = None
         self.ring.close()
-        waiter, self._wakeup = self._wakeup, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(DisconnectedError(reason))
+        self._waiter.fail(DisconnectedError(reason))
 
 
 class TxQueue(_ring.TxQueueCore):
