@@ -276,6 +276,38 @@ cdef class Waiter:
         pass
 
 
+cdef extern from "<sys/epoll.h>" nogil:
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+
+
+@cython.final
+cdef class InterruptCore:
+    """The loop's reader of :class:`memif_aio.interrupts.InterruptSet`: drains the private
+    edge-triggered epoll set (``epoll_wait`` with timeout 0, on our own fd: it never blocks,
+    so the GIL stays held) and calls ``callbacks[fd]()`` for each signalled eventfd.
+    ``callbacks`` is the InterruptSet's own dict (fd -> callable that never raises); the
+    peer's eventfds themselves are never read."""
+
+    def __cinit__(self, int epoll_fd, dict callbacks not None):
+        self.epoll_fd = epoll_fd
+        self.callbacks = callbacks
+
+    def ready(self):
+        """The reader callback: never raises."""
+        cdef int n, i
+        if self.epoll_fd < 0:
+            return
+        n = epoll_wait(self.epoll_fd, self.events, MAX_INTERRUPT_EVENTS, 0)
+        for i in range(n):  # n < 0 (EINTR-like): nothing now, the edge is still queued
+            callback = self.callbacks.get(self.events[i].data.fd)
+            if callback is not None:
+                callback()
+
+    def close(self):
+        """Stop (before the epoll fd is closed)."""
+        self.epoll_fd = -1
+
+
 cdef class QueueCore:
     """What every queue has in C: its index, its gate (``closed_reason``, None while the
     link is up) and where a peer's violation is reported (``on_peer_error``, once per queue

@@ -306,6 +306,27 @@ cdef class YieldOnce:
     cdef bint yielded
 
 
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+
+cdef enum:
+    MAX_INTERRUPT_EVENTS = 256  # memif has at most 256 rings per direction
+
+
+cdef class InterruptCore:
+    cdef int epoll_fd
+    cdef dict callbacks
+    cdef epoll_event events[MAX_INTERRUPT_EVENTS]
+
+
 cdef class Waiter:
     cdef public object _asyncio_future_blocking  # the Future protocol's flag, set by Task
     cdef object loop

@@ -263,6 +263,14 @@ class YieldOnce:
 
     def __await__(self) -> Generator[None]: ...
 
+class InterruptCore:
+    """Drains a private edge-triggered epoll set; ``callbacks[fd]()`` for each signal."""
+
+    def __init__(self, epoll_fd: int, callbacks: dict[int, Callable[[], None]]) -> None: ...
+    def ready(self) -> None:
+        """The loop's reader callback: never raises."""
+    def close(self) -> None: ...
+
 class Waiter:
     """A reusable future for the one task waiting on a queue; ``wake(True)`` from a loop
     callback resumes it at once, other outcomes arrive through ``call_soon``."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import operator
+import os
+import select
 import struct
 import time
 from collections.abc import Sequence
@@ -36,6 +38,7 @@ __all__ = [
     "Completed",
     "DONE",
     "YieldOnce",
+    "InterruptCore",
     "Waiter",
     "QueueCore",
     "RxQueueCore",
@@ -1262,6 +1265,25 @@ class YieldOnce:
 
     def __await__(self):
         yield
+
+
+class InterruptCore:
+    """Drains a private edge-triggered epoll set and calls ``callbacks[fd]()`` per signal."""
+
+    def __init__(self, epoll_fd: int, callbacks: dict) -> None:
+        self._epoll = select.epoll.fromfd(os.dup(epoll_fd))
+        self._callbacks = callbacks
+
+    def ready(self) -> None:
+        if self._epoll.closed:
+            return
+        for fd, _ in self._epoll.poll(0, 256):
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 _IDLE, _PENDING, _DONE = 0, 1, 2

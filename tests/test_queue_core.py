@@ -6,8 +6,11 @@ ones."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import os
 import random
+import select
 
 import pytest
 from test_ring import Link
@@ -242,3 +245,37 @@ async def test_waiter_cancel_fail_and_one_task_at_a_time(R):
     waiter.arm()
     waiter.wake(True)
     await asyncio.wait_for(waiter, 1)
+
+
+def test_interrupt_core_dispatches_each_edge_once_and_never_reads_the_eventfd(R):
+    efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(3)]
+    epoll = select.epoll()
+    calls: list[int] = []
+    callbacks = {fd: functools.partial(calls.append, i) for i, fd in enumerate(efds)}
+    for fd in efds:
+        epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+    core = R.InterruptCore(epoll.fileno(), callbacks)
+    try:
+        core.ready()
+        assert calls == []
+        os.eventfd_write(efds[0], 1)
+        os.eventfd_write(efds[2], 5)
+        core.ready()
+        assert sorted(calls) == [0, 2]
+        core.ready()  # edges consumed: no second call for the same signals
+        assert sorted(calls) == [0, 2]
+        del callbacks[efds[2]]  # unwatched: its signals go nowhere
+        os.eventfd_write(efds[2], 1)
+        os.eventfd_write(efds[0], 1)
+        core.ready()
+        assert sorted(calls) == [0, 0, 2]
+        # the counters were never read (a peer's eventfd is never touched)
+        assert os.eventfd_read(efds[0]) == 2 and os.eventfd_read(efds[2]) == 6
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(efds[1])
+    finally:
+        core.close()
+        core.ready()  # closed: nothing, no error
+        epoll.close()
+        for fd in efds:
+            os.close(fd)
