@@ -341,34 +341,50 @@ cdef class QueueCore:
             self.closed_reason = reason
 
 
-cdef class RxQueueCore(QueueCore):
-    """The C half of :class:`memif_aio.RxQueue`: taking bursts, ``async for``, and the
-    interrupt-mode wait of ``async for`` (``_fast_wait``), which never calls ``_wait()``.
+_WAIT_MODES = {"python": WAIT_PYTHON, "interrupt": WAIT_INTERRUPT, "polling": WAIT_POLLING,
+               "adaptive": WAIT_ADAPTIVE}
+_WAIT_NAMES = {v: k for k, v in _WAIT_MODES.items()}
 
-    With ``loop``, the queue has a :class:`Waiter` (``_waiter``) for its consumer; the
-    subclass sets ``_fast_wait`` while the queue is in interrupt mode, and its interrupt
-    callback is :meth:`_interrupt`. ``_set_flush_queues(txqs)``: the transmit queues whose
-    staged packets go out before the consumer sleeps or spins (a reply sent just before
-    waiting for the next request).
+
+cdef class RxQueueCore(QueueCore):
+    """The C half of :class:`memif_aio.RxQueue`: taking bursts, ``async for``, and waiting.
+
+    With ``loop`` the queue has a :class:`Waiter` (``_waiter``) for its consumer, and it
+    waits in C in the mode the subclass sets with ``_wait_mode``:
+
+    - ``"interrupt"``: publish staged transmit packets, look once more, sleep on the Waiter
+      until :meth:`_interrupt` (the interrupt callback) wakes it.
+    - ``"polling"``: spin on the ring's counter for up to ``_spin_ns`` (no loop iteration per
+      look; ``spin_releases_gil``), giving the loop one turn (a bare yield, like
+      ``asyncio.sleep(0)``) at least every ``_spin_ns``.
+    - ``"adaptive"``: polling while there was traffic in the last ``_window_ns`` (MASK_INT
+      set), else: clear MASK_INT, look once more, then sleep as in interrupt mode.
+    - ``"python"`` (the default): ``async for`` awaits the subclass's ``_wait()``.
+
+    ``_wait_c()`` is one such wait as a reused awaitable (it returns when there may be
+    packets). ``_set_flush_queues(txqs)``: the transmit queues whose staged packets go out
+    before the consumer sleeps or spins (a reply sent just before waiting for the next one).
     """
 
     def __init__(self, int index, RxRing ring not None, on_peer_error, loop=None):
         QueueCore.__init__(self, index, on_peer_error)
         self.ring = ring
         self.tx_queues = ()
+        self.spin_releases_gil = True
         if loop is not None:
             self._waiter = Waiter(loop)
 
     @property
-    def _fast_wait(self):
-        """True: ``async for`` waits here in C on the Waiter (interrupt mode)."""
-        return self.fast
+    def _wait_mode(self):
+        """How waits happen: "python" (``_wait()``), "interrupt", "polling", "adaptive"."""
+        return _WAIT_NAMES[self.wait_mode]
 
-    @_fast_wait.setter
-    def _fast_wait(self, bint value):
-        if value and self._waiter is None:
-            raise LocalProtocolError("a fast wait needs the queue's loop")
-        self.fast = value
+    @_wait_mode.setter
+    def _wait_mode(self, str value):
+        mode = _WAIT_MODES[value]
+        if mode != WAIT_PYTHON and self._waiter is None:
+            raise LocalProtocolError("waiting in C needs the queue's loop")
+        self.wait_mode = mode
 
     def _set_flush_queues(self, queues):
         cdef tuple checked = tuple(queues)
@@ -390,8 +406,8 @@ cdef class RxQueueCore(QueueCore):
 
     def _interrupt(self):
         """The interrupt callback (from the loop, never raising): wake the consumer and run it
-        right here, one loop iteration sooner. A signal that brought nothing goes to the
-        subclass's ``_empty_wakeup()`` (interrupt-storm accounting)."""
+        right here, one loop iteration sooner. A signal that brought nothing goes to
+        ``_empty_wakeup()`` (interrupt-storm accounting)."""
         if self.closed_reason is None and not self.ring._has_news():
             self._empty_wakeup()
             return
@@ -400,6 +416,99 @@ cdef class RxQueueCore(QueueCore):
 
     def _empty_wakeup(self):
         """A signal that brought nothing (subclasses count them: interrupt storms)."""
+
+    def _wait_c(self):
+        """One wait in the queue's mode, as an awaitable: it returns when there may be
+        packets; ``DisconnectedError`` once the link is down."""
+        cdef QueueWait wait = QueueWait.__new__(QueueWait)
+        wait.queue = self
+        return wait
+
+    cdef int _heat(self, uint64_t now) except -1:
+        # Adaptive: traffic. Poll (and ask the peer not to signal) for a window.
+        self._last_traffic = now
+        memif_flags_or(ring_flags(self.ring.ring._hdr()), MASK_INT)
+        return 0
+
+    cdef int _wait_step(self, PyObject **result) except -1:
+        """One step of a wait: 1 = suspend the task on result[0] (the Waiter, or None for one
+        loop turn), 0 = there may be packets: look. ``phase`` is where the last step left."""
+        cdef Waiter waiter = self._waiter
+        cdef RxRing rx = self.ring
+        cdef uint64_t now = 0
+        cdef int mode
+        cdef bint turned
+        cdef uint16_t *flags
+        if self.phase == PHASE_SLEEP:
+            if waiter.state == WAITER_PENDING:  # stepped without a wake-up: sleep on
+                waiter._asyncio_future_blocking = True
+                Py_INCREF(waiter)
+                result[0] = <PyObject *>waiter
+                return 1
+            self.phase = PHASE_START
+            if waiter.outcome is not None:
+                raise waiter.outcome
+            self._check()
+            if self.wait_mode == WAIT_ADAPTIVE and not rx.closed:
+                self._heat(memif_now_ns())
+            return 0
+        turned = self.phase == PHASE_TURN
+        self.phase = PHASE_START
+        self._check()
+        mode = self.wait_mode
+        if mode == WAIT_PYTHON or rx.closed or rx.regions._closed:
+            return 0  # the caller looks, and waits the subclass's way (or raises)
+        self._flush_tx()
+        if mode != WAIT_INTERRUPT:
+            now = memif_now_ns()
+            if mode == WAIT_ADAPTIVE and rx.packets != self.packets_seen:
+                self.packets_seen = rx.packets  # traffic since the last wait
+                self._heat(now)
+            if mode == WAIT_POLLING or now - self._last_traffic < self._window_ns:
+                if not turned and now - self.last_turn >= self._spin_ns:
+                    # However busy the link, the loop gets a turn at least every spin.
+                    self.last_turn = now
+                    self.phase = PHASE_TURN
+                    Py_INCREF(None)
+                    result[0] = <PyObject *>None
+                    return 1
+                if rx._spin(self._spin_ns, self.spin_releases_gil):
+                    if mode == WAIT_ADAPTIVE:
+                        self._last_traffic = memif_now_ns()
+                    return 0
+                self.last_turn = memif_now_ns()
+                self.phase = PHASE_TURN
+                Py_INCREF(None)
+                result[0] = <PyObject *>None
+                return 1
+            flags = ring_flags(rx.ring._hdr())
+            if memif_load_relaxed(flags) & MASK_INT:
+                # Idle for a window: ask for signals again, then look once more before
+                # sleeping (the flag's update is a full barrier: a packet published before it
+                # is seen now, one published after it is signalled).
+                memif_flags_and(flags, <uint16_t>~MASK_INT)
+                if rx._moved():
+                    self._heat(now)
+                    return 0
+        # No lost wake-up: the peer publishes before it signals. A signal handled before the
+        # waiter is armed (the caller's look may be a loop iteration old) found no waiter, but
+        # its packets are seen here; one that comes later finds the waiter.
+        if rx._moved():
+            return 0
+        if waiter.state == WAITER_PENDING:
+            raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
+        waiter.arm()
+        self.phase = PHASE_SLEEP
+        waiter._asyncio_future_blocking = True
+        Py_INCREF(waiter)
+        result[0] = <PyObject *>waiter
+        return 1
+
+    cdef void _abandon_wait(self) noexcept:
+        # The waiting coroutine went away (an exception thrown in): no wait is in progress.
+        if self.phase == PHASE_SLEEP:
+            self._waiter._disarm()
+        self.phase = PHASE_START
 
     def recv_burst_nowait(self, max_packets=DEFAULT_BURST):
         """Take what is there now (possibly nothing); releases the previous burst."""
@@ -414,21 +523,78 @@ cdef class RxQueueCore(QueueCore):
         return PacketStream(self, DEFAULT_BURST)
 
 
+cdef int _queue_wait_send(PyObject *self, PyObject *arg, PyObject **result) except -1:
+    return (<QueueWait>self)._step(result)
+
+
+@cython.final
+@cython.freelist(8)
+cdef class QueueWait:
+    """``await queue._wait_c()``: one wait in the queue's mode (see RxQueueCore)."""
+
+    cdef int _step(self, PyObject **result) except -1:
+        cdef RxQueueCore queue = self.queue
+        if not self.started:
+            self.started = True
+            queue.phase = PHASE_START
+        cdef int rc = queue._wait_step(result)
+        if rc == 0:
+            self.started = False
+            Py_INCREF(None)
+            result[0] = <PyObject *>None
+        return rc
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef PyObject *raw = NULL
+        cdef int rc = self._step(&raw)
+        value = <object>raw
+        Py_DECREF(value)
+        if rc == 1:
+            return value
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        self.started = False
+        self.queue._abandon_wait()
+        raise val
+
+    def close(self):
+        if self.started:
+            self.started = False
+            self.queue._abandon_wait()
+
+
+AM_SEND_WAIT = bool(memif_set_am_send(<PyTypeObject *>QueueWait, <void *>_queue_wait_send))
+
+
 cdef int _resume_send(PyObject *self, PyObject *arg, PyObject **result) except -1:
-    # am_send: PYGEN_RETURN (0) with the packet, PYGEN_NEXT (1) with the Waiter to suspend on,
+    # am_send: PYGEN_RETURN (0) with the packet, PYGEN_NEXT (1) with what to suspend on,
     # PYGEN_ERROR (-1) with the exception set.
     return (<PacketResume>self).stream._step(result)
 
 
 @cython.final
+@cython.freelist(8)
 cdef class PacketResume:
-    """What :class:`PacketStream` hands out when it must wait in interrupt mode (reused).
+    """What :class:`PacketStream` hands out when it must wait (from a free list: the stream
+    keeps no reference to it, so nothing here needs the cycle collector).
 
-    Awaited, it looks at the ring once more (an interrupt handled before the await began found
-    no waiter), publishes staged transmit packets, then suspends the task on the queue's
-    :class:`Waiter`. Woken, it takes the burst and returns the first packet; woken for nothing
-    (a mode switch, a signal without news), it waits on in the queue's mode: here again, or
-    through the subclass's ``_wait()``. No coroutine, no Future, no StopIteration per wait.
+    Awaited, it looks at the ring once more (a signal handled before the await began found
+    no waiter), then waits in the queue's mode (``RxQueueCore._wait_step``) and takes the
+    burst; woken for nothing (a mode switch, a signal without news) it waits on, or hands
+    over to the subclass's ``_wait()`` when the mode is "python". No coroutine, no Future,
+    no StopIteration per wait.
     """
 
     def __await__(self):
@@ -463,7 +629,7 @@ cdef class PacketResume:
             raise StopIteration(value)
         if stream.waiting:
             stream.waiting = False
-            stream.queue._waiter._disarm()
+            stream.queue._abandon_wait()
         raise val
 
     def close(self):
@@ -471,7 +637,7 @@ cdef class PacketResume:
         inner, stream.inner = stream.inner, None
         if stream.waiting:
             stream.waiting = False
-            stream.queue._waiter._disarm()
+            stream.queue._abandon_wait()
         if inner is not None:
             inner.close()
 
@@ -485,10 +651,10 @@ cdef class PacketStream:
 
     While the current burst has packets, ``__anext__`` returns a reused :class:`Completed`.
     When it is empty it takes a new burst at once (releasing the old one); only when that is
-    empty too does it wait: in interrupt mode (the queue's ``_fast_wait``) through the reused
-    :class:`PacketResume`, otherwise through a coroutine that awaits the queue's ``_wait()``
-    (which raises ``DisconnectedError`` once the link is down) and tries again. Packets are
-    single-segment memoryviews (valid until the next step) or joined ``bytes`` (chains).
+    empty too does it wait: through the reused :class:`PacketResume` when the queue waits in
+    C, otherwise through a coroutine that awaits the queue's ``_wait()`` (which raises
+    ``DisconnectedError`` once the link is down) and tries again. Packets are single-segment
+    memoryviews (valid until the next step) or joined ``bytes`` (chains).
     """
 
     def __cinit__(self, RxQueueCore queue not None, uint32_t max_packets=0):
@@ -496,8 +662,6 @@ cdef class PacketStream:
         self.rx = queue.ring
         self.maxp = max_packets if 0 < max_packets < self.rx.max_burst else self.rx.max_burst
         self.ready = Completed()
-        self.resume = PacketResume.__new__(PacketResume)
-        self.resume.stream = self
 
     def __aiter__(self):
         return self
@@ -521,62 +685,59 @@ cdef class PacketStream:
 
     def __anext__(self):
         cdef RxRing rx = self.rx
+        cdef PacketResume resume
         if self.queue.closed_reason is None and not rx.closed and not rx.regions._closed:
             if self.i >= rx.c.n:
                 self._take()
             if self.i < rx.c.n:
                 self.ready.value = self._next()
                 return self.ready
-            if self.queue.fast and self.inner is None:
+            if self.queue.wait_mode != WAIT_PYTHON and self.inner is None:
                 self.waiting = False
-                return self.resume
+                resume = PacketResume.__new__(PacketResume)
+                resume.stream = self
+                return resume
         return self._slow()
 
     cdef int _step(self, PyObject **result) except -1:
         """One step of PacketResume: 1 = suspend on result[0], 0 = result[0] is the packet."""
         cdef RxQueueCore queue = self.queue
-        cdef Waiter waiter = queue._waiter
         cdef RxRing rx = self.rx
-        cdef bint looked
         if self.inner is not None:
             return self._delegate(result, None)
-        if self.waiting:
-            if waiter.state == WAITER_PENDING:  # stepped without a wake-up: still waiting
-                waiter._asyncio_future_blocking = True
-                Py_INCREF(waiter)
-                result[0] = <PyObject *>waiter
+        while True:
+            if not self.waiting:
+                queue._check()
+                if rx.closed or rx.regions._closed:
+                    raise LocalProtocolError("rx ring is closed")
+                if rx._moved():  # news since the caller looked: no wait
+                    self._take()
+                    if self.i < rx.c.n:
+                        return self._give(result)
+                if queue.wait_mode == WAIT_PYTHON:
+                    self.inner = self._slow()
+                    return self._delegate(result, None)
+                queue.phase = PHASE_START
+                self.waiting = True
+            if queue._wait_step(result):
                 return 1
             self.waiting = False
-            if waiter.outcome is not None:
-                raise waiter.outcome
-            looked = True
-        else:
-            looked = False
-        queue._check()
-        if rx.closed or rx.regions._closed:
-            raise LocalProtocolError("rx ring is closed")
-        if looked or rx._has_news():
+            queue._check()
+            if rx.closed or rx.regions._closed:
+                raise LocalProtocolError("rx ring is closed")
             self._take()
             if self.i < rx.c.n:
-                value = self._next()
-                Py_INCREF(value)
-                result[0] = <PyObject *>value
-                return 0
-        if not queue.fast:  # the mode changed while we slept: wait its way
-            self.inner = self._slow()
-            return self._delegate(result, None)
-        queue._flush_tx()
-        if waiter.state == WAITER_PENDING:
-            raise LocalProtocolError(f"rx queue {queue.index}: another task is already waiting")
-        waiter.arm()
-        self.waiting = True
-        waiter._asyncio_future_blocking = True
-        Py_INCREF(waiter)
-        result[0] = <PyObject *>waiter
-        return 1
+                return self._give(result)
+            # nothing after all (a mode switch, a chain published in part): wait on
+
+    cdef int _give(self, PyObject **result) except -1:
+        value = self._next()
+        Py_INCREF(value)
+        result[0] = <PyObject *>value
+        return 0
 
     cdef int _delegate(self, PyObject **result, object exc) except -1:
-        """Drive the _slow() coroutine a fast wait handed over to."""
+        """Drive the _slow() coroutine a wait handed over to."""
         try:
             if exc is None:
                 value = self.inner.send(None)

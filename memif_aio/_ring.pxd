@@ -277,6 +277,7 @@ cdef class RxRing:
     cdef uint16_t released  # slots before this counter value are back with their owner
     cdef uint16_t head      # slave: what we published; cached, never re-read
     cdef uint16_t bstart    # counter value of the current burst's first descriptor
+    cdef uint16_t seen      # the peer's counter as we last loaded it (a receive, pending())
     cdef uint32_t fwd       # packets of the current burst already forwarded
     cdef rx_ctx c
     cdef object _table_arr
@@ -296,6 +297,8 @@ cdef class RxRing:
     cdef int _release(self, uint16_t seen_tail=*, bint have_tail=*) except -1
     cdef uint32_t _refill(self, uint16_t seen_tail) noexcept nogil
     cdef bint _has_news(self) noexcept
+    cdef bint _moved(self) noexcept
+    cdef bint _spin(self, uint64_t budget_ns, bint release_gil) except -1
 
 
 cdef class Completed:
@@ -347,12 +350,38 @@ cdef class QueueCore:
     cdef int _check(self) except -1
 
 
+cdef enum:
+    WAIT_PYTHON = 0  # RxQueueCore.wait_mode: async for awaits the subclass's _wait()
+    WAIT_INTERRUPT = 1
+    WAIT_POLLING = 2
+    WAIT_ADAPTIVE = 3
+    PHASE_START = 0  # RxQueueCore.phase: where the current wait is
+    PHASE_TURN = 1  # gave the loop one turn (a bare yield)
+    PHASE_SLEEP = 2  # suspended on the Waiter
+
+
 cdef class RxQueueCore(QueueCore):
     cdef readonly RxRing ring
     cdef readonly Waiter _waiter  # the consumer's, reused by every wait (None without a loop)
     cdef tuple tx_queues  # TxQueueCores published before the consumer sleeps or spins
-    cdef bint fast  # interrupt mode: PacketStream waits in C, without calling _wait()
+    cdef int wait_mode
+    cdef int phase
+    cdef public uint64_t _spin_ns  # polling: the longest spin between two loop turns
+    cdef public uint64_t _window_ns  # adaptive: how long to poll after traffic
+    cdef public bint spin_releases_gil
+    cdef public uint64_t _last_traffic  # adaptive: ns (memif_now_ns) of the last traffic seen
+    cdef uint64_t last_turn  # ns: when a polling wait last gave the loop a turn
+    cdef uint64_t packets_seen  # ring.packets at the last adaptive wait
     cdef int _flush_tx(self) except -1
+    cdef int _heat(self, uint64_t now) except -1
+    cdef int _wait_step(self, PyObject **result) except -1
+    cdef void _abandon_wait(self) noexcept
+
+
+cdef class QueueWait:
+    cdef RxQueueCore queue
+    cdef bint started
+    cdef int _step(self, PyObject **result) except -1
 
 
 cdef class PacketResume:
@@ -365,12 +394,12 @@ cdef class PacketStream:
     cdef uint32_t maxp
     cdef uint32_t i
     cdef Completed ready
-    cdef PacketResume resume
-    cdef object inner  # the _slow() coroutine a woken fast wait hands over to, if any
-    cdef bint waiting  # PacketResume suspended on the queue's Waiter
+    cdef object inner  # the _slow() coroutine a wait handed over to, if any
+    cdef bint waiting  # PacketResume is in a wait of the queue
     cdef int _take(self) except -1
     cdef object _next(self)
     cdef int _step(self, PyObject **result) except -1
+    cdef int _give(self, PyObject **result) except -1
     cdef int _delegate(self, PyObject **result, object exc) except -1
 
 

@@ -331,7 +331,13 @@ class RxQueueCore(QueueCore):
     @property
     def _waiter(self) -> Waiter:
         """The consumer's reused waiter (queues built with a loop only)."""
-    _fast_wait: bool  # interrupt mode: ``async for`` waits in C on _waiter, not via _wait()
+    _wait_mode: Literal["python", "interrupt", "polling", "adaptive"]  # how waits happen
+    _spin_ns: int  # polling: the longest spin between two loop turns
+    _window_ns: int  # adaptive: how long to poll after traffic
+    _last_traffic: int  # adaptive: the clock (ns) of the last traffic seen
+    spin_releases_gil: bool
+    def _wait_c(self) -> Awaitable[None]:
+        """One wait in the queue's mode (a reused awaitable)."""
     def _set_flush_queues(self, queues: Sequence[TxQueueCore]) -> None: ...
     def flush_tx(self) -> None:
         """Publish what the queues of ``_set_flush_queues`` have staged."""
@@ -341,7 +347,7 @@ class RxQueueCore(QueueCore):
     def recv_burst_nowait(self, max_packets: int = 256) -> Burst:
         """Take what is there now (possibly nothing); releases the previous burst."""
     def __aiter__(self) -> PacketStream: ...
-    async def _wait(self) -> None: ...
+    def _wait(self) -> Awaitable[None]: ...
 
 class PacketResume:
     """The reused awaitable of an interrupt-mode wait in ``async for``."""

@@ -44,6 +44,7 @@ __all__ = [
     "RxQueueCore",
     "PacketStream",
     "PacketResume",
+    "QueueWait",
     "TxQueueCore",
     "ring_bytes",
 ]
@@ -536,6 +537,7 @@ class RxRing(_RingSide):
                 raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self._released = self._last
         self._bstart = self._last
+        self._seen = self._last
         self._burst = Burst(self)
 
     burst = property(lambda self: self._burst)
@@ -557,7 +559,7 @@ class RxRing(_RingSide):
         release or refill, so an overrun cannot be made to look legal by moving our head)."""
         ring = self._ring
         if self._slave:
-            tail = ring.tail
+            tail = self._seen = ring.tail
             avail = (tail - self._last) & 0xFFFF
             published = (self._head - self._last) & 0xFFFF
             if avail > published:
@@ -566,7 +568,8 @@ class RxRing(_RingSide):
                     f"(ring size {self._size})"
                 )
         else:
-            avail = (ring.head - self._last) & 0xFFFF
+            self._seen = ring.head
+            avail = (self._seen - self._last) & 0xFFFF
             if avail > self._size - ((self._last - self._released) & 0xFFFF):
                 moved = (self._last + avail - self._released) & 0xFFFF
                 raise self._peer_error(f"head moved by {moved} > ring size {self._size}")
@@ -582,9 +585,15 @@ class RxRing(_RingSide):
         ring = self._ring
         return (ring.tail if self._slave else ring.head) != self._last
 
+    def _moved(self) -> bool:
+        if self._closed or self._regions.closed:
+            return False
+        ring = self._ring
+        return (ring.tail if self._slave else ring.head) != self._seen
+
     def wait_news(self, budget_ns: int, release_gil: bool = True) -> bool:
         deadline = time.monotonic_ns() + budget_ns
-        while not self.has_news():
+        while not self._moved():
             if self._closed or self._regions.closed or time.monotonic_ns() >= deadline:
                 return False
         return True
@@ -1456,6 +1465,9 @@ class QueueCore:
             self.closed_reason = reason
 
 
+_WAIT_MODES = ("python", "interrupt", "polling", "adaptive")
+
+
 class RxQueueCore(QueueCore):
     def __init__(self, index: int, ring: RxRing, on_peer_error, loop=None) -> None:
         if not isinstance(ring, RxRing):
@@ -1463,18 +1475,26 @@ class RxQueueCore(QueueCore):
         super().__init__(index, on_peer_error)
         self.ring = ring
         self._tx_queues: tuple = ()
-        self._fast = False
+        self._mode = "python"
+        self._spin_ns = 0
+        self._window_ns = 0
+        self.spin_releases_gil = True
+        self._last_traffic = 0
+        self._last_turn = 0
+        self._packets_seen = 0
         self._waiter = Waiter(loop) if loop is not None else None
 
     @property
-    def _fast_wait(self) -> bool:
-        return self._fast
+    def _wait_mode(self) -> str:
+        return self._mode
 
-    @_fast_wait.setter
-    def _fast_wait(self, value: bool) -> None:
-        if value and self._waiter is None:
-            raise LocalProtocolError("a fast wait needs the queue's loop")
-        self._fast = bool(value)
+    @_wait_mode.setter
+    def _wait_mode(self, value: str) -> None:
+        if value not in _WAIT_MODES:
+            raise KeyError(value)
+        if value != "python" and self._waiter is None:
+            raise LocalProtocolError("waiting in C needs the queue's loop")
+        self._mode = value
 
     def _set_flush_queues(self, queues) -> None:
         checked = tuple(queues)
@@ -1498,6 +1518,68 @@ class RxQueueCore(QueueCore):
     def _empty_wakeup(self) -> None:
         """A signal that brought nothing (subclasses count them: interrupt storms)."""
 
+    def _wait_c(self):
+        return QueueWait(self)
+
+    def _heat(self, now: int) -> None:
+        self._last_traffic = now
+        self.ring._ring.flags = self.ring._ring.flags | RING_FLAG_MASK_INT
+
+    def _waiting(self):
+        """One wait in the queue's mode (the Cython _wait_step as a generator): yields what
+        the task suspends on (the Waiter, or None for a loop turn); returns when there may be
+        packets."""
+        waiter, rx = self._waiter, self.ring
+        turned = False
+        while True:
+            self._check_open()
+            mode = self._mode
+            if mode == "python" or rx._closed or rx._regions.closed:
+                return
+            self.flush_tx()
+            if mode != "interrupt":
+                now = time.monotonic_ns()
+                if mode == "adaptive" and rx.packets != self._packets_seen:
+                    self._packets_seen = rx.packets
+                    self._heat(now)
+                if mode == "polling" or now - self._last_traffic < self._window_ns:
+                    if not turned and now - self._last_turn >= self._spin_ns:
+                        self._last_turn = now
+                        turned = True
+                        yield None
+                        continue
+                    if rx.wait_news(self._spin_ns, self.spin_releases_gil):
+                        if mode == "adaptive":
+                            self._last_traffic = time.monotonic_ns()
+                        return
+                    self._last_turn = time.monotonic_ns()
+                    turned = True
+                    yield None
+                    continue
+                if rx._ring.flags & RING_FLAG_MASK_INT:
+                    rx._ring.flags = rx._ring.flags & ~RING_FLAG_MASK_INT & 0xFFFF
+                    if rx._moved():
+                        self._heat(now)
+                        return
+            if rx._moved():
+                return
+            if waiter.pending:
+                raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
+            waiter.arm()
+            try:
+                while waiter.pending:
+                    waiter._asyncio_future_blocking = True
+                    yield waiter
+            except BaseException:
+                waiter._disarm()
+                raise
+            if waiter._outcome is not None:
+                raise waiter._outcome
+            self._check_open()
+            if self._mode == "adaptive" and not rx._closed:
+                self._heat(time.monotonic_ns())
+            return
+
     def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> Burst:
         self._check_open()
         try:
@@ -1508,6 +1590,14 @@ class RxQueueCore(QueueCore):
 
     def __aiter__(self) -> PacketStream:
         return PacketStream(self, DEFAULT_BURST)
+
+
+class QueueWait:
+    def __init__(self, queue: RxQueueCore) -> None:
+        self._queue = queue
+
+    def __await__(self):
+        return self._queue._waiting()
 
 
 class PacketStream:
@@ -1542,39 +1632,32 @@ class PacketStream:
                 self._take()
             if self._i < rx._n:
                 return Completed(self._next())
-            if self._queue._fast:
+            if self._queue._mode != "python":
                 return PacketResume(self)
         return self._slow()
 
     def _resume(self):
-        """PacketResume's wait: look once more, publish, sleep on the Waiter, take."""
+        """PacketResume: look once more, wait in the queue's mode, take."""
         queue, rx = self._queue, self._rx
-        waiter = queue._waiter
-        looked = False
+        queue._check_open()
+        if rx._closed or rx._regions.closed:
+            raise LocalProtocolError("rx ring is closed")
+        if rx._moved():
+            self._take()
+            if self._i < rx._n:
+                return self._next()
+        if queue._mode == "python":
+            return (yield from self._slow().__await__())
         while True:
+            yield from queue._waiting()
             queue._check_open()
             if rx._closed or rx._regions.closed:
                 raise LocalProtocolError("rx ring is closed")
-            if looked or rx.has_news():
-                self._take()
-                if self._i < rx._n:
-                    return self._next()
-            if not queue._fast:
+            self._take()
+            if self._i < rx._n:
+                return self._next()
+            if queue._mode == "python":
                 return (yield from self._slow().__await__())
-            queue.flush_tx()
-            if waiter.pending:
-                raise LocalProtocolError(f"rx queue {queue.index}: another task is already waiting")
-            waiter.arm()
-            try:
-                while waiter.pending:
-                    waiter._asyncio_future_blocking = True
-                    yield waiter
-            except BaseException:
-                waiter._disarm()
-                raise
-            if waiter._outcome is not None:
-                raise waiter._outcome
-            looked = True
 
     async def _slow(self):
         rx = self._rx
@@ -1589,7 +1672,7 @@ class PacketStream:
 
 
 class PacketResume:
-    """What PacketStream hands out when it must wait in interrupt mode."""
+    """What PacketStream hands out when it must wait in the queue's mode."""
 
     def __init__(self, stream: PacketStream) -> None:
         self._stream = stream

@@ -31,8 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from . import _ring
@@ -128,9 +127,6 @@ class RxQueue(_ring.RxQueueCore):
         self._mode = RxMode.INTERRUPT
         self.spin = spin
         self.adaptive_window = adaptive_window
-        self.spin_releases_gil = True
-        self._last_traffic = 0  # ns, adaptive: polling until this + window
-        self._last_turn = 0  # ns: when the consumer last gave the loop a turn
         self._storm_start = 0.0
         self._empty_wakeups = 0
         self._deaf: asyncio.TimerHandle | None = None  # set while a storm is being sat out
@@ -157,12 +153,12 @@ class RxQueue(_ring.RxQueueCore):
             self._interrupts.unwatch(self._eventfd)
         elif self._deaf is None:
             self._interrupts.watch(self._eventfd, self._interrupt)
-        self._set_fast_wait()
+        self._set_wait_mode()
         self._wake()
 
-    def _set_fast_wait(self) -> None:
-        # Interrupt mode, listening: `async for` waits in C, without calling _wait().
-        self._fast_wait = self._mode is RxMode.INTERRUPT and self._deaf is None
+    def _set_wait_mode(self) -> None:
+        # The core waits in the queue's mode, in C; during an interrupt storm, _wait() polls.
+        self._wait_mode = "python" if self._deaf is not None else self._mode.value
 
     @property
     def polling(self) -> bool:
@@ -214,7 +210,7 @@ class RxQueue(_ring.RxQueueCore):
             return
         self._interrupts.unwatch(self._eventfd)
         self._deaf = self._loop.call_later(_STORM_PAUSE, self._listen_again)
-        self._set_fast_wait()
+        self._set_wait_mode()
         self._wake()  # a waiting consumer goes on by polling
         if self._on_notice is not None and not self._storm_reported:
             self._storm_reported = True
@@ -229,7 +225,7 @@ class RxQueue(_ring.RxQueueCore):
         self._empty_wakeups = 0
         if not self.closed and self._mode is not RxMode.POLLING:
             self._interrupts.watch(self._eventfd, self._interrupt)
-        self._set_fast_wait()
+        self._set_wait_mode()
         self._wake()
 
     # -- receive --------------------------------------------------------------------------------
@@ -242,58 +238,12 @@ class RxQueue(_ring.RxQueueCore):
                 return burst
             await self._wait()
 
-    async def _wait(self) -> None:
+    def _wait(self) -> Awaitable[None]:
         """Return when there may be packets (the caller looks), in the queue's mode."""
         self._check_open()
         if self._deaf is not None:
-            await asyncio.sleep(_STORM_POLL)
-            return
-        mode = self._mode
-        if mode is not RxMode.INTERRUPT:  # no clock read on the interrupt path
-            now = time.monotonic_ns()
-            if mode is RxMode.POLLING or now - self._last_traffic < self._window_ns:
-                await self._poll(now)
-                return
-            if self.ring.mask_interrupts:
-                # Idle for a window: ask for signals again, then look once more before
-                # sleeping (the flag's store is a full barrier: a packet published before it
-                # is seen now, one published after it is signalled).
-                self.ring.mask_interrupts = False
-                if self.ring.has_news():
-                    self._heat(now)
-                    return
-        self.flush_tx()
-        # No lost wake-up: the peer publishes before it signals. A signal handled before the
-        # waiter is armed (the caller's look may be a loop iteration old) found no waiter, but
-        # its packets are seen here; one that comes later finds the waiter.
-        if self.ring.has_news():
-            return
-        waiter = self._waiter
-        if waiter.pending:
-            raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
-        await waiter.arm()
-        self._check_open()
-        if self._mode is RxMode.ADAPTIVE:
-            self._heat(time.monotonic_ns())
-
-    async def _poll(self, now: int) -> None:
-        self.flush_tx()
-        if now - self._last_turn >= self._spin_ns:
-            # However busy the link, the loop gets a turn at least every `spin`.
-            self._last_turn = now
-            await asyncio.sleep(0)
-            self._check_open()
-        if self.ring.wait_news(self._spin_ns, self.spin_releases_gil):
-            if self._mode is RxMode.ADAPTIVE:
-                self._last_traffic = time.monotonic_ns()
-            return
-        self._last_turn = time.monotonic_ns()
-        await asyncio.sleep(0)
-
-    def _heat(self, now: int) -> None:
-        """Adaptive: traffic; poll (and ask the peer not to signal) for a window."""
-        self._last_traffic = now
-        self.ring.mask_interrupts = True
+            return asyncio.sleep(_STORM_POLL)
+        return self._wait_c()
 
     async def bursts(self, max_packets: int = DEFAULT_BURST) -> AsyncIterator[_ring.Burst]:
         """Yield bursts as they arrive, until the link goes down."""

@@ -52,7 +52,7 @@ def queue_classes(R):
 async def run_script(R, seed: int, *, polling_peer: bool, fast: bool = False) -> list:
     """Record everything observable of one random script on implementation R.
 
-    ``fast``: the receive queue waits in interrupt mode the C way (``_fast_wait``: a reused
+    ``fast``: the receive queue waits in interrupt mode the C way (``_wait_mode``: a reused
     waiter, no ``_wait()`` call), and the test's interrupts go through ``_interrupt()``."""
     rng = random.Random(seed)
     link = Link(R, log2=5, buffer_size=256, eventfds=True)
@@ -62,7 +62,7 @@ async def run_script(R, seed: int, *, polling_peer: bool, fast: bool = False) ->
     rxq = Rx(0, link.mrx, errors.append, loop) if fast else Rx(0, link.mrx, errors.append)
     txq = Tx(0, link.stx, errors.append, loop, max_burst=8)
     if fast:
-        rxq._fast_wait = True
+        rxq._wait_mode = "interrupt"
         rxq._set_flush_queues([txq])
     if polling_peer:
         link.mrx.mask_interrupts = True
