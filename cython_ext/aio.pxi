@@ -80,6 +80,9 @@ AM_SEND = bool(memif_set_am_send(<PyTypeObject *>Completed, <void *>_completed_s
 #: ``await DONE`` is ``None`` at once; ``TxQueue.send`` returns it when the packet is staged.
 DONE = Completed(None)
 
+#: (ns) a task that sends without ever waiting gives its loop a turn at least this often
+TURN_INTERVAL_NS = 100_000
+
 
 @cython.final
 cdef class YieldOnce:
@@ -775,9 +778,12 @@ cdef class TxQueueCore(QueueCore):
     fits. The first packet staged in a loop iteration schedules one flush with
     ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so does every packet
     when the receiver polls (MASK_INT: a flush is then one store, no syscall, and a polling
-    peer sees it at once). Every ``max_burst`` sends it returns a :class:`YieldOnce` instead,
-    so a task sending in a loop lets the others on its loop run. When the packet does not fit,
-    or the queue is closed, it returns the subclass's ``_send_slow(data, metadata)``.
+    peer sees it at once). A task sending in a loop lets the others on its loop run: every
+    ``max_burst`` sends it looks at the clock, and once it has been sending for
+    ``TURN_INTERVAL_NS`` since its last turn it returns a :class:`YieldOnce` instead (a loop
+    iteration costs a few microseconds: one per ~100 us keeps the sender's loss small and
+    the others' wait short, whatever the packet size). When the packet does not fit, or the
+    queue is closed, it returns the subclass's ``_send_slow(data, metadata)``.
     """
 
     def __init__(self, int index, TxRing ring not None, on_peer_error, loop,
@@ -787,18 +793,29 @@ cdef class TxQueueCore(QueueCore):
         self.call_soon = loop.call_soon
         self.max_burst = max_burst if max_burst else 1
         self.yield_every = self.max_burst
+        self.turn_ns = TURN_INTERVAL_NS
         self.turn = YieldOnce()
 
     @property
     def _yield_every(self):
-        """Sends between two loop turns of a sender that never waits (``max_burst``); 0
-        never yields (for measuring what the fairness costs, not for use)."""
+        """Sends between two looks at the clock (``max_burst``); 0 never yields (for
+        measuring what the fairness costs, not for use)."""
         return self.yield_every
 
     @_yield_every.setter
     def _yield_every(self, uint32_t value):
         self.yield_every = value
         self.since_turn = 0
+
+    @property
+    def _turn_ns(self):
+        """How long a sender that never waits sends before it gives the loop a turn (ns);
+        0 gives one at every look (every ``_yield_every`` sends)."""
+        return self.turn_ns
+
+    @_turn_ns.setter
+    def _turn_ns(self, uint64_t value):
+        self.turn_ns = value
 
     def send(self, data, metadata=0):
         """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
@@ -822,8 +839,13 @@ cdef class TxQueueCore(QueueCore):
                 self.since_turn += 1
                 if self.since_turn >= self.yield_every and self.yield_every:
                     self.since_turn = 0
-                    return self.turn
+                    now = memif_now_ns()
+                    if now - self.last_turn >= self.turn_ns:
+                        self.last_turn = now
+                        return self.turn
                 return DONE
+        self.since_turn = 0
+        self.last_turn = memif_now_ns()  # the slow path waits: the loop gets its turn
         return self._send_slow(data, meta)
 
     def flush(self):

@@ -409,7 +409,9 @@ cdef class TxQueueCore(QueueCore):
     cdef uint32_t max_burst
     cdef bint scheduled
     cdef uint32_t since_turn  # sends since the last YieldOnce
-    cdef uint32_t yield_every  # a YieldOnce every this many sends (0: never; testing knob)
+    cdef uint32_t yield_every  # sends between two looks at the clock (0: never yields)
+    cdef uint64_t turn_ns  # a sender that never waits yields after sending this long
+    cdef uint64_t last_turn  # ns: its last turn (a YieldOnce, or a wait for room)
     cdef YieldOnce turn
 
 

@@ -257,6 +257,7 @@ class Completed:
 
 AM_SEND: bool
 DONE: Completed
+TURN_INTERVAL_NS: int
 
 class YieldOnce:
     """Awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable."""
@@ -374,7 +375,8 @@ class TxQueueCore(QueueCore):
     ) -> None: ...
     @property
     def ring(self) -> TxRing: ...
-    _yield_every: int  # testing knob: sends between loop turns (0: never)
+    _yield_every: int  # sends between looks at the clock (0: never yields; a testing knob)
+    _turn_ns: int  # a sender that never waits yields after sending this long (ns)
     def send(self, data: Buffer, metadata: int = 0) -> Awaitable[None]:
         """Stage one packet; DONE (or YieldOnce every max_burst) when it fit, else the
         subclass's ``_send_slow(data, metadata)``."""

@@ -1267,6 +1267,7 @@ class Completed:
 
 
 DONE = Completed(None)
+TURN_INTERVAL_NS = 100_000
 
 
 class YieldOnce:
@@ -1695,6 +1696,8 @@ class TxQueueCore(QueueCore):
         self._since_turn = 0
         self._turn = YieldOnce()
         self._yield_every_n = self._max_burst
+        self._turn_ns = TURN_INTERVAL_NS
+        self._last_turn = 0
 
     @property
     def _yield_every(self) -> int:
@@ -1723,8 +1726,13 @@ class TxQueueCore(QueueCore):
                 self._since_turn += 1
                 if self._since_turn >= self._yield_every_n and self._yield_every_n:
                     self._since_turn = 0
-                    return self._turn
+                    now = time.monotonic_ns()
+                    if now - self._last_turn >= self._turn_ns:
+                        self._last_turn = now
+                        return self._turn
                 return DONE
+        self._since_turn = 0
+        self._last_turn = time.monotonic_ns()
         return self._send_slow(data, meta)
 
     def flush(self) -> int:

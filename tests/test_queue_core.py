@@ -11,6 +11,7 @@ import importlib
 import os
 import random
 import select
+import time
 
 import pytest
 from test_ring import Link
@@ -61,6 +62,7 @@ async def run_script(R, seed: int, *, polling_peer: bool, fast: bool = False) ->
     loop = asyncio.get_running_loop()
     rxq = Rx(0, link.mrx, errors.append, loop) if fast else Rx(0, link.mrx, errors.append)
     txq = Tx(0, link.stx, errors.append, loop, max_burst=8)
+    txq._turn_ns = 0  # a turn at every look (every max_burst sends), not by the clock
     if fast:
         rxq._wait_mode = "interrupt"
         rxq._set_flush_queues([txq])
@@ -172,20 +174,37 @@ async def test_a_peer_error_is_reported_once_and_raised(R):
         link.close()
 
 
-async def test_a_sender_that_never_waits_yields_every_max_burst(R):
+async def test_a_sender_that_never_waits_yields_by_the_clock(R):
+    """Every max_burst sends the sender looks at the clock; it gives the loop a turn once it
+    has sent for _turn_ns since its last one (0: at every look; _yield_every 0: never)."""
     link = Link(R, log2=6, buffer_size=256, eventfds=True)
     _, Tx = queue_classes(R)
     txq = Tx(0, link.stx, [].append, asyncio.get_running_loop(), max_burst=16)
-    try:
-        kinds = []
-        for i in range(48):
+    assert txq._turn_ns == R.TURN_INTERVAL_NS == 100_000 and txq._yield_every == 16
+
+    async def kinds(count: int, pause: float = 0.0) -> list[int]:
+        yields = []
+        for i in range(count):
+            if i % 16 == 0:
+                time.sleep(pause)
             awaitable = txq.send(b"%d" % i)
-            kinds.append(type(awaitable).__name__)
+            if type(awaitable).__name__ == "YieldOnce":
+                yields.append(i)
             await awaitable
             if i % 16 == 15:
                 link.mrx.rx_burst()
                 link.mrx.release()
-        assert [i for i, k in enumerate(kinds) if k == "YieldOnce"] == [15, 31, 47]
+        return yields
+
+    try:
+        txq._turn_ns = 0
+        assert await kinds(48) == [15, 31, 47]
+        txq._turn_ns = 10**9
+        assert await kinds(48) == []  # sent for less than a second since the last turn
+        txq._turn_ns = 1_000_000
+        assert await kinds(48, pause=0.002) == [15, 31, 47]  # 2 ms between looks
+        txq._yield_every = 0
+        assert await kinds(48, pause=0.002) == []
     finally:
         link.close()
 

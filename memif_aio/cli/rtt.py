@@ -7,12 +7,17 @@ Three measurements between memif_aio processes (public API only), 64-byte packet
   p99 and p99.9 next to the raw eventfd floor measured in the same run and placement: two
   processes ping-ponging with ``write()``/``read()`` on eventfds, blocked in ``epoll_wait``
   (no memif, no event loop). An interrupt-mode round trip cannot beat that floor; the ratio
-  says what memif_aio adds to it.
+  says what memif_aio adds to it. Beside it the event-loop floor: the same ping-pong with
+  each side woken through its event loop (a reader callback completing a Future a task
+  awaits), the least any asyncio program pays.
 - **Idle CPU**: a connected link with a consumer waiting on each side and no traffic, for a few
   seconds; the CPU time of each process as a percentage of one CPU.
-- **Fairness**: a task doing ``await txq.send()`` in a loop toward a peer that drains (polling,
-  on the other CPU) while a 100 µs repeating timer on the same loop records its longest gap;
-  send throughput with the periodic yield and with it turned off (``txq._yield_every = 0``).
+- **Fairness**: a task doing ``await txq.send()`` in a loop toward a peer that drains (on the
+  other CPU, in interrupt mode: it takes 256-packet bursts and keeps up, so the sender never
+  waits for room, which would give the loop turns anyway) while a 100 µs repeating timer on
+  the same loop records its longest gap; the send throughput with the library's yields (a
+  turn every ``TURN_INTERVAL_NS`` of sending), with a turn every 256 sends, and with none
+  (``txq._yield_every = 0``); the drop is against "none".
 
 The child processes are this module run as ``python -m memif_aio.cli.rtt --serve ROLE ...``;
 each prints one JSON line (its results) on stdout. :func:`measure` runs the whole set and
@@ -27,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import select
 import subprocess
 import sys
@@ -135,6 +141,86 @@ def eventfd_pingpong(
         for fd in (a2b, b2a, ready_r, ready_w):
             os.close(fd)
     return rtts
+
+
+class _LoopWaker:
+    """The cheapest wake-up an asyncio program gets: a reader callback on the loop reads its
+    eventfd and completes a Future a task awaits (no memif, no rings)."""
+
+    def __init__(self, mine: int, theirs: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.mine, self.theirs = mine, theirs
+        self.signalled = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.loop.add_reader(mine, self._ready)
+
+    def _ready(self) -> None:
+        os.read(self.mine, 8)
+        self.signalled = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def signal(self) -> None:
+        os.write(self.theirs, _ONE)
+
+    async def wait(self) -> None:
+        while not self.signalled:
+            self.waiter = self.loop.create_future()
+            await self.waiter
+        self.signalled = False
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.mine)
+
+
+def loop_pingpong(
+    count: int, cpus: tuple[int, int], warmup: int = 100, use_uvloop: bool = True
+) -> list[float]:
+    """Like :func:`eventfd_pingpong`, but each side waits in an event loop (a reader callback
+    and a task, :class:`_LoopWaker`): what any asyncio program pays per wake-up."""
+    from .. import run
+
+    a2b = os.eventfd(0, os.EFD_NONBLOCK)
+    b2a = os.eventfd(0, os.EFD_NONBLOCK)
+    ready_r, ready_w = os.pipe()
+    before = os.sched_getaffinity(0)
+
+    async def echo() -> None:
+        side = _LoopWaker(a2b, b2a)
+        os.write(ready_w, b"x")
+        for _ in range(count + warmup):
+            await side.wait()
+            side.signal()
+        side.close()
+
+    async def ping() -> list[float]:
+        side = _LoopWaker(b2a, a2b)
+        rtts: list[float] = []
+        for i in range(count + warmup):
+            start = time.perf_counter_ns()
+            side.signal()
+            await side.wait()
+            if i >= warmup:
+                rtts.append((time.perf_counter_ns() - start) / 1000)
+        side.close()
+        return rtts
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.sched_setaffinity(0, {cpus[1]})
+            run(echo(), use_uvloop=use_uvloop)
+        finally:
+            os._exit(0)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        os.read(ready_r, 1)
+        return run(ping(), use_uvloop=use_uvloop)
+    finally:
+        os.sched_setaffinity(0, before)
+        os.waitpid(pid, 0)
+        for fd in (a2b, b2a, ready_r, ready_w):
+            os.close(fd)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -261,16 +347,28 @@ async def _serve_drain(args: argparse.Namespace) -> None:
         _emit({"packets": packets})
 
 
+def _preemptions() -> int:
+    """Times this thread was preempted (involuntary context switches) so far."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
+
 class GapWatch:
     """A timer that re-arms itself every ``interval`` seconds on the running loop and keeps
-    the longest gap between two of its runs: how long other tasks on that loop had to wait."""
+    the longest gap between two of its runs: how long other tasks on that loop had to wait.
 
-    def __init__(self, interval: float = 100e-6) -> None:
+    With ``count_preemptions`` (one getrusage per run) it also keeps the longest gap during
+    which the thread was not preempted: on a shared machine another process can take the CPU
+    for a scheduler tick (4 ms here), which no event loop can prevent."""
+
+    def __init__(self, interval: float = 100e-6, *, count_preemptions: bool = False) -> None:
         self.interval = interval
         self.loop = asyncio.get_running_loop()
+        self.count_preemptions = count_preemptions
         self.longest = 0.0
+        self.longest_unpreempted = 0.0
         self.ticks = 0
         self.last = time.perf_counter()
+        self.last_preemptions = 0
         self.handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -278,21 +376,46 @@ class GapWatch:
         self.handle = self.loop.call_later(self.interval, self._tick)
 
     def reset(self) -> None:
-        self.longest, self.ticks, self.last = 0.0, 0, time.perf_counter()
+        self.longest = self.longest_unpreempted = 0.0
+        self.ticks = 0
+        self.last = time.perf_counter()
+        if self.count_preemptions:
+            self.last_preemptions = _preemptions()
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        self.longest = max(self.longest, now - self.last)
-        self.last = now
+        self._gap_ends()
         self.ticks += 1
         self.handle = self.loop.call_later(self.interval, self._tick)
 
+    def _gap_ends(self) -> None:
+        now = time.perf_counter()
+        gap = now - self.last
+        self.longest = max(self.longest, gap)
+        self.last = now
+        if self.count_preemptions:
+            preemptions = _preemptions()
+            if preemptions == self.last_preemptions:
+                self.longest_unpreempted = max(self.longest_unpreempted, gap)
+            self.last_preemptions = preemptions
+
     def stop(self) -> float:
         """Stop; the longest gap in seconds (the one still open counts too)."""
-        self.longest = max(self.longest, time.perf_counter() - self.last)
+        self._gap_ends()
         if self.handle is not None:
             self.handle.cancel()
         return self.longest
+
+
+def _fairness_setting(setting: str, defaults: tuple[int, int]) -> tuple[int, int]:
+    """``(_yield_every, _turn_ns)`` of a setting: "library" (the defaults), "every-N" (a turn
+    every N sends), "never"."""
+    if setting == "library":
+        return defaults
+    if setting == "never":
+        return 0, 0
+    if setting.startswith("every-"):
+        return int(setting.removeprefix("every-")), 0
+    raise ValueError(f"fairness setting {setting!r}: library, every-N or never")
 
 
 async def _serve_send(args: argparse.Namespace) -> None:
@@ -300,17 +423,17 @@ async def _serve_send(args: argparse.Namespace) -> None:
     rounds alternate the yield settings so both see the same machine."""
     from .. import connect
 
-    async with connect(args.path, timeout=30) as iface:
+    async with connect(args.path, timeout=30, ring_size=args.ring_size) as iface:
         txq = iface.tx_queues[0]
         payload = bytes(PAYLOAD)
-        settings = [int(v) for v in args.yield_every.split(",")]
-        default = txq._yield_every
+        settings = args.fairness.split(",")
+        defaults = txq._yield_every, txq._turn_ns
         rounds: list[dict[str, Any]] = []
         for _ in range(args.rounds):
-            for every in settings:
-                txq._yield_every = every
+            for setting in settings:
+                txq._yield_every, txq._turn_ns = _fairness_setting(setting, defaults)
                 await asyncio.sleep(0.02)  # the peer has drained the previous round
-                watch = GapWatch(100e-6)
+                watch = GapWatch(100e-6, count_preemptions=True)
                 watch.start()
                 await asyncio.sleep(0.002)
                 watch.reset()
@@ -321,10 +444,10 @@ async def _serve_send(args: argparse.Namespace) -> None:
                 longest = watch.stop()
                 txq.flush()
                 rounds.append(
-                    {"yield_every": every, "seconds": seconds, "longest_gap": longest,
-                     "ticks": watch.ticks}
+                    {"setting": setting, "seconds": seconds, "longest_gap": longest,
+                     "longest_unpreempted": watch.longest_unpreempted, "ticks": watch.ticks}
                 )  # fmt: skip
-        txq._yield_every = default
+        txq._yield_every, txq._turn_ns = defaults
         await asyncio.sleep(0.05)
         _emit({"rounds": rounds})
 
@@ -347,7 +470,8 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--yield-every", default="256,0")
+    parser.add_argument("--fairness", default="library,never")
+    parser.add_argument("--ring-size", type=int, default=1024)
     args = parser.parse_args(argv)
     _pin(args.cpu)
     from .. import run
@@ -372,7 +496,8 @@ class RttConfig:
     idle_seconds: float = 5.0
     fair_packets: int = 100_000
     fair_rounds: int = 3
-    fair_yield_every: tuple[int, ...] = (256, 0)
+    fair_settings: tuple[str, ...] = ("library", "every-256", "never")
+    fair_peer_mode: str = "interrupt"
     loop: str = "uvloop"
     spin: float | None = None
 
@@ -401,6 +526,7 @@ class RttRow:
     floor_p50_us: float
     floor_p99_us: float
     floor_p999_us: float
+    loop_floor_p50_us: float  # the same ping-pong with each side waiting in an event loop
 
     @property
     def ratio(self) -> float:
@@ -417,11 +543,12 @@ class IdleRow:
 
 @dataclass
 class FairRow:
-    yield_every: int  # 0: never yields while the ring has room
+    setting: str  # "library" (TURN_INTERVAL_NS), "every-N" sends, "never" (while room)
     packets: int
     mpps: float  # median over rounds
     longest_gap_us: float  # worst over rounds
-    drop_percent: float  # throughput lost against yield_every=0
+    longest_unpreempted_gap_us: float  # worst over rounds, of gaps with no preemption in them
+    drop_percent: float  # throughput lost against "never"
 
 
 @dataclass
@@ -511,6 +638,8 @@ def measure_rtt(config: RttConfig, cpus: tuple[int, int], progress: Progress) ->
         pair = (cpus[0], cpus[0]) if placement == "same" else cpus
         progress(f"{placement}: raw eventfd floor")
         floor = eventfd_pingpong("raw", config.floor_count, pair)
+        progress(f"{placement}: event-loop floor ({config.loop})")
+        loop_floor = loop_pingpong(config.floor_count, pair, use_uvloop=config.loop == "uvloop")
         variants = [(mode, False) for mode in config.modes]
         if config.gil_variants:
             variants += [(mode, True) for mode in config.modes if mode != "interrupt"]
@@ -530,6 +659,7 @@ def measure_rtt(config: RttConfig, cpus: tuple[int, int], progress: Progress) ->
                     percentile(floor, 50),
                     percentile(floor, 99),
                     percentile(floor, 99.9),
+                    percentile(loop_floor, 50),
                 )  # fmt: skip
             )
     return rows
@@ -553,24 +683,25 @@ def measure_idle(config: RttConfig, cpus: tuple[int, int], progress: Progress) -
 
 
 def measure_fairness(config: RttConfig, cpus: tuple[int, int], progress: Progress) -> list[FairRow]:
-    progress(f"fairness: {config.fair_packets} sends x {len(config.fair_yield_every)} settings")
+    settings = config.fair_settings
+    progress(f"fairness: {config.fair_packets} sends x {len(settings)} settings")
     path = f"@/tmp/memif-aio-rtt-{uuid.uuid4().hex[:12]}"
-    drain = _child_command("drain", path, cpus[0], config, "--mode", "polling")
+    drain = _child_command("drain", path, cpus[0], config, "--mode", config.fair_peer_mode)
     send = _child_command(
         "send", path, cpus[1], config, "--count", str(config.fair_packets),
-        "--rounds", str(config.fair_rounds),
-        "--yield-every", ",".join(str(v) for v in config.fair_yield_every),
+        "--rounds", str(config.fair_rounds), "--fairness", ",".join(settings),
     )  # fmt: skip
     with _children(drain, send) as (drain_proc, send_proc):
         rounds = _result(send_proc)["rounds"]
         _result(drain_proc, timeout=30)
     rows: list[FairRow] = []
-    for every in config.fair_yield_every:
-        mine = [r for r in rounds if r["yield_every"] == every]
+    for setting in settings:
+        mine = [r for r in rounds if r["setting"] == setting]
         mpps = percentile([config.fair_packets / r["seconds"] / 1e6 for r in mine], 50)
         gap = max(r["longest_gap"] for r in mine) * 1e6
-        rows.append(FairRow(every, config.fair_packets, mpps, gap, math.nan))
-    baseline = next((r.mpps for r in rows if r.yield_every == 0), math.nan)
+        unpreempted = max(r["longest_unpreempted"] for r in mine) * 1e6
+        rows.append(FairRow(setting, config.fair_packets, mpps, gap, unpreempted, math.nan))
+    baseline = next((r.mpps for r in rows if r.setting == "never"), math.nan)
     for row in rows:
         row.drop_percent = 100 * (1 - row.mpps / baseline)
     return rows
@@ -598,14 +729,14 @@ def format_report(report: LatencyReport) -> str:
         f"same = both on CPU {report.cpus[0]}, split = CPUs {report.cpus[0]} and {report.cpus[1]}",
         "",
         "| CPUs | mode | GIL while spinning | samples | p50 µs | p99 µs | p99.9 µs "
-        "| floor p50 | floor p99 | floor p99.9 | p50 / floor |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| raw floor p50 | p99 | p99.9 | p50 / raw floor | loop floor p50 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.rtt:
         out.append(
             f"| {r.placement} | {r.mode} | {r.gil} | {r.samples} | {r.p50_us:.1f} "
             f"| {r.p99_us:.1f} | {r.p999_us:.1f} | {r.floor_p50_us:.1f} | {r.floor_p99_us:.1f} "
-            f"| {r.floor_p999_us:.1f} | {r.ratio:.2f}x |"
+            f"| {r.floor_p999_us:.1f} | {r.ratio:.2f}x | {r.loop_floor_p50_us:.1f} |"
         )
     if report.idle:
         out += ["", "| idle link, mode | seconds | master CPU % | slave CPU % |"]
@@ -618,15 +749,16 @@ def format_report(report: LatencyReport) -> str:
     if report.fairness:
         out += [
             "",
-            "| sender yields every | packets | send Mpps | longest 100 µs-timer gap µs "
-            "| throughput drop |",
-            "|---|---:|---:|---:|---:|",
+            "| sender yields | packets | send Mpps | longest 100 µs-timer gap µs "
+            "| longest without preemption µs | throughput drop |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
+        labels = {"library": "every 100 µs of sending (library)", "never": "never"}
         for f in report.fairness:
-            every = "never" if f.yield_every == 0 else f"{f.yield_every} packets"
+            label = labels.get(f.setting, f.setting.replace("every-", "every ") + " sends")
             out.append(
-                f"| {every} | {f.packets} | {f.mpps:.2f} | {f.longest_gap_us:.0f} "
-                f"| {f.drop_percent:.1f} % |"
+                f"| {label} | {f.packets} | {f.mpps:.2f} | {f.longest_gap_us:.0f} "
+                f"| {f.longest_unpreempted_gap_us:.0f} | {f.drop_percent:.1f} % |"
             )
     out += [f"note: {n}" for n in report.notes]
     return "\n".join(out)
