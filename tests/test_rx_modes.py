@@ -151,10 +151,13 @@ async def test_adaptive_polls_after_traffic_and_sleeps_on_interrupts_when_idle(a
         assert not rxq.ring.mask_interrupts  # an adaptive queue starts idle: interrupts
         stream = aiter(rxq)
         for i in range(200):
+            waiting = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0)  # the consumer starts waiting
+            # after traffic it polls, and asks the peer not to signal (MASK_INT in the ring
+            # header); before the first packet it sleeps on the interrupt
+            assert rxq.ring.mask_interrupts == (i > 0)
             await txq.send(i.to_bytes(4, "little") * 16)
-            assert int.from_bytes((await anext(stream))[:4], "little") == i
-            # traffic: it polls, and asks the peer not to signal (MASK_INT in the ring header)
-            assert rxq.ring.mask_interrupts
+            assert int.from_bytes((await asyncio.wait_for(waiting, 5))[:4], "little") == i
         # Idle with a consumer waiting: after the window it asks for signals again and sleeps.
         waiting = asyncio.ensure_future(anext(stream))
         try:
