@@ -461,13 +461,17 @@ cdef class RxQueueCore(QueueCore):
         mode = self.wait_mode
         if mode == WAIT_PYTHON or rx.closed or rx.regions._closed:
             return 0  # the caller looks, and waits the subclass's way (or raises)
-        self._flush_tx()
+        # Every look at the ring below comes before our staged packets are published: a reply
+        # they bring (on one CPU the peer may answer before this step ends) must wake us
+        # through its signal, not be taken by a look, which would leave that signal to arrive
+        # with nothing new (an empty wake-up, what an interrupt storm is made of).
         if mode != WAIT_INTERRUPT:
             now = memif_now_ns()
             if mode == WAIT_ADAPTIVE and rx.packets != self.packets_seen:
                 self.packets_seen = rx.packets  # traffic since the last wait
                 self._heat(now)
             if mode == WAIT_POLLING or now - self._last_traffic < self._window_ns:
+                self._flush_tx()
                 if not turned and now - self.last_turn >= self._spin_ns:
                     # However busy the link, the loop gets a turn at least every spin.
                     self.last_turn = now
@@ -498,6 +502,7 @@ cdef class RxQueueCore(QueueCore):
         # its packets are seen here; one that comes later finds the waiter.
         if rx._moved():
             return 0
+        self._flush_tx()
         if waiter.state == WAITER_PENDING:
             raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
         waiter.arm()

@@ -92,7 +92,7 @@ cdef extern from "<sched.h>" nogil:
 # (sched_yield): a peer on the same CPU can then run and answer, where pure spinning would
 # hold the CPU until the scheduler preempts us (milliseconds); on a CPU of its own the yield
 # returns at once.
-cdef uint64_t _SPIN_ALONE_NS = 50000000
+cdef uint64_t _SPIN_ALONE_NS = 5000
 #: (ns) how long RxRing.wait_news spins before it yields the CPU between looks
 SPIN_ALONE_NS = _SPIN_ALONE_NS
 

@@ -1537,13 +1537,14 @@ class RxQueueCore(QueueCore):
             mode = self._mode
             if mode == "python" or rx._closed or rx._regions.closed:
                 return
-            self.flush_tx()
+            # looks before publishing (see the Cython _wait_step)
             if mode != "interrupt":
                 now = time.monotonic_ns()
                 if mode == "adaptive" and rx.packets != self._packets_seen:
                     self._packets_seen = rx.packets
                     self._heat(now)
                 if mode == "polling" or now - self._last_traffic < self._window_ns:
+                    self.flush_tx()
                     if not turned and now - self._last_turn >= self._spin_ns:
                         self._last_turn = now
                         turned = True
@@ -1564,6 +1565,7 @@ class RxQueueCore(QueueCore):
                         return
             if rx._moved():
                 return
+            self.flush_tx()
             if waiter.pending:
                 raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
             waiter.arm()

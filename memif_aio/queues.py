@@ -5,21 +5,39 @@ The C half of each queue (:class:`~memif_aio._ring.RxQueueCore`,
 coroutine per packet, and holds the queue's one gate: ``closed_reason``, None while the link is
 up. This module adds the waiting.
 
-An :class:`RxQueue` waits in one of three modes (``rxq.mode``):
+An :class:`RxQueue` waits in one of three modes (``rxq.mode``), all in C
+(:meth:`~memif_aio._ring.RxQueueCore._wait_c`; ``async for`` needs no coroutine to wait):
 
-- ``"interrupt"`` (default): it sleeps until the peer signals (the link's
-  :class:`~memif_aio.interrupts.InterruptSet` watches the eventfd), so an idle queue costs
-  nothing; each wake-up costs a loop iteration.
+- ``"interrupt"`` (default): it sleeps until the peer signals, so an idle queue costs nothing.
+  The link's :class:`~memif_aio.interrupts.InterruptSet` watches the eventfd (never read) and
+  its reader resumes the waiting task on the spot, inside the callback, on a reused
+  :class:`~memif_aio._ring.Waiter`: no Future, no extra loop iteration per wake-up. What is
+  left is the event loop's own wake-up: about twice the raw eventfd round trip of two
+  processes on one CPU, close to it on two (``benchmarks/bench_latency.py``; README).
 - ``"polling"``: ``MASK_INT`` asks the peer not to signal; the consumer spins in C on the
-  ring's counter for up to ``spin`` seconds per look (no loop iteration per look), then gives
-  the loop a turn. Lowest latency, one CPU busy.
-- ``"adaptive"``: like VPP's. Interrupts while idle; after traffic it polls for
-  ``adaptive_window`` seconds, then asks for interrupts again (clears ``MASK_INT``, looks at
-  the ring once more, then sleeps: no lost wake-up). A busy link gets polling latency, an
-  idle one costs nothing.
+  ring's counter, for up to ``spin`` seconds (default 50 µs) between two loop turns: no loop
+  iteration per look, and the loop still runs its other tasks and timers at least every
+  ``spin``. A round trip between two polling processes on two CPUs takes ~2 µs; each polling
+  consumer keeps its CPU busy. After 5 µs without news the spin yields the CPU between looks
+  (``sched_yield``): a peer on the same CPU then gets to answer within microseconds instead of
+  a scheduler tick; on a CPU of its own the yield returns at once.
+- ``"adaptive"``: like VPP's. Interrupts while idle; after traffic it polls (``MASK_INT`` set)
+  for ``adaptive_window`` seconds (default 300 µs), then asks for interrupts again: clears
+  ``MASK_INT``, looks at the ring once more, then sleeps (no lost wake-up: a packet published
+  before the flag changed is seen by that look, one published after it is signalled). A busy
+  link gets polling latency, an idle one costs nothing.
+
+``rxq.spin_releases_gil`` (default True): whether the spin releases the GIL. Measured, it makes
+no difference to the round trip (p50 1.4 µs either way on two CPUs); with a CPU-bound Python
+thread in the process both suffer from the GIL's switch interval (p99 9 ms released, 12 ms
+held). Released, the process's other threads (executors, memif_aio's fd closers) run while the
+loop's thread spins, so that is the default.
 
 A :class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
-waits for room by re-checking on a short, growing timer: backpressure, never a silent drop.
+waits for room by re-checking on a short, growing timer: backpressure, never a silent drop. A
+task that sends in a loop and never has to wait still gives its loop a turn at least every
+100 µs of sending (``TURN_INTERVAL_NS``, checked every ``max_burst`` sends): receivers and
+timers on the same loop keep running, for ~5 % of the send rate.
 
 A queue belongs to the thread running its event loop and to one consumer task at a time. Queues
 live as long as one connection: when the link goes down they are closed and every waiter gets
@@ -88,10 +106,14 @@ class RxQueue(_ring.RxQueueCore):
       valid until the next burst is taken or ``burst.release()``.
     - ``rxq.recv_burst_nowait()``: the same without waiting, for busy-poll loops.
     - ``rxq.mode``: ``"interrupt"``, ``"polling"`` or ``"adaptive"`` (``rxq.polling = True``
-      is short for polling); ``rxq.spin`` and ``rxq.adaptive_window`` tune the last two.
+      is short for polling); ``rxq.spin``, ``rxq.adaptive_window`` and
+      ``rxq.spin_releases_gil`` tune the last two (see the module's documentation).
 
     Before it sleeps or spins, a consumer publishes what its link's transmit queues have
     staged (``flush_tx``): a reply sent just before waiting for the next request goes out now.
+    One task waits on a queue at a time (a second gets ``LocalProtocolError``). Modes, spin
+    and window belong to this queue, so to this link: the next link's queues start from the
+    interface's ``rx_mode``.
     A peer that signals without publishing packets (more than 200 empty wake-ups in 100 ms)
     is not listened to for 100 ms at a time: meanwhile the consumer polls every millisecond,
     so a storm costs a few percent of a CPU instead of all of it. ``on_notice(text)`` hears
@@ -291,8 +313,8 @@ class TxQueue(_ring.TxQueueCore):
       waits while the ring is full. Packets are staged and published together once per loop
       iteration (or every ``max_burst`` packets; at once when the peer polls): one counter
       store and at most one eventfd write for the lot. ``txq.flush()`` publishes now. A task
-      that sends in a loop gives the loop a turn every ``max_burst`` packets, so receivers
-      and timers on the same loop keep running.
+      that sends in a loop gives the loop a turn at least every 100 µs of sending, so
+      receivers and timers on the same loop keep running.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, a 2-D uint8 numpy
       array plus ``lengths``, or a received ``Burst`` (copied in C, metadata kept: the echo
       path); returns when all are in the ring.
