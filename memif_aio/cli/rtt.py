@@ -13,11 +13,11 @@ Three measurements between memif_aio processes (public API only), 64-byte packet
 - **Idle CPU**: a connected link with a consumer waiting on each side and no traffic, for a few
   seconds; the CPU time of each process as a percentage of one CPU.
 - **Fairness**: a task doing ``await txq.send()`` in a loop toward a peer that drains (on the
-  other CPU, in interrupt mode: it takes 256-packet bursts and keeps up, so the sender never
-  waits for room, which would give the loop turns anyway) while a 100 µs repeating timer on
-  the same loop records its longest gap; the send throughput with the library's yields (a
-  turn every ``TURN_INTERVAL_NS`` of sending), with a turn every 256 sends, and with none
-  (``txq._yield_every = 0``); the drop is against "none".
+  other CPU, in interrupt mode: it takes 256-packet bursts and keeps up, and the ring has
+  16384 slots, so the sender does not wait for room, which would give the loop turns anyway)
+  while a 100 µs repeating timer on the same loop records its longest gap; the send throughput
+  with the library's yields (a turn every ``TURN_INTERVAL_NS`` of sending), with a turn every
+  256 sends, and with none (``txq._yield_every = 0``); the drop is against "none".
 
 The child processes are this module run as ``python -m memif_aio.cli.rtt --serve ROLE ...``;
 each prints one JSON line (its results) on stdout. :func:`measure` runs the whole set and
@@ -356,19 +356,19 @@ class GapWatch:
     """A timer that re-arms itself every ``interval`` seconds on the running loop and keeps
     the longest gap between two of its runs: how long other tasks on that loop had to wait.
 
-    With ``count_preemptions`` (one getrusage per run) it also keeps the longest gap during
-    which the thread was not preempted: on a shared machine another process can take the CPU
-    for a scheduler tick (4 ms here), which no event loop can prevent."""
+    With ``count_preemptions`` it also counts how often the thread was preempted between
+    ``start()``/``reset()`` and ``stop()`` (two getrusage calls, none per run): on a shared
+    machine another process can take the CPU for a scheduler tick (4 ms here), which no event
+    loop can prevent, so a gap from a round without preemption says more."""
 
     def __init__(self, interval: float = 100e-6, *, count_preemptions: bool = False) -> None:
         self.interval = interval
         self.loop = asyncio.get_running_loop()
         self.count_preemptions = count_preemptions
         self.longest = 0.0
-        self.longest_unpreempted = 0.0
         self.ticks = 0
+        self.preemptions = 0
         self.last = time.perf_counter()
-        self.last_preemptions = 0
         self.handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -376,11 +376,11 @@ class GapWatch:
         self.handle = self.loop.call_later(self.interval, self._tick)
 
     def reset(self) -> None:
-        self.longest = self.longest_unpreempted = 0.0
+        self.longest = 0.0
         self.ticks = 0
         self.last = time.perf_counter()
         if self.count_preemptions:
-            self.last_preemptions = _preemptions()
+            self.preemptions = -_preemptions()
 
     def _tick(self) -> None:
         self._gap_ends()
@@ -389,20 +389,16 @@ class GapWatch:
 
     def _gap_ends(self) -> None:
         now = time.perf_counter()
-        gap = now - self.last
-        self.longest = max(self.longest, gap)
+        self.longest = max(self.longest, now - self.last)
         self.last = now
-        if self.count_preemptions:
-            preemptions = _preemptions()
-            if preemptions == self.last_preemptions:
-                self.longest_unpreempted = max(self.longest_unpreempted, gap)
-            self.last_preemptions = preemptions
 
     def stop(self) -> float:
         """Stop; the longest gap in seconds (the one still open counts too)."""
         self._gap_ends()
         if self.handle is not None:
             self.handle.cancel()
+        if self.count_preemptions:
+            self.preemptions += _preemptions()
         return self.longest
 
 
@@ -423,7 +419,9 @@ async def _serve_send(args: argparse.Namespace) -> None:
     rounds alternate the yield settings so both see the same machine."""
     from .. import connect
 
-    async with connect(args.path, timeout=30, ring_size=args.ring_size) as iface:
+    async with connect(
+        args.path, timeout=30, ring_size=args.ring_size, buffer_size=args.buffer_size
+    ) as iface:
         txq = iface.tx_queues[0]
         payload = bytes(PAYLOAD)
         settings = args.fairness.split(",")
@@ -445,7 +443,7 @@ async def _serve_send(args: argparse.Namespace) -> None:
                 txq.flush()
                 rounds.append(
                     {"setting": setting, "seconds": seconds, "longest_gap": longest,
-                     "longest_unpreempted": watch.longest_unpreempted, "ticks": watch.ticks}
+                     "preemptions": watch.preemptions, "ticks": watch.ticks}
                 )  # fmt: skip
         txq._yield_every, txq._turn_ns = defaults
         await asyncio.sleep(0.05)
@@ -472,6 +470,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fairness", default="library,never")
     parser.add_argument("--ring-size", type=int, default=1024)
+    parser.add_argument("--buffer-size", type=int, default=2048)
     args = parser.parse_args(argv)
     _pin(args.cpu)
     from .. import run
@@ -495,9 +494,12 @@ class RttConfig:
     gil_variants: bool = True  # polling and adaptive also with the GIL held while spinning
     idle_seconds: float = 5.0
     fair_packets: int = 100_000
-    fair_rounds: int = 3
+    fair_rounds: int = 7
     fair_settings: tuple[str, ...] = ("library", "every-256", "never")
     fair_peer_mode: str = "interrupt"
+    # A deep ring, so that the drainer's wake-up delays (an idle vCPU wakes slowly here) do not
+    # make the sender wait for room, which would hide what the yields cost.
+    fair_ring_size: int = 16384
     loop: str = "uvloop"
     spin: float | None = None
 
@@ -545,10 +547,14 @@ class IdleRow:
 class FairRow:
     setting: str  # "library" (TURN_INTERVAL_NS), "every-N" sends, "never" (while room)
     packets: int
+    rounds: int
     mpps: float  # median over rounds
+    best_mpps: float
     longest_gap_us: float  # worst over rounds
-    longest_unpreempted_gap_us: float  # worst over rounds, of gaps with no preemption in them
-    drop_percent: float  # throughput lost against "never"
+    longest_gap_clean_us: float  # worst over the rounds in which the sender was not preempted
+    clean_rounds: int
+    drop_percent: float  # median throughput lost against "never"
+    best_drop_percent: float  # best round against best round
 
 
 @dataclass
@@ -690,6 +696,7 @@ def measure_fairness(config: RttConfig, cpus: tuple[int, int], progress: Progres
     send = _child_command(
         "send", path, cpus[1], config, "--count", str(config.fair_packets),
         "--rounds", str(config.fair_rounds), "--fairness", ",".join(settings),
+        "--ring-size", str(config.fair_ring_size), "--buffer-size", "128",
     )  # fmt: skip
     with _children(drain, send) as (drain_proc, send_proc):
         rounds = _result(send_proc)["rounds"]
@@ -697,13 +704,27 @@ def measure_fairness(config: RttConfig, cpus: tuple[int, int], progress: Progres
     rows: list[FairRow] = []
     for setting in settings:
         mine = [r for r in rounds if r["setting"] == setting]
-        mpps = percentile([config.fair_packets / r["seconds"] / 1e6 for r in mine], 50)
-        gap = max(r["longest_gap"] for r in mine) * 1e6
-        unpreempted = max(r["longest_unpreempted"] for r in mine) * 1e6
-        rows.append(FairRow(setting, config.fair_packets, mpps, gap, unpreempted, math.nan))
-    baseline = next((r.mpps for r in rows if r.setting == "never"), math.nan)
+        rates = [config.fair_packets / r["seconds"] / 1e6 for r in mine]
+        clean = [r["longest_gap"] for r in mine if r["preemptions"] == 0]
+        rows.append(
+            FairRow(
+                setting,
+                config.fair_packets,
+                len(mine),
+                percentile(rates, 50),
+                max(rates),
+                max(r["longest_gap"] for r in mine) * 1e6,
+                max(clean) * 1e6 if clean else math.nan,
+                len(clean),
+                math.nan,
+                math.nan,
+            )  # fmt: skip
+        )
+    never = next((r for r in rows if r.setting == "never"), None)
     for row in rows:
-        row.drop_percent = 100 * (1 - row.mpps / baseline)
+        if never is not None:
+            row.drop_percent = 100 * (1 - row.mpps / never.mpps)
+            row.best_drop_percent = 100 * (1 - row.best_mpps / never.best_mpps)
     return rows
 
 
@@ -749,16 +770,18 @@ def format_report(report: LatencyReport) -> str:
     if report.fairness:
         out += [
             "",
-            "| sender yields | packets | send Mpps | longest 100 µs-timer gap µs "
-            "| longest without preemption µs | throughput drop |",
+            "| sender yields | rounds | send Mpps (median / best) | drop (median / best) "
+            "| longest 100 µs-timer gap µs | in rounds not preempted |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         labels = {"library": "every 100 µs of sending (library)", "never": "never"}
         for f in report.fairness:
             label = labels.get(f.setting, f.setting.replace("every-", "every ") + " sends")
+            clean = f"{f.longest_gap_clean_us:.0f} ({f.clean_rounds})" if f.clean_rounds else "-"
             out.append(
-                f"| {label} | {f.packets} | {f.mpps:.2f} | {f.longest_gap_us:.0f} "
-                f"| {f.longest_unpreempted_gap_us:.0f} | {f.drop_percent:.1f} % |"
+                f"| {label} | {f.rounds} | {f.mpps:.2f} / {f.best_mpps:.2f} "
+                f"| {f.drop_percent:.1f} % / {f.best_drop_percent:.1f} % "
+                f"| {f.longest_gap_us:.0f} | {clean} |"
             )
     out += [f"note: {n}" for n in report.notes]
     return "\n".join(out)
