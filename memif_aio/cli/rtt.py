@@ -494,7 +494,7 @@ class RttConfig:
     gil_variants: bool = True  # polling and adaptive also with the GIL held while spinning
     idle_seconds: float = 5.0
     fair_packets: int = 100_000
-    fair_rounds: int = 7
+    fair_rounds: int = 9
     fair_settings: tuple[str, ...] = ("library", "every-256", "never")
     fair_peer_mode: str = "interrupt"
     # A deep ring, so that the drainer's wake-up delays (an idle vCPU wakes slowly here) do not
