@@ -404,14 +404,16 @@ class GapWatch:
 
 def _fairness_setting(setting: str, defaults: tuple[int, int]) -> tuple[int, int]:
     """``(_yield_every, _turn_ns)`` of a setting: "library" (the defaults), "every-N" (a turn
-    every N sends), "never"."""
+    every N sends), "turn-N" (a turn every N µs of sending), "never"."""
     if setting == "library":
         return defaults
     if setting == "never":
         return 0, 0
     if setting.startswith("every-"):
         return int(setting.removeprefix("every-")), 0
-    raise ValueError(f"fairness setting {setting!r}: library, every-N or never")
+    if setting.startswith("turn-"):  # a turn every N µs of sending
+        return defaults[0], int(setting.removeprefix("turn-")) * 1000
+    raise ValueError(f"fairness setting {setting!r}: library, every-N, turn-N or never")
 
 
 async def _serve_send(args: argparse.Namespace) -> None:
@@ -777,6 +779,8 @@ def format_report(report: LatencyReport) -> str:
         labels = {"library": "every 100 µs of sending (library)", "never": "never"}
         for f in report.fairness:
             label = labels.get(f.setting, f.setting.replace("every-", "every ") + " sends")
+            if f.setting.startswith("turn-"):
+                label = f"every {f.setting.removeprefix('turn-')} µs of sending"
             clean = f"{f.longest_gap_clean_us:.0f} ({f.clean_rounds})" if f.clean_rounds else "-"
             out.append(
                 f"| {label} | {f.rounds} | {f.mpps:.2f} / {f.best_mpps:.2f} "
