@@ -9,7 +9,8 @@ Three measurements between memif_aio processes (public API only), 64-byte packet
   (no memif, no event loop). An interrupt-mode round trip cannot beat that floor; the ratio
   says what memif_aio adds to it. Beside it the event-loop floor: the same ping-pong with
   each side woken through its event loop (a reader callback completing a Future a task
-  awaits), the least any asyncio program pays.
+  awaits), the least any asyncio program pays. Both floors are measured again right before
+  each row, so a disturbance of the machine hits a row and its floors alike.
 - **Idle CPU**: a connected link with a consumer waiting on each side and no traffic, for a few
   seconds; the CPU time of each process as a percentage of one CPU.
 - **Fairness**: a task doing ``await txq.send()`` in a loop toward a peer that drains (on the
@@ -641,19 +642,19 @@ def _ping_pong(
 
 
 def measure_rtt(config: RttConfig, cpus: tuple[int, int], progress: Progress) -> list[RttRow]:
+    """Each mode right after the two floors, measured again for it (same placement, same
+    minute): a disturbance of this shared machine hits a row and its floors alike."""
     rows: list[RttRow] = []
     for placement in config.placements:
         pair = (cpus[0], cpus[0]) if placement == "same" else cpus
-        progress(f"{placement}: raw eventfd floor")
-        floor = eventfd_pingpong("raw", config.floor_count, pair)
-        progress(f"{placement}: event-loop floor ({config.loop})")
-        loop_floor = loop_pingpong(config.floor_count, pair, use_uvloop=config.loop == "uvloop")
         variants = [(mode, False) for mode in config.modes]
         if config.gil_variants:
             variants += [(mode, True) for mode in config.modes if mode != "interrupt"]
         for mode, hold_gil in variants:
             gil = "n/a" if mode == "interrupt" else "held" if hold_gil else "released"
-            progress(f"{placement}: {mode} (GIL {gil} while spinning)")
+            progress(f"{placement}: {mode} (GIL {gil} while spinning), and the floors")
+            floor = eventfd_pingpong("raw", config.floor_count, pair)
+            loop_floor = loop_pingpong(config.floor_count, pair, use_uvloop=config.loop == "uvloop")
             rtts, _, _ = _ping_pong(config, mode, pair, hold_gil, idle=0)
             rows.append(
                 RttRow(
@@ -752,14 +753,15 @@ def format_report(report: LatencyReport) -> str:
         f"same = both on CPU {report.cpus[0]}, split = CPUs {report.cpus[0]} and {report.cpus[1]}",
         "",
         "| CPUs | mode | GIL while spinning | samples | p50 µs | p99 µs | p99.9 µs "
-        "| raw floor p50 | p99 | p99.9 | p50 / raw floor | loop floor p50 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| raw floor p50 | p99 | p99.9 | p50 / raw floor | loop floor p50 | p50 / loop floor |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.rtt:
         out.append(
             f"| {r.placement} | {r.mode} | {r.gil} | {r.samples} | {r.p50_us:.1f} "
             f"| {r.p99_us:.1f} | {r.p999_us:.1f} | {r.floor_p50_us:.1f} | {r.floor_p99_us:.1f} "
-            f"| {r.floor_p999_us:.1f} | {r.ratio:.2f}x | {r.loop_floor_p50_us:.1f} |"
+            f"| {r.floor_p999_us:.1f} | {r.ratio:.2f}x | {r.loop_floor_p50_us:.1f} "
+            f"| {r.p50_us / r.loop_floor_p50_us:.2f}x |"
         )
     if report.idle:
         out += ["", "| idle link, mode | seconds | master CPU % | slave CPU % |"]
