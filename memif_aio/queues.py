@@ -12,8 +12,9 @@ An :class:`RxQueue` waits in one of three modes (``rxq.mode``), all in C
   The link's :class:`~memif_aio.interrupts.InterruptSet` watches the eventfd (never read) and
   its reader resumes the waiting task on the spot, inside the callback, on a reused
   :class:`~memif_aio._ring.Waiter`: no Future, no extra loop iteration per wake-up. What is
-  left is the event loop's own wake-up: about twice the raw eventfd round trip of two
-  processes on one CPU, close to it on two (``benchmarks/bench_latency.py``; README).
+  left is mostly the event loop's own wake-up: a round trip costs 0.9-1.6x what two uvloop
+  processes ping-ponging eventfds pay, 1.6-3.3x a raw eventfd ping-pong without an event loop
+  (``benchmarks/bench_latency.py``; README "Receive modes and latency").
 - ``"polling"``: ``MASK_INT`` asks the peer not to signal; the consumer spins in C on the
   ring's counter, for up to ``spin`` seconds (default 50 µs) between two loop turns: no loop
   iteration per look, and the loop still runs its other tasks and timers at least every
