@@ -35,6 +35,7 @@ import math
 import os
 import resource
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -137,11 +138,20 @@ def eventfd_pingpong(
             if i >= warmup:
                 rtts.append((time.perf_counter_ns() - start) / 1000)
     finally:
+        _reap(pid, done=len(rtts) == count)
         os.sched_setaffinity(0, before)
-        os.waitpid(pid, 0)
         for fd in (a2b, b2a, ready_r, ready_w):
             os.close(fd)
     return rtts
+
+
+def _reap(pid: int, *, done: bool) -> None:
+    """Wait for a forked ping-pong child; kill it first if we stopped before the end (it
+    would wait for our next signal forever)."""
+    if not done:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 class _LoopWaker:
@@ -213,13 +223,15 @@ def loop_pingpong(
             run(echo(), use_uvloop=use_uvloop)
         finally:
             os._exit(0)
+    rtts: list[float] = []
     try:
         os.sched_setaffinity(0, {cpus[0]})
         os.read(ready_r, 1)
-        return run(ping(), use_uvloop=use_uvloop)
+        rtts = run(ping(), use_uvloop=use_uvloop)
+        return rtts
     finally:
+        _reap(pid, done=len(rtts) == count)
         os.sched_setaffinity(0, before)
-        os.waitpid(pid, 0)
         for fd in (a2b, b2a, ready_r, ready_w):
             os.close(fd)
 
