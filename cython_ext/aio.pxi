@@ -4,6 +4,12 @@
 # waiting. No coroutine per packet: ``async for`` hands out a reused, already-completed
 # awaitable while a burst lasts, and ``send`` returns one while the ring has room.
 
+from cpython.ref cimport Py_DECREF
+
+from asyncio import CancelledError as _CancelledError
+from asyncio import InvalidStateError as _InvalidStateError
+from asyncio import current_task as _current_task
+
 # ---------------------------------------------------------------------------------------------
 # per-packet async iteration
 
@@ -74,6 +80,9 @@ AM_SEND = bool(memif_set_am_send(<PyTypeObject *>Completed, <void *>_completed_s
 #: ``await DONE`` is ``None`` at once; ``TxQueue.send`` returns it when the packet is staged.
 DONE = Completed(None)
 
+#: (ns) a task that sends without ever waiting gives its loop a turn at least this often
+TURN_INTERVAL_NS = 100_000
+
 
 @cython.final
 cdef class YieldOnce:
@@ -104,6 +113,202 @@ cdef class YieldOnce:
 
     def close(self):
         pass
+
+
+cdef enum:
+    WAITER_IDLE = 0  # not armed: nobody waits
+    WAITER_PENDING = 1
+    WAITER_DONE = 2  # woken, or failed/cancelled (``outcome`` says which)
+
+
+@cython.final
+cdef class Waiter:
+    """A reusable future for the one task that waits on a queue: no allocation per wait, and
+    a wake-up from an fd callback can resume that task on the spot.
+
+    ``await waiter.arm()`` suspends the task like a Future would (a Task accepts any object
+    with ``_asyncio_future_blocking``, ``get_loop()``, ``add_done_callback()`` and
+    ``result()``). ``wake(direct)``: with ``direct`` (only from a loop callback, no task
+    running) the waiting task's wake-up runs now, inside this call, instead of on the next
+    loop iteration, which saves one iteration per interrupt; otherwise, like
+    ``fail(exc)`` and a task's ``cancel()``, the outcome is delivered through ``call_soon``
+    with a finished asyncio Future of its own, so re-arming never races a late delivery.
+    One waiting task at a time: ``arm()`` raises ``RuntimeError`` while one is pending.
+    """
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self._asyncio_future_blocking = False
+
+    def get_loop(self):
+        return self.loop
+
+    @property
+    def pending(self):
+        """True from ``arm()`` until woken, failed or cancelled."""
+        return self.state == WAITER_PENDING
+
+    def arm(self):
+        """Make ready for one wait; returns self (to be awaited at once)."""
+        if self.state == WAITER_PENDING:
+            raise RuntimeError("another task is already waiting here")
+        self.state = WAITER_PENDING
+        self.outcome = None
+        return self
+
+    def done(self):
+        return self.state != WAITER_PENDING
+
+    cdef void _disarm(self) noexcept:
+        # The awaiting coroutine went away without a wake-up (an exception thrown in).
+        if self.state == WAITER_PENDING:
+            self.state = WAITER_IDLE
+            self.callback = self.context = None
+
+    def cancelled(self):
+        return self.state == WAITER_DONE and isinstance(self.outcome, _CancelledError)
+
+    def result(self):
+        if self.state == WAITER_PENDING:
+            raise _InvalidStateError("result is not set")
+        if self.outcome is not None:
+            raise self.outcome
+        return None
+
+    def exception(self):
+        if self.state == WAITER_PENDING:
+            raise _InvalidStateError("exception is not set")
+        if isinstance(self.outcome, _CancelledError):
+            raise self.outcome
+        return self.outcome
+
+    def add_done_callback(self, fn, *, context=None):
+        if self.state != WAITER_PENDING:
+            self._deliver(fn, context)
+            return
+        if self.callback is not None:
+            raise RuntimeError("another task is already waiting here")
+        self.callback = fn
+        self.context = context
+
+    def remove_done_callback(self, fn):
+        if self.callback is not None and self.callback == fn:
+            self.callback = self.context = None
+            return 1
+        return 0
+
+    cdef int _deliver(self, fn, context) except -1:
+        # A finished Future of its own: the receiver reads the outcome from it, not from us.
+        future = self.loop.create_future()
+        if self.outcome is None:
+            future.set_result(None)
+        elif isinstance(self.outcome, _CancelledError):
+            future.cancel(*self.outcome.args)
+        else:
+            future.set_exception(self.outcome)
+        self.loop.call_soon(fn, future, context=context)
+        return 0
+
+    cdef object _finish(self, outcome):
+        """Done with ``outcome`` (None: woken); the callback to run, taken off, or None."""
+        fn = self.callback
+        if self.state != WAITER_PENDING:
+            return None
+        self.state = WAITER_DONE
+        self.outcome = outcome
+        self.callback = None
+        return fn
+
+    def wake(self, bint direct=False):
+        """Resume the waiting task (if any): now when ``direct`` and no task is running on
+        the loop, else on the next iteration. Never raises for the woken task's errors."""
+        context = self.context
+        fn = self._finish(None)
+        if fn is None:
+            return
+        self.context = None
+        if direct and _current_task(self.loop) is None:
+            if context is None:
+                fn(self)
+            else:
+                context.run(fn, self)
+        else:
+            self._deliver(fn, context)
+
+    def fail(self, exc):
+        """The waiting task (if any) gets ``exc`` raised, on the next iteration."""
+        context = self.context
+        fn = self._finish(exc)
+        self.context = None
+        if fn is not None:
+            self._deliver(fn, context)
+
+    def cancel(self, msg=None):
+        if self.state != WAITER_PENDING:
+            return False
+        context = self.context
+        fn = self._finish(_CancelledError() if msg is None else _CancelledError(msg))
+        self.context = None
+        if fn is not None:
+            self._deliver(fn, context)
+        return True
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.state == WAITER_PENDING:
+            self._asyncio_future_blocking = True
+            return self  # the Task registers its wake-up with add_done_callback
+        if self.outcome is not None:
+            raise self.outcome
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self):
+        pass
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+
+
+@cython.final
+cdef class InterruptCore:
+    """The loop's reader of :class:`memif_aio.interrupts.InterruptSet`: drains the private
+    edge-triggered epoll set (``epoll_wait`` with timeout 0, on our own fd: it never blocks,
+    so the GIL stays held) and calls ``callbacks[fd]()`` for each signalled eventfd.
+    ``callbacks`` is the InterruptSet's own dict (fd -> callable that never raises); the
+    peer's eventfds themselves are never read."""
+
+    def __cinit__(self, int epoll_fd, dict callbacks not None):
+        self.epoll_fd = epoll_fd
+        self.callbacks = callbacks
+
+    def ready(self):
+        """The reader callback: never raises."""
+        cdef int n, i
+        if self.epoll_fd < 0:
+            return
+        n = epoll_wait(self.epoll_fd, self.events, MAX_INTERRUPT_EVENTS, 0)
+        for i in range(n):  # n < 0 (EINTR-like): nothing now, the edge is still queued
+            callback = self.callbacks.get(self.events[i].data.fd)
+            if callback is not None:
+                callback()
+
+    def close(self):
+        """Stop (before the epoll fd is closed)."""
+        self.epoll_fd = -1
 
 
 cdef class QueueCore:
@@ -139,12 +344,179 @@ cdef class QueueCore:
             self.closed_reason = reason
 
 
-cdef class RxQueueCore(QueueCore):
-    """The C half of :class:`memif_aio.RxQueue`: taking bursts, and ``async for``."""
+_WAIT_MODES = {"python": WAIT_PYTHON, "interrupt": WAIT_INTERRUPT, "polling": WAIT_POLLING,
+               "adaptive": WAIT_ADAPTIVE}
+_WAIT_NAMES = {v: k for k, v in _WAIT_MODES.items()}
 
-    def __init__(self, int index, RxRing ring not None, on_peer_error):
+
+cdef class RxQueueCore(QueueCore):
+    """The C half of :class:`memif_aio.RxQueue`: taking bursts, ``async for``, and waiting.
+
+    With ``loop`` the queue has a :class:`Waiter` (``_waiter``) for its consumer, and it
+    waits in C in the mode the subclass sets with ``_wait_mode``:
+
+    - ``"interrupt"``: publish staged transmit packets, look once more, sleep on the Waiter
+      until :meth:`_interrupt` (the interrupt callback) wakes it.
+    - ``"polling"``: spin on the ring's counter for up to ``_spin_ns`` (no loop iteration per
+      look; ``spin_releases_gil``), giving the loop one turn (a bare yield, like
+      ``asyncio.sleep(0)``) at least every ``_spin_ns``.
+    - ``"adaptive"``: polling while there was traffic in the last ``_window_ns`` (MASK_INT
+      set), else: clear MASK_INT, look once more, then sleep as in interrupt mode.
+    - ``"python"`` (the default): ``async for`` awaits the subclass's ``_wait()``.
+
+    ``_wait_c()`` is one such wait as a reused awaitable (it returns when there may be
+    packets). ``_set_flush_queues(txqs)``: the transmit queues whose staged packets go out
+    before the consumer sleeps or spins (a reply sent just before waiting for the next one).
+    """
+
+    def __init__(self, int index, RxRing ring not None, on_peer_error, loop=None):
         QueueCore.__init__(self, index, on_peer_error)
         self.ring = ring
+        self.tx_queues = ()
+        self.spin_releases_gil = True
+        if loop is not None:
+            self._waiter = Waiter(loop)
+
+    @property
+    def _wait_mode(self):
+        """How waits happen: "python" (``_wait()``), "interrupt", "polling", "adaptive"."""
+        return _WAIT_NAMES[self.wait_mode]
+
+    @_wait_mode.setter
+    def _wait_mode(self, str value):
+        mode = _WAIT_MODES[value]
+        if mode != WAIT_PYTHON and self._waiter is None:
+            raise LocalProtocolError("waiting in C needs the queue's loop")
+        self.wait_mode = mode
+
+    def _set_flush_queues(self, queues):
+        cdef tuple checked = tuple(queues)
+        for queue in checked:
+            if not isinstance(queue, TxQueueCore):
+                raise TypeError(f"{queue!r} is not a TxQueueCore")
+        self.tx_queues = checked
+
+    cdef int _flush_tx(self) except -1:
+        cdef TxQueueCore queue
+        for queue in self.tx_queues:
+            if queue.closed_reason is None and not queue.ring.closed and queue.ring.staged_descs:
+                queue.ring._flush()
+        return 0
+
+    def flush_tx(self):
+        """Publish what the transmit queues of ``_set_flush_queues`` have staged."""
+        self._flush_tx()
+
+    def _interrupt(self):
+        """The interrupt callback (from the loop, never raising): wake the consumer and run it
+        right here, one loop iteration sooner. A signal that brought nothing goes to
+        ``_empty_wakeup()`` (interrupt-storm accounting)."""
+        if self.closed_reason is None and not self.ring._has_news():
+            self._empty_wakeup()
+            return
+        if self._waiter is not None:
+            self._waiter.wake(True)
+
+    def _empty_wakeup(self):
+        """A signal that brought nothing (subclasses count them: interrupt storms)."""
+
+    def _wait_c(self):
+        """One wait in the queue's mode, as an awaitable: it returns when there may be
+        packets; ``DisconnectedError`` once the link is down."""
+        cdef QueueWait wait = QueueWait.__new__(QueueWait)
+        wait.queue = self
+        return wait
+
+    cdef int _heat(self, uint64_t now) except -1:
+        # Adaptive: traffic. Poll (and ask the peer not to signal) for a window.
+        self._last_traffic = now
+        memif_flags_or(ring_flags(self.ring.ring._hdr()), MASK_INT)
+        return 0
+
+    cdef int _wait_step(self, PyObject **result) except -1:
+        """One step of a wait: 1 = suspend the task on result[0] (the Waiter, or None for one
+        loop turn), 0 = there may be packets: look. ``phase`` is where the last step left."""
+        cdef Waiter waiter = self._waiter
+        cdef RxRing rx = self.ring
+        cdef uint64_t now = 0
+        cdef int mode
+        cdef bint turned
+        cdef uint16_t *flags
+        if self.phase == PHASE_SLEEP:
+            if waiter.state == WAITER_PENDING:  # stepped without a wake-up: sleep on
+                waiter._asyncio_future_blocking = True
+                Py_INCREF(waiter)
+                result[0] = <PyObject *>waiter
+                return 1
+            self.phase = PHASE_START
+            if waiter.outcome is not None:
+                raise waiter.outcome
+            self._check()
+            if self.wait_mode == WAIT_ADAPTIVE and not rx.closed:
+                self._heat(memif_now_ns())
+            return 0
+        turned = self.phase == PHASE_TURN
+        self.phase = PHASE_START
+        self._check()
+        mode = self.wait_mode
+        if mode == WAIT_PYTHON or rx.closed or rx.regions._closed:
+            return 0  # the caller looks, and waits the subclass's way (or raises)
+        # Every look at the ring below comes before our staged packets are published: a reply
+        # they bring (on one CPU the peer may answer before this step ends) must wake us
+        # through its signal, not be taken by a look, which would leave that signal to arrive
+        # with nothing new (an empty wake-up, what an interrupt storm is made of).
+        if mode != WAIT_INTERRUPT:
+            now = memif_now_ns()
+            if mode == WAIT_ADAPTIVE and rx.packets != self.packets_seen:
+                self.packets_seen = rx.packets  # traffic since the last wait
+                self._heat(now)
+            if mode == WAIT_POLLING or now - self._last_traffic < self._window_ns:
+                self._flush_tx()
+                if not turned and now - self.last_turn >= self._spin_ns:
+                    # However busy the link, the loop gets a turn at least every spin.
+                    self.last_turn = now
+                    self.phase = PHASE_TURN
+                    Py_INCREF(None)
+                    result[0] = <PyObject *>None
+                    return 1
+                if rx._spin(self._spin_ns, self.spin_releases_gil):
+                    if mode == WAIT_ADAPTIVE:
+                        self._last_traffic = memif_now_ns()
+                    return 0
+                self.last_turn = memif_now_ns()
+                self.phase = PHASE_TURN
+                Py_INCREF(None)
+                result[0] = <PyObject *>None
+                return 1
+            flags = ring_flags(rx.ring._hdr())
+            if memif_load_relaxed(flags) & MASK_INT:
+                # Idle for a window: ask for signals again, then look once more before
+                # sleeping (the flag's update is a full barrier: a packet published before it
+                # is seen now, one published after it is signalled).
+                memif_flags_and(flags, <uint16_t>~MASK_INT)
+                if rx._moved():
+                    self._heat(now)
+                    return 0
+        # No lost wake-up: the peer publishes before it signals. A signal handled before the
+        # waiter is armed (the caller's look may be a loop iteration old) found no waiter, but
+        # its packets are seen here; one that comes later finds the waiter.
+        if rx._moved():
+            return 0
+        self._flush_tx()
+        if waiter.state == WAITER_PENDING:
+            raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
+        waiter.arm()
+        self.phase = PHASE_SLEEP
+        waiter._asyncio_future_blocking = True
+        Py_INCREF(waiter)
+        result[0] = <PyObject *>waiter
+        return 1
+
+    cdef void _abandon_wait(self) noexcept:
+        # The waiting coroutine went away (an exception thrown in): no wait is in progress.
+        if self.phase == PHASE_SLEEP:
+            self._waiter._disarm()
+        self.phase = PHASE_START
 
     def recv_burst_nowait(self, max_packets=DEFAULT_BURST):
         """Take what is there now (possibly nothing); releases the previous burst."""
@@ -159,13 +531,136 @@ cdef class RxQueueCore(QueueCore):
         return PacketStream(self, DEFAULT_BURST)
 
 
+cdef int _queue_wait_send(PyObject *self, PyObject *arg, PyObject **result) except -1:
+    return (<QueueWait>self)._step(result)
+
+
+@cython.final
+@cython.freelist(8)
+cdef class QueueWait:
+    """``await queue._wait_c()``: one wait in the queue's mode (see RxQueueCore)."""
+
+    cdef int _step(self, PyObject **result) except -1:
+        cdef RxQueueCore queue = self.queue
+        if not self.started:
+            self.started = True
+            queue.phase = PHASE_START
+        cdef int rc = queue._wait_step(result)
+        if rc == 0:
+            self.started = False
+            Py_INCREF(None)
+            result[0] = <PyObject *>None
+        return rc
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef PyObject *raw = NULL
+        cdef int rc = self._step(&raw)
+        value = <object>raw
+        Py_DECREF(value)
+        if rc == 1:
+            return value
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        self.started = False
+        self.queue._abandon_wait()
+        raise val
+
+    def close(self):
+        if self.started:
+            self.started = False
+            self.queue._abandon_wait()
+
+
+AM_SEND_WAIT = bool(memif_set_am_send(<PyTypeObject *>QueueWait, <void *>_queue_wait_send))
+
+
+cdef int _resume_send(PyObject *self, PyObject *arg, PyObject **result) except -1:
+    # am_send: PYGEN_RETURN (0) with the packet, PYGEN_NEXT (1) with what to suspend on,
+    # PYGEN_ERROR (-1) with the exception set.
+    return (<PacketResume>self).stream._step(result)
+
+
+@cython.final
+@cython.freelist(8)
+cdef class PacketResume:
+    """What :class:`PacketStream` hands out when it must wait (from a free list: the stream
+    keeps no reference to it, so nothing here needs the cycle collector).
+
+    Awaited, it looks at the ring once more (a signal handled before the await began found
+    no waiter), then waits in the queue's mode (``RxQueueCore._wait_step``) and takes the
+    burst; woken for nothing (a mode switch, a signal without news) it waits on, or hands
+    over to the subclass's ``_wait()`` when the mode is "python". No coroutine, no Future,
+    no StopIteration per wait.
+    """
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef PyObject *raw = NULL
+        cdef int rc = self.stream._step(&raw)
+        value = <object>raw
+        Py_DECREF(value)  # _step's reference; `value` holds its own
+        if rc == 1:
+            return value
+        raise StopIteration(value)
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        cdef PacketStream stream = self.stream
+        cdef PyObject *raw = NULL
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        if stream.inner is not None:
+            rc = stream._delegate(&raw, val)
+            value = <object>raw
+            Py_DECREF(value)
+            if rc == 1:
+                return value
+            raise StopIteration(value)
+        if stream.waiting:
+            stream.waiting = False
+            stream.queue._abandon_wait()
+        raise val
+
+    def close(self):
+        cdef PacketStream stream = self.stream
+        inner, stream.inner = stream.inner, None
+        if stream.waiting:
+            stream.waiting = False
+            stream.queue._abandon_wait()
+        if inner is not None:
+            inner.close()
+
+
+AM_SEND_RESUME = bool(memif_set_am_send(<PyTypeObject *>PacketResume, <void *>_resume_send))
+
+
 @cython.final
 cdef class PacketStream:
     """``async for pkt in rxq``: one packet per step, no coroutine per packet.
 
     While the current burst has packets, ``__anext__`` returns a reused :class:`Completed`.
     When it is empty it takes a new burst at once (releasing the old one); only when that is
-    empty too does it return a coroutine that awaits the queue's ``_wait()`` (which raises
+    empty too does it wait: through the reused :class:`PacketResume` when the queue waits in
+    C, otherwise through a coroutine that awaits the queue's ``_wait()`` (which raises
     ``DisconnectedError`` once the link is down) and tries again. Packets are single-segment
     memoryviews (valid until the next step) or joined ``bytes`` (chains).
     """
@@ -198,13 +693,76 @@ cdef class PacketStream:
 
     def __anext__(self):
         cdef RxRing rx = self.rx
+        cdef PacketResume resume
         if self.queue.closed_reason is None and not rx.closed and not rx.regions._closed:
             if self.i >= rx.c.n:
                 self._take()
             if self.i < rx.c.n:
                 self.ready.value = self._next()
                 return self.ready
+            if self.queue.wait_mode != WAIT_PYTHON and self.inner is None:
+                self.waiting = False
+                resume = PacketResume.__new__(PacketResume)
+                resume.stream = self
+                return resume
         return self._slow()
+
+    cdef int _step(self, PyObject **result) except -1:
+        """One step of PacketResume: 1 = suspend on result[0], 0 = result[0] is the packet."""
+        cdef RxQueueCore queue = self.queue
+        cdef RxRing rx = self.rx
+        if self.inner is not None:
+            return self._delegate(result, None)
+        while True:
+            if not self.waiting:
+                queue._check()
+                if rx.closed or rx.regions._closed:
+                    raise LocalProtocolError("rx ring is closed")
+                if rx._moved():  # news since the caller looked: no wait
+                    self._take()
+                    if self.i < rx.c.n:
+                        return self._give(result)
+                if queue.wait_mode == WAIT_PYTHON:
+                    self.inner = self._slow()
+                    return self._delegate(result, None)
+                queue.phase = PHASE_START
+                self.waiting = True
+            if queue._wait_step(result):
+                return 1
+            self.waiting = False
+            queue._check()
+            if rx.closed or rx.regions._closed:
+                raise LocalProtocolError("rx ring is closed")
+            self._take()
+            if self.i < rx.c.n:
+                return self._give(result)
+            # nothing after all (a mode switch, a chain published in part): wait on
+
+    cdef int _give(self, PyObject **result) except -1:
+        value = self._next()
+        Py_INCREF(value)
+        result[0] = <PyObject *>value
+        return 0
+
+    cdef int _delegate(self, PyObject **result, object exc) except -1:
+        """Drive the _slow() coroutine a wait handed over to."""
+        try:
+            if exc is None:
+                value = self.inner.send(None)
+            else:
+                value = self.inner.throw(exc)
+        except StopIteration as stop:
+            self.inner = None
+            value = stop.value
+            Py_INCREF(value)
+            result[0] = <PyObject *>value
+            return 0
+        except BaseException:
+            self.inner = None
+            raise
+        Py_INCREF(value)
+        result[0] = <PyObject *>value
+        return 1
 
     async def _slow(self):
         cdef RxRing rx = self.rx
@@ -225,9 +783,12 @@ cdef class TxQueueCore(QueueCore):
     fits. The first packet staged in a loop iteration schedules one flush with
     ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so does every packet
     when the receiver polls (MASK_INT: a flush is then one store, no syscall, and a polling
-    peer sees it at once). Every ``max_burst`` sends it returns a :class:`YieldOnce` instead,
-    so a task sending in a loop lets the others on its loop run. When the packet does not fit,
-    or the queue is closed, it returns the subclass's ``_send_slow(data, metadata)``.
+    peer sees it at once). A task sending in a loop lets the others on its loop run: every
+    ``max_burst`` sends it looks at the clock, and once it has been sending for
+    ``TURN_INTERVAL_NS`` since its last turn it returns a :class:`YieldOnce` instead (a loop
+    iteration costs a few microseconds: one per ~100 us keeps the sender's loss small and
+    the others' wait short, whatever the packet size). When the packet does not fit, or the
+    queue is closed, it returns the subclass's ``_send_slow(data, metadata)``.
     """
 
     def __init__(self, int index, TxRing ring not None, on_peer_error, loop,
@@ -236,7 +797,30 @@ cdef class TxQueueCore(QueueCore):
         self.ring = ring
         self.call_soon = loop.call_soon
         self.max_burst = max_burst if max_burst else 1
+        self.yield_every = self.max_burst
+        self.turn_ns = TURN_INTERVAL_NS
         self.turn = YieldOnce()
+
+    @property
+    def _yield_every(self):
+        """Sends between two looks at the clock (``max_burst``); 0 never yields (for
+        measuring what the fairness costs, not for use)."""
+        return self.yield_every
+
+    @_yield_every.setter
+    def _yield_every(self, uint32_t value):
+        self.yield_every = value
+        self.since_turn = 0
+
+    @property
+    def _turn_ns(self):
+        """How long a sender that never waits sends before it gives the loop a turn (ns);
+        0 gives one at every look (every ``_yield_every`` sends)."""
+        return self.turn_ns
+
+    @_turn_ns.setter
+    def _turn_ns(self, uint64_t value):
+        self.turn_ns = value
 
     def send(self, data, metadata=0):
         """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
@@ -258,10 +842,15 @@ cdef class TxQueueCore(QueueCore):
                     self.scheduled = True
                     self.call_soon(self._scheduled_flush)
                 self.since_turn += 1
-                if self.since_turn >= self.max_burst:
+                if self.since_turn >= self.yield_every and self.yield_every:
                     self.since_turn = 0
-                    return self.turn
+                    now = memif_now_ns()
+                    if now - self.last_turn >= self.turn_ns:
+                        self.last_turn = now
+                        return self.turn
                 return DONE
+        self.since_turn = 0
+        self.last_turn = memif_now_ns()  # the slow path waits: the loop gets its turn
         return self._send_slow(data, meta)
 
     def flush(self):

@@ -84,15 +84,33 @@ cdef int _rx_parse(rx_ctx *c) noexcept nogil:
     return 0
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
+# A spin looks at the counter alone this long, then gives the CPU away between looks
+# (sched_yield): a peer on the same CPU can then run and answer, where pure spinning would
+# hold the CPU until the scheduler preempts us (milliseconds); on a CPU of its own the yield
+# returns at once.
+cdef uint64_t _SPIN_ALONE_NS = 5000
+#: (ns) how long RxRing.wait_news spins before it yields the CPU between looks
+SPIN_ALONE_NS = _SPIN_ALONE_NS
+
+
 cdef bint _spin_for_change(uint16_t *counter, uint16_t seen, uint64_t budget_ns) noexcept nogil:
-    cdef uint64_t deadline = memif_now_ns() + budget_ns
+    cdef uint64_t start = memif_now_ns(), now
     cdef uint32_t turns = 0
     while True:
         if memif_load_acquire(counter) != seen:
             return True
         turns += 1
-        if (turns & 31) == 0 and memif_now_ns() >= deadline:
-            return False
+        if (turns & 31) == 0:
+            now = memif_now_ns()
+            if now - start >= budget_ns:
+                return False
+            if now - start >= _SPIN_ALONE_NS:
+                sched_yield()
+                continue
         memif_cpu_relax()
 
 
@@ -360,6 +378,7 @@ cdef class RxRing:
                 raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self.released = self.c.last
         self.bstart = self.c.last
+        self.seen = self.c.last
         self.burst = Burst(self)
 
     def __dealloc__(self):
@@ -394,6 +413,7 @@ cdef class RxRing:
         cdef uint16_t cur, avail, published, held
         if self.slave:
             cur = memif_load_acquire(ring_tail(hdr, self.ring.cacheline))
+            self.seen = cur
             avail = cur - self.c.last
             published = self.head - self.c.last
             if avail > published:
@@ -403,6 +423,7 @@ cdef class RxRing:
                     f"(ring size {self.c.size})")
         else:
             cur = memif_load_acquire(ring_head(hdr))
+            self.seen = cur
             avail = cur - self.c.last
             held = self.c.last - self.released
             if avail > self.c.size - held:
@@ -417,33 +438,51 @@ cdef class RxRing:
         return self._available()
 
     def wait_news(self, uint64_t budget_ns, bint release_gil=True):
-        """Spin up to ``budget_ns`` for the peer's counter to move; whether it did.
+        """Spin up to ``budget_ns`` for the peer's counter to move from where we last saw it
+        (our last receive or ``pending()``); whether it did.
 
         Busy-polling without a loop iteration per look: one acquire load per turn, a pause
-        between turns, a clock read every 32. With ``release_gil`` other threads run meanwhile
-        (the loop's thread is taken all the same); the caller bounds the budget so its loop
-        still gets a turn. False at once once closed."""
+        between turns, a clock read every 32, and after ``SPIN_ALONE_NS`` a ``sched_yield``
+        at each clock read. With ``release_gil`` other threads run meanwhile (the loop's
+        thread is taken all the same); the caller bounds the budget so its loop still gets a
+        turn. False at once once closed."""
+        return self._spin(budget_ns, release_gil)
+
+    cdef bint _spin(self, uint64_t budget_ns, bint release_gil) except -1:
         if self.closed or self.regions._closed:
             return False
         cdef char *hdr = self.ring._hdr()
         cdef uint16_t *peer = ring_tail(hdr, self.ring.cacheline) if self.slave else ring_head(hdr)
-        cdef uint16_t last = self.c.last
+        cdef uint16_t seen = self.seen
         cdef bint moved
         self.regions.busy += 1
         try:
             if release_gil:
                 with nogil:
-                    moved = _spin_for_change(peer, last, budget_ns)
+                    moved = _spin_for_change(peer, seen, budget_ns)
             else:
-                moved = _spin_for_change(peer, last, budget_ns)
+                moved = _spin_for_change(peer, seen, budget_ns)
         finally:
             self.regions.busy -= 1
         return moved
+
+    cdef bint _moved(self) noexcept:
+        # The peer's counter moved since we last looked (our last receive or pending()): a
+        # packet published in part does not count twice, so a waiter still sleeps.
+        if self.closed or self.regions._closed:
+            return False
+        cdef char *hdr = self.ring._hdr()
+        if self.slave:
+            return memif_load_acquire(ring_tail(hdr, self.ring.cacheline)) != self.seen
+        return memif_load_acquire(ring_head(hdr)) != self.seen
 
     def has_news(self):
         """Whether the peer's counter moved since we last read: one load, no validation and no
         error counted (a bogus counter is news too: the next rx_burst() reports it). False
         once closed. What an interrupt is checked against."""
+        return self._has_news()
+
+    cdef bint _has_news(self) noexcept:
         if self.closed or self.regions._closed:
             return False
         cdef char *hdr = self.ring._hdr()

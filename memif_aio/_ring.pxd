@@ -3,6 +3,7 @@
 # nogil burst loops work on, then every extension type with its C attributes and methods.
 # Cython reads this file as the module's own .pxd (by its qualified name, memif_aio/_ring.pxd).
 
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
@@ -276,6 +277,7 @@ cdef class RxRing:
     cdef uint16_t released  # slots before this counter value are back with their owner
     cdef uint16_t head      # slave: what we published; cached, never re-read
     cdef uint16_t bstart    # counter value of the current burst's first descriptor
+    cdef uint16_t seen      # the peer's counter as we last loaded it (a receive, pending())
     cdef uint32_t fwd       # packets of the current burst already forwarded
     cdef rx_ctx c
     cdef object _table_arr
@@ -294,6 +296,9 @@ cdef class RxRing:
     cdef void _forget_burst(self) noexcept
     cdef int _release(self, uint16_t seen_tail=*, bint have_tail=*) except -1
     cdef uint32_t _refill(self, uint16_t seen_tail) noexcept nogil
+    cdef bint _has_news(self) noexcept
+    cdef bint _moved(self) noexcept
+    cdef bint _spin(self, uint64_t budget_ns, bint release_gil) except -1
 
 
 cdef class Completed:
@@ -304,6 +309,39 @@ cdef class YieldOnce:
     cdef bint yielded
 
 
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+
+cdef enum:
+    MAX_INTERRUPT_EVENTS = 256  # memif has at most 256 rings per direction
+
+
+cdef class InterruptCore:
+    cdef int epoll_fd
+    cdef dict callbacks
+    cdef epoll_event events[MAX_INTERRUPT_EVENTS]
+
+
+cdef class Waiter:
+    cdef public object _asyncio_future_blocking  # the Future protocol's flag, set by Task
+    cdef object loop
+    cdef object callback  # the waiting task's wake-up
+    cdef object context
+    cdef object outcome  # None: woken; else the exception to raise
+    cdef int state
+    cdef int _deliver(self, fn, context) except -1
+    cdef object _finish(self, outcome)
+    cdef void _disarm(self) noexcept
+
+
 cdef class QueueCore:
     cdef readonly int index
     cdef readonly object closed_reason  # the gate: None while the link is up
@@ -312,8 +350,42 @@ cdef class QueueCore:
     cdef int _check(self) except -1
 
 
+cdef enum:
+    WAIT_PYTHON = 0  # RxQueueCore.wait_mode: async for awaits the subclass's _wait()
+    WAIT_INTERRUPT = 1
+    WAIT_POLLING = 2
+    WAIT_ADAPTIVE = 3
+    PHASE_START = 0  # RxQueueCore.phase: where the current wait is
+    PHASE_TURN = 1  # gave the loop one turn (a bare yield)
+    PHASE_SLEEP = 2  # suspended on the Waiter
+
+
 cdef class RxQueueCore(QueueCore):
     cdef readonly RxRing ring
+    cdef readonly Waiter _waiter  # the consumer's, reused by every wait (None without a loop)
+    cdef tuple tx_queues  # TxQueueCores published before the consumer sleeps or spins
+    cdef int wait_mode
+    cdef int phase
+    cdef public uint64_t _spin_ns  # polling: the longest spin between two loop turns
+    cdef public uint64_t _window_ns  # adaptive: how long to poll after traffic
+    cdef public bint spin_releases_gil
+    cdef public uint64_t _last_traffic  # adaptive: ns (memif_now_ns) of the last traffic seen
+    cdef uint64_t last_turn  # ns: when a polling wait last gave the loop a turn
+    cdef uint64_t packets_seen  # ring.packets at the last adaptive wait
+    cdef int _flush_tx(self) except -1
+    cdef int _heat(self, uint64_t now) except -1
+    cdef int _wait_step(self, PyObject **result) except -1
+    cdef void _abandon_wait(self) noexcept
+
+
+cdef class QueueWait:
+    cdef RxQueueCore queue
+    cdef bint started
+    cdef int _step(self, PyObject **result) except -1
+
+
+cdef class PacketResume:
+    cdef PacketStream stream
 
 
 cdef class PacketStream:
@@ -322,8 +394,13 @@ cdef class PacketStream:
     cdef uint32_t maxp
     cdef uint32_t i
     cdef Completed ready
+    cdef object inner  # the _slow() coroutine a wait handed over to, if any
+    cdef bint waiting  # PacketResume is in a wait of the queue
     cdef int _take(self) except -1
     cdef object _next(self)
+    cdef int _step(self, PyObject **result) except -1
+    cdef int _give(self, PyObject **result) except -1
+    cdef int _delegate(self, PyObject **result, object exc) except -1
 
 
 cdef class TxQueueCore(QueueCore):
@@ -332,6 +409,9 @@ cdef class TxQueueCore(QueueCore):
     cdef uint32_t max_burst
     cdef bint scheduled
     cdef uint32_t since_turn  # sends since the last YieldOnce
+    cdef uint32_t yield_every  # sends between two looks at the clock (0: never yields)
+    cdef uint64_t turn_ns  # a sender that never waits yields after sending this long
+    cdef uint64_t last_turn  # ns: its last turn (a YieldOnce, or a wait for room)
     cdef YieldOnce turn
 
 

@@ -9,7 +9,8 @@ master every tail. Peer violations raise ``PeerProtocolError``, API misuse
 
 from asyncio import AbstractEventLoop
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Literal
+from contextvars import Context
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -256,11 +257,46 @@ class Completed:
 
 AM_SEND: bool
 DONE: Completed
+TURN_INTERVAL_NS: int
 
 class YieldOnce:
     """Awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable."""
 
     def __await__(self) -> Generator[None]: ...
+
+class InterruptCore:
+    """Drains a private edge-triggered epoll set; ``callbacks[fd]()`` for each signal."""
+
+    def __init__(self, epoll_fd: int, callbacks: dict[int, Callable[[], None]]) -> None: ...
+    def ready(self) -> None:
+        """The loop's reader callback: never raises."""
+    def close(self) -> None: ...
+
+class Waiter:
+    """A reusable future for the one task waiting on a queue; ``wake(True)`` from a loop
+    callback resumes it at once, other outcomes arrive through ``call_soon``."""
+
+    _asyncio_future_blocking: bool
+    def __init__(self, loop: AbstractEventLoop) -> None: ...
+    def get_loop(self) -> AbstractEventLoop: ...
+    @property
+    def pending(self) -> bool: ...
+    def arm(self) -> Waiter:
+        """Ready for one wait (``RuntimeError`` while one is pending); returns self."""
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def result(self) -> None: ...
+    def exception(self) -> BaseException | None: ...
+    def add_done_callback(
+        self, fn: Callable[[Any], object], *, context: Context | None = None
+    ) -> None: ...
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int: ...
+    def wake(self, direct: bool = False) -> None:
+        """Resume the waiting task: now if ``direct`` and no task runs, else next iteration."""
+    def fail(self, exc: BaseException) -> None:
+        """The waiting task gets ``exc`` (next iteration)."""
+    def cancel(self, msg: object = None) -> bool: ...
+    def __await__(self) -> Generator[Any]: ...
 
 class QueueCore:
     """Index, the gate (``closed_reason``: None while the link is up), peer-error reporting."""
@@ -285,14 +321,39 @@ class RxQueueCore(QueueCore):
     """The C half of ``RxQueue``: bursts, and ``async for`` (subclasses define ``_wait``)."""
 
     def __init__(
-        self, index: int, ring: RxRing, on_peer_error: Callable[[PeerProtocolError], None]
+        self,
+        index: int,
+        ring: RxRing,
+        on_peer_error: Callable[[PeerProtocolError], None],
+        loop: AbstractEventLoop | None = None,
     ) -> None: ...
     @property
     def ring(self) -> RxRing: ...
+    @property
+    def _waiter(self) -> Waiter:
+        """The consumer's reused waiter (queues built with a loop only)."""
+    _wait_mode: Literal["python", "interrupt", "polling", "adaptive"]  # how waits happen
+    _spin_ns: int  # polling: the longest spin between two loop turns
+    _window_ns: int  # adaptive: how long to poll after traffic
+    _last_traffic: int  # adaptive: the clock (ns) of the last traffic seen
+    spin_releases_gil: bool
+    def _wait_c(self) -> Awaitable[None]:
+        """One wait in the queue's mode (a reused awaitable)."""
+    def _set_flush_queues(self, queues: Sequence[TxQueueCore]) -> None: ...
+    def flush_tx(self) -> None:
+        """Publish what the queues of ``_set_flush_queues`` have staged."""
+    def _interrupt(self) -> None:
+        """Interrupt callback: wake (and run) the consumer; ``_empty_wakeup()`` if no news."""
+    def _empty_wakeup(self) -> None: ...
     def recv_burst_nowait(self, max_packets: int = 256) -> Burst:
         """Take what is there now (possibly nothing); releases the previous burst."""
     def __aiter__(self) -> PacketStream: ...
-    async def _wait(self) -> None: ...
+    def _wait(self) -> Awaitable[None]: ...
+
+class PacketResume:
+    """The reused awaitable of an interrupt-mode wait in ``async for``."""
+
+    def __await__(self) -> Generator[Any, None, memoryview | bytes]: ...
 
 class PacketStream:
     """``async for`` over a queue: a reused Completed per packet, a coroutine only to wait."""
@@ -314,6 +375,8 @@ class TxQueueCore(QueueCore):
     ) -> None: ...
     @property
     def ring(self) -> TxRing: ...
+    _yield_every: int  # sends between looks at the clock (0: never yields; a testing knob)
+    _turn_ns: int  # a sender that never waits yields after sending this long (ns)
     def send(self, data: Buffer, metadata: int = 0) -> Awaitable[None]:
         """Stage one packet; DONE (or YieldOnce every max_burst) when it fit, else the
         subclass's ``_send_slow(data, metadata)``."""

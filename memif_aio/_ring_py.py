@@ -10,8 +10,11 @@ needs no explicit barriers here because the oracle is only ever run in one proce
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import operator
+import os
+import select
 import struct
 import time
 from collections.abc import Sequence
@@ -35,9 +38,13 @@ __all__ = [
     "Completed",
     "DONE",
     "YieldOnce",
+    "InterruptCore",
+    "Waiter",
     "QueueCore",
     "RxQueueCore",
     "PacketStream",
+    "PacketResume",
+    "QueueWait",
     "TxQueueCore",
     "ring_bytes",
 ]
@@ -530,6 +537,7 @@ class RxRing(_RingSide):
                 raise ValueError("ring head/tail are inconsistent; reset() the ring first")
         self._released = self._last
         self._bstart = self._last
+        self._seen = self._last
         self._burst = Burst(self)
 
     burst = property(lambda self: self._burst)
@@ -551,7 +559,7 @@ class RxRing(_RingSide):
         release or refill, so an overrun cannot be made to look legal by moving our head)."""
         ring = self._ring
         if self._slave:
-            tail = ring.tail
+            tail = self._seen = ring.tail
             avail = (tail - self._last) & 0xFFFF
             published = (self._head - self._last) & 0xFFFF
             if avail > published:
@@ -560,7 +568,8 @@ class RxRing(_RingSide):
                     f"(ring size {self._size})"
                 )
         else:
-            avail = (ring.head - self._last) & 0xFFFF
+            self._seen = ring.head
+            avail = (self._seen - self._last) & 0xFFFF
             if avail > self._size - ((self._last - self._released) & 0xFFFF):
                 moved = (self._last + avail - self._released) & 0xFFFF
                 raise self._peer_error(f"head moved by {moved} > ring size {self._size}")
@@ -576,9 +585,15 @@ class RxRing(_RingSide):
         ring = self._ring
         return (ring.tail if self._slave else ring.head) != self._last
 
+    def _moved(self) -> bool:
+        if self._closed or self._regions.closed:
+            return False
+        ring = self._ring
+        return (ring.tail if self._slave else ring.head) != self._seen
+
     def wait_news(self, budget_ns: int, release_gil: bool = True) -> bool:
         deadline = time.monotonic_ns() + budget_ns
-        while not self.has_news():
+        while not self._moved():
             if self._closed or self._regions.closed or time.monotonic_ns() >= deadline:
                 return False
         return True
@@ -1252,6 +1267,7 @@ class Completed:
 
 
 DONE = Completed(None)
+TURN_INTERVAL_NS = 100_000
 
 
 class YieldOnce:
@@ -1259,6 +1275,171 @@ class YieldOnce:
 
     def __await__(self):
         yield
+
+
+class InterruptCore:
+    """Drains a private edge-triggered epoll set and calls ``callbacks[fd]()`` per signal."""
+
+    def __init__(self, epoll_fd: int, callbacks: dict) -> None:
+        self._epoll = select.epoll.fromfd(os.dup(epoll_fd))
+        self._callbacks = callbacks
+
+    def ready(self) -> None:
+        if self._epoll.closed:
+            return
+        for fd, _ in self._epoll.poll(0, 256):
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+_IDLE, _PENDING, _DONE = 0, 1, 2
+
+
+class Waiter:
+    """A reusable future for the one task that waits on a queue; ``wake(True)`` from a loop
+    callback resumes that task at once (see the Cython class for the whole story)."""
+
+    def __init__(self, loop) -> None:
+        self._loop = loop
+        self._asyncio_future_blocking = False
+        self._state = _IDLE
+        self._callback = None
+        self._context = None
+        self._outcome: BaseException | None = None
+
+    def get_loop(self):
+        return self._loop
+
+    @property
+    def pending(self) -> bool:
+        return self._state == _PENDING
+
+    def arm(self) -> Waiter:
+        if self._state == _PENDING:
+            raise RuntimeError("another task is already waiting here")
+        self._state = _PENDING
+        self._outcome = None
+        return self
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def _disarm(self) -> None:
+        if self._state == _PENDING:
+            self._state = _IDLE
+            self._callback = self._context = None
+
+    def cancelled(self) -> bool:
+        return self._state == _DONE and isinstance(self._outcome, asyncio.CancelledError)
+
+    def result(self) -> None:
+        if self._state == _PENDING:
+            raise asyncio.InvalidStateError("result is not set")
+        if self._outcome is not None:
+            raise self._outcome
+        return None
+
+    def exception(self) -> BaseException | None:
+        if self._state == _PENDING:
+            raise asyncio.InvalidStateError("exception is not set")
+        if isinstance(self._outcome, asyncio.CancelledError):
+            raise self._outcome
+        return self._outcome
+
+    def add_done_callback(self, fn, *, context=None) -> None:
+        if self._state != _PENDING:
+            self._deliver(fn, context)
+            return
+        if self._callback is not None:
+            raise RuntimeError("another task is already waiting here")
+        self._callback = fn
+        self._context = context
+
+    def remove_done_callback(self, fn) -> int:
+        if self._callback is not None and self._callback == fn:
+            self._callback = self._context = None
+            return 1
+        return 0
+
+    def _deliver(self, fn, context) -> None:
+        future = self._loop.create_future()
+        if self._outcome is None:
+            future.set_result(None)
+        elif isinstance(self._outcome, asyncio.CancelledError):
+            future.cancel(*self._outcome.args)
+        else:
+            future.set_exception(self._outcome)
+        self._loop.call_soon(fn, future, context=context)
+
+    def _finish(self, outcome):
+        fn = self._callback
+        if self._state != _PENDING:
+            return None
+        self._state = _DONE
+        self._outcome = outcome
+        self._callback = None
+        return fn
+
+    def wake(self, direct: bool = False) -> None:
+        context = self._context
+        fn = self._finish(None)
+        if fn is None:
+            return
+        self._context = None
+        if direct and asyncio.current_task(self._loop) is None:
+            if context is None:
+                fn(self)
+            else:
+                context.run(fn, self)
+        else:
+            self._deliver(fn, context)
+
+    def fail(self, exc: BaseException) -> None:
+        context = self._context
+        fn = self._finish(exc)
+        self._context = None
+        if fn is not None:
+            self._deliver(fn, context)
+
+    def cancel(self, msg=None) -> bool:
+        if self._state != _PENDING:
+            return False
+        context = self._context
+        cancelled = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
+        fn = self._finish(cancelled)
+        self._context = None
+        if fn is not None:
+            self._deliver(fn, context)
+        return True
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._state == _PENDING:
+            self._asyncio_future_blocking = True
+            return self
+        if self._outcome is not None:
+            raise self._outcome
+        raise StopIteration
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self) -> None:
+        pass
 
 
 class QueueCore:
@@ -1285,12 +1466,122 @@ class QueueCore:
             self.closed_reason = reason
 
 
+_WAIT_MODES = ("python", "interrupt", "polling", "adaptive")
+
+
 class RxQueueCore(QueueCore):
-    def __init__(self, index: int, ring: RxRing, on_peer_error) -> None:
+    def __init__(self, index: int, ring: RxRing, on_peer_error, loop=None) -> None:
         if not isinstance(ring, RxRing):
             raise TypeError("ring must be an RxRing")
         super().__init__(index, on_peer_error)
         self.ring = ring
+        self._tx_queues: tuple = ()
+        self._mode = "python"
+        self._spin_ns = 0
+        self._window_ns = 0
+        self.spin_releases_gil = True
+        self._last_traffic = 0
+        self._last_turn = 0
+        self._packets_seen = 0
+        self._waiter = Waiter(loop) if loop is not None else None
+
+    @property
+    def _wait_mode(self) -> str:
+        return self._mode
+
+    @_wait_mode.setter
+    def _wait_mode(self, value: str) -> None:
+        if value not in _WAIT_MODES:
+            raise KeyError(value)
+        if value != "python" and self._waiter is None:
+            raise LocalProtocolError("waiting in C needs the queue's loop")
+        self._mode = value
+
+    def _set_flush_queues(self, queues) -> None:
+        checked = tuple(queues)
+        for queue in checked:
+            if not isinstance(queue, TxQueueCore):
+                raise TypeError(f"{queue!r} is not a TxQueueCore")
+        self._tx_queues = checked
+
+    def flush_tx(self) -> None:
+        for queue in self._tx_queues:
+            if queue.closed_reason is None and not queue.ring._closed and queue.ring._staged_descs:
+                queue.ring.flush()
+
+    def _interrupt(self) -> None:
+        if self.closed_reason is None and not self.ring.has_news():
+            self._empty_wakeup()
+            return
+        if self._waiter is not None:
+            self._waiter.wake(True)
+
+    def _empty_wakeup(self) -> None:
+        """A signal that brought nothing (subclasses count them: interrupt storms)."""
+
+    def _wait_c(self):
+        return QueueWait(self)
+
+    def _heat(self, now: int) -> None:
+        self._last_traffic = now
+        self.ring._ring.flags = self.ring._ring.flags | RING_FLAG_MASK_INT
+
+    def _waiting(self):
+        """One wait in the queue's mode (the Cython _wait_step as a generator): yields what
+        the task suspends on (the Waiter, or None for a loop turn); returns when there may be
+        packets."""
+        waiter, rx = self._waiter, self.ring
+        turned = False
+        while True:
+            self._check_open()
+            mode = self._mode
+            if mode == "python" or rx._closed or rx._regions.closed:
+                return
+            # looks before publishing (see the Cython _wait_step)
+            if mode != "interrupt":
+                now = time.monotonic_ns()
+                if mode == "adaptive" and rx.packets != self._packets_seen:
+                    self._packets_seen = rx.packets
+                    self._heat(now)
+                if mode == "polling" or now - self._last_traffic < self._window_ns:
+                    self.flush_tx()
+                    if not turned and now - self._last_turn >= self._spin_ns:
+                        self._last_turn = now
+                        turned = True
+                        yield None
+                        continue
+                    if rx.wait_news(self._spin_ns, self.spin_releases_gil):
+                        if mode == "adaptive":
+                            self._last_traffic = time.monotonic_ns()
+                        return
+                    self._last_turn = time.monotonic_ns()
+                    turned = True
+                    yield None
+                    continue
+                if rx._ring.flags & RING_FLAG_MASK_INT:
+                    rx._ring.flags = rx._ring.flags & ~RING_FLAG_MASK_INT & 0xFFFF
+                    if rx._moved():
+                        self._heat(now)
+                        return
+            if rx._moved():
+                return
+            self.flush_tx()
+            if waiter.pending:
+                raise LocalProtocolError(f"rx queue {self.index}: another task is already waiting")
+            waiter.arm()
+            try:
+                while waiter.pending:
+                    waiter._asyncio_future_blocking = True
+                    yield waiter
+            except BaseException:
+                waiter._disarm()
+                raise
+            if waiter._outcome is not None:
+                raise waiter._outcome
+            self._check_open()
+            if self._mode == "adaptive" and not rx._closed:
+                self._heat(time.monotonic_ns())
+            return
 
     def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> Burst:
         self._check_open()
@@ -1302,6 +1593,14 @@ class RxQueueCore(QueueCore):
 
     def __aiter__(self) -> PacketStream:
         return PacketStream(self, DEFAULT_BURST)
+
+
+class QueueWait:
+    def __init__(self, queue: RxQueueCore) -> None:
+        self._queue = queue
+
+    def __await__(self):
+        return self._queue._waiting()
 
 
 class PacketStream:
@@ -1336,7 +1635,32 @@ class PacketStream:
                 self._take()
             if self._i < rx._n:
                 return Completed(self._next())
+            if self._queue._mode != "python":
+                return PacketResume(self)
         return self._slow()
+
+    def _resume(self):
+        """PacketResume: look once more, wait in the queue's mode, take."""
+        queue, rx = self._queue, self._rx
+        queue._check_open()
+        if rx._closed or rx._regions.closed:
+            raise LocalProtocolError("rx ring is closed")
+        if rx._moved():
+            self._take()
+            if self._i < rx._n:
+                return self._next()
+        if queue._mode == "python":
+            return (yield from self._slow().__await__())
+        while True:
+            yield from queue._waiting()
+            queue._check_open()
+            if rx._closed or rx._regions.closed:
+                raise LocalProtocolError("rx ring is closed")
+            self._take()
+            if self._i < rx._n:
+                return self._next()
+            if queue._mode == "python":
+                return (yield from self._slow().__await__())
 
     async def _slow(self):
         rx = self._rx
@@ -1348,6 +1672,16 @@ class PacketStream:
             self._take()
             if rx._n:
                 return self._next()
+
+
+class PacketResume:
+    """What PacketStream hands out when it must wait in the queue's mode."""
+
+    def __init__(self, stream: PacketStream) -> None:
+        self._stream = stream
+
+    def __await__(self):
+        return self._stream._resume()
 
 
 class TxQueueCore(QueueCore):
@@ -1363,6 +1697,18 @@ class TxQueueCore(QueueCore):
         self._scheduled = False
         self._since_turn = 0
         self._turn = YieldOnce()
+        self._yield_every_n = self._max_burst
+        self._turn_ns = TURN_INTERVAL_NS
+        self._last_turn = 0
+
+    @property
+    def _yield_every(self) -> int:
+        return self._yield_every_n
+
+    @_yield_every.setter
+    def _yield_every(self, value: int) -> None:
+        self._yield_every_n = value
+        self._since_turn = 0
 
     def send(self, data, metadata=0):
         tx = self.ring
@@ -1380,10 +1726,15 @@ class TxQueueCore(QueueCore):
                     self._scheduled = True
                     self._call_soon(self._scheduled_flush)
                 self._since_turn += 1
-                if self._since_turn >= self._max_burst:
+                if self._since_turn >= self._yield_every_n and self._yield_every_n:
                     self._since_turn = 0
-                    return self._turn
+                    now = time.monotonic_ns()
+                    if now - self._last_turn >= self._turn_ns:
+                        self._last_turn = now
+                        return self._turn
                 return DONE
+        self._since_turn = 0
+        self._last_turn = time.monotonic_ns()
         return self._send_slow(data, meta)
 
     def flush(self) -> int:

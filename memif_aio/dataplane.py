@@ -109,7 +109,6 @@ class DataPlane:
                     self._peer_error,
                     self._on_notice,
                     mode=self._rx_mode,
-                    flush_tx=self._flush_tx,
                 )
             )
         for ring in tx_rings:
@@ -117,12 +116,9 @@ class DataPlane:
                 ring.ring, signaller=self._signaller, eventfd=ring.spec.eventfd, **options(ring)
             )
             self.tx_queues.append(TxQueue(ring.spec.index, tx, self._peer_error))
-
-    def _flush_tx(self) -> None:
-        # Before a consumer waits: what this link staged goes out now (a reply, say).
-        for queue in self.tx_queues:
-            if queue.ring.staged:
-                queue.flush()
+        for rx_queue in self.rx_queues:
+            # Before a consumer waits, what this link staged goes out (a reply, say).
+            rx_queue._set_flush_queues(self.tx_queues)
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
         if not self.closed:

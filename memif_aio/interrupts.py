@@ -22,10 +22,11 @@ import logging
 import select
 from collections.abc import Callable
 
+from . import _ring
+
 log = logging.getLogger(__name__)
 
 _EDGE = select.EPOLLIN | select.EPOLLET
-_MAX_EVENTS = 256  # memif has at most 256 rings per direction
 
 
 class InterruptSet:
@@ -40,8 +41,11 @@ class InterruptSet:
         self._epoll = select.epoll()  # close-on-exec
         self._callbacks: dict[int, Callable[[], None]] = {}
         self.closed = False
+        # The reader is C (epoll_wait(0) into a fixed array, no list or tuple per signal):
+        # it runs once per wake-up of every interrupt-mode consumer.
+        self._core = _ring.InterruptCore(self._epoll.fileno(), self._callbacks)
         try:
-            loop.add_reader(self._epoll.fileno(), self._ready)
+            loop.add_reader(self._epoll.fileno(), self._core.ready)
         except BaseException:
             self._epoll.close()
             raise
@@ -59,15 +63,8 @@ class InterruptSet:
                 self._epoll.unregister(fd)
 
     def _ready(self) -> None:
-        # fd callback: never raises. epoll_wait on our own set never blocks (timeout 0).
-        try:
-            events = self._epoll.poll(0, _MAX_EVENTS)
-        except OSError:  # pragma: no cover - only EINTR-like conditions, retried next time
-            return
-        for fd, _ in events:
-            callback = self._callbacks.get(fd)
-            if callback is not None:
-                callback()
+        """What the loop calls when a watched eventfd was signalled (the C reader)."""
+        self._core.ready()
 
     def close(self) -> None:
         """Stop watching (idempotent); the eventfds stay open for their owner to close."""
@@ -77,4 +74,5 @@ class InterruptSet:
         self._callbacks.clear()
         if not self._loop.is_closed():
             self._loop.remove_reader(self._epoll.fileno())
+        self._core.close()
         self._epoll.close()

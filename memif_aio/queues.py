@@ -5,21 +5,40 @@ The C half of each queue (:class:`~memif_aio._ring.RxQueueCore`,
 coroutine per packet, and holds the queue's one gate: ``closed_reason``, None while the link is
 up. This module adds the waiting.
 
-An :class:`RxQueue` waits in one of three modes (``rxq.mode``):
+An :class:`RxQueue` waits in one of three modes (``rxq.mode``), all in C
+(:meth:`~memif_aio._ring.RxQueueCore._wait_c`; ``async for`` needs no coroutine to wait):
 
-- ``"interrupt"`` (default): it sleeps until the peer signals (the link's
-  :class:`~memif_aio.interrupts.InterruptSet` watches the eventfd), so an idle queue costs
-  nothing; each wake-up costs a loop iteration.
+- ``"interrupt"`` (default): it sleeps until the peer signals, so an idle queue costs nothing.
+  The link's :class:`~memif_aio.interrupts.InterruptSet` watches the eventfd (never read) and
+  its reader resumes the waiting task on the spot, inside the callback, on a reused
+  :class:`~memif_aio._ring.Waiter`: no Future, no extra loop iteration per wake-up. What is
+  left is mostly the event loop's own wake-up: a round trip costs 0.9-1.6x what two uvloop
+  processes ping-ponging eventfds pay, 1.6-3.3x a raw eventfd ping-pong without an event loop
+  (``benchmarks/bench_latency.py``; README "Receive modes and latency").
 - ``"polling"``: ``MASK_INT`` asks the peer not to signal; the consumer spins in C on the
-  ring's counter for up to ``spin`` seconds per look (no loop iteration per look), then gives
-  the loop a turn. Lowest latency, one CPU busy.
-- ``"adaptive"``: like VPP's. Interrupts while idle; after traffic it polls for
-  ``adaptive_window`` seconds, then asks for interrupts again (clears ``MASK_INT``, looks at
-  the ring once more, then sleeps: no lost wake-up). A busy link gets polling latency, an
-  idle one costs nothing.
+  ring's counter, for up to ``spin`` seconds (default 50 µs) between two loop turns: no loop
+  iteration per look, and the loop still runs its other tasks and timers at least every
+  ``spin``. A round trip between two polling processes on two CPUs takes ~2 µs; each polling
+  consumer keeps its CPU busy. After 5 µs without news the spin yields the CPU between looks
+  (``sched_yield``): a peer on the same CPU then gets to answer within microseconds instead of
+  a scheduler tick; on a CPU of its own the yield returns at once.
+- ``"adaptive"``: like VPP's. Interrupts while idle; after traffic it polls (``MASK_INT`` set)
+  for ``adaptive_window`` seconds (default 300 µs), then asks for interrupts again: clears
+  ``MASK_INT``, looks at the ring once more, then sleeps (no lost wake-up: a packet published
+  before the flag changed is seen by that look, one published after it is signalled). A busy
+  link gets polling latency, an idle one costs nothing.
+
+``rxq.spin_releases_gil`` (default True): whether the spin releases the GIL. Measured, it makes
+no difference to the round trip (p50 1.4 µs either way on two CPUs); with a CPU-bound Python
+thread in the process both suffer from the GIL's switch interval (p99 9 ms released, 12 ms
+held). Released, the process's other threads (executors, memif_aio's fd closers) run while the
+loop's thread spins, so that is the default.
 
 A :class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
-waits for room by re-checking on a short, growing timer: backpressure, never a silent drop.
+waits for room by re-checking on a short, growing timer: backpressure, never a silent drop. A
+task that sends in a loop and never has to wait still gives its loop a turn at least every
+100 µs of sending (``TURN_INTERVAL_NS``, checked every ``max_burst`` sends): receivers and
+timers on the same loop keep running, for ~5 % of the send rate.
 
 A queue belongs to the thread running its event loop and to one consumer task at a time. Queues
 live as long as one connection: when the link goes down they are closed and every waiter gets
@@ -31,8 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from . import _ring
@@ -89,10 +107,14 @@ class RxQueue(_ring.RxQueueCore):
       valid until the next burst is taken or ``burst.release()``.
     - ``rxq.recv_burst_nowait()``: the same without waiting, for busy-poll loops.
     - ``rxq.mode``: ``"interrupt"``, ``"polling"`` or ``"adaptive"`` (``rxq.polling = True``
-      is short for polling); ``rxq.spin`` and ``rxq.adaptive_window`` tune the last two.
+      is short for polling); ``rxq.spin``, ``rxq.adaptive_window`` and
+      ``rxq.spin_releases_gil`` tune the last two (see the module's documentation).
 
     Before it sleeps or spins, a consumer publishes what its link's transmit queues have
     staged (``flush_tx``): a reply sent just before waiting for the next request goes out now.
+    One task waits on a queue at a time (a second gets ``LocalProtocolError``). Modes, spin
+    and window belong to this queue, so to this link: the next link's queues start from the
+    interface's ``rx_mode``.
     A peer that signals without publishing packets (more than 200 empty wake-ups in 100 ms)
     is not listened to for 100 ms at a time: meanwhile the consumer polls every millisecond,
     so a storm costs a few percent of a CPU instead of all of it. ``on_notice(text)`` hears
@@ -118,22 +140,16 @@ class RxQueue(_ring.RxQueueCore):
         mode: RxMode | str = RxMode.INTERRUPT,
         spin: float = DEFAULT_SPIN,
         adaptive_window: float = DEFAULT_ADAPTIVE_WINDOW,
-        flush_tx: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(index, ring, on_peer_error)
+        self._loop = asyncio.get_running_loop()
+        super().__init__(index, ring, on_peer_error, self._loop)
         self._eventfd = eventfd
         self._interrupts = interrupts
         self._on_notice = on_notice
-        self._flush_tx = flush_tx
         self.drops = 0
-        self._loop = asyncio.get_running_loop()
-        self._wakeup: asyncio.Future[None] | None = None
         self._mode = RxMode.INTERRUPT
         self.spin = spin
         self.adaptive_window = adaptive_window
-        self.spin_releases_gil = True
-        self._last_traffic = 0  # ns, adaptive: polling until this + window
-        self._last_turn = 0  # ns: when the consumer last gave the loop a turn
         self._storm_start = 0.0
         self._empty_wakeups = 0
         self._deaf: asyncio.TimerHandle | None = None  # set while a storm is being sat out
@@ -160,7 +176,12 @@ class RxQueue(_ring.RxQueueCore):
             self._interrupts.unwatch(self._eventfd)
         elif self._deaf is None:
             self._interrupts.watch(self._eventfd, self._interrupt)
+        self._set_wait_mode()
         self._wake()
+
+    def _set_wait_mode(self) -> None:
+        # The core waits in the queue's mode, in C; during an interrupt storm, _wait() polls.
+        self._wait_mode = "python" if self._deaf is not None else self._mode.value
 
     @property
     def polling(self) -> bool:
@@ -195,17 +216,12 @@ class RxQueue(_ring.RxQueueCore):
 
     # -- interrupts -----------------------------------------------------------------------------
 
-    def _interrupt(self) -> None:
-        # Interrupt callback: never raises; it only wakes the consumer, which reads the ring.
-        if self.closed_reason is None and not self.ring.has_news():
-            self._empty_wakeup()
-            return
-        self._wake()
+    # The interrupt callback is the core's _interrupt(): it wakes the consumer and runs it
+    # right there (no task runs in an fd callback), one loop iteration sooner; a signal that
+    # brought nothing comes here.
 
     def _wake(self) -> None:
-        waiter, self._wakeup = self._wakeup, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waiter.wake()
 
     def _empty_wakeup(self) -> None:
         now = self._loop.time()
@@ -217,6 +233,7 @@ class RxQueue(_ring.RxQueueCore):
             return
         self._interrupts.unwatch(self._eventfd)
         self._deaf = self._loop.call_later(_STORM_PAUSE, self._listen_again)
+        self._set_wait_mode()
         self._wake()  # a waiting consumer goes on by polling
         if self._on_notice is not None and not self._storm_reported:
             self._storm_reported = True
@@ -231,6 +248,7 @@ class RxQueue(_ring.RxQueueCore):
         self._empty_wakeups = 0
         if not self.closed and self._mode is not RxMode.POLLING:
             self._interrupts.watch(self._eventfd, self._interrupt)
+        self._set_wait_mode()
         self._wake()
 
     # -- receive --------------------------------------------------------------------------------
@@ -243,59 +261,12 @@ class RxQueue(_ring.RxQueueCore):
                 return burst
             await self._wait()
 
-    async def _wait(self) -> None:
+    def _wait(self) -> Awaitable[None]:
         """Return when there may be packets (the caller looks), in the queue's mode."""
         self._check_open()
         if self._deaf is not None:
-            await asyncio.sleep(_STORM_POLL)
-            return
-        mode = self._mode
-        now = time.monotonic_ns()
-        if mode is RxMode.POLLING or (
-            mode is RxMode.ADAPTIVE and now - self._last_traffic < self._window_ns
-        ):
-            await self._poll(now)
-            return
-        if mode is RxMode.ADAPTIVE and self.ring.mask_interrupts:
-            # Idle for a window: ask for signals again, then look once more before sleeping
-            # (the flag's store is a full barrier: a packet published before it is seen now,
-            # one published after it is signalled).
-            self.ring.mask_interrupts = False
-            if self.ring.has_news():
-                self._heat(now)
-                return
-        if self._flush_tx is not None:
-            self._flush_tx()
-        # No lost wake-up: the peer publishes before it signals, and nothing runs between the
-        # caller's empty check and this future, so any later signal finds it.
-        self._wakeup = self._loop.create_future()
-        try:
-            await self._wakeup
-        finally:
-            self._wakeup = None
-        self._check_open()
-        if self._mode is RxMode.ADAPTIVE:
-            self._heat(time.monotonic_ns())
-
-    async def _poll(self, now: int) -> None:
-        if self._flush_tx is not None:
-            self._flush_tx()
-        if now - self._last_turn >= self._spin_ns:
-            # However busy the link, the loop gets a turn at least every `spin`.
-            self._last_turn = now
-            await asyncio.sleep(0)
-            self._check_open()
-        if self.ring.wait_news(self._spin_ns, self.spin_releases_gil):
-            if self._mode is RxMode.ADAPTIVE:
-                self._last_traffic = time.monotonic_ns()
-            return
-        self._last_turn = time.monotonic_ns()
-        await asyncio.sleep(0)
-
-    def _heat(self, now: int) -> None:
-        """Adaptive: traffic; poll (and ask the peer not to signal) for a window."""
-        self._last_traffic = now
-        self.ring.mask_interrupts = True
+            return asyncio.sleep(_STORM_POLL)
+        return self._wait_c()
 
     async def bursts(self, max_packets: int = DEFAULT_BURST) -> AsyncIterator[_ring.Burst]:
         """Yield bursts as they arrive, until the link goes down."""
@@ -333,9 +304,7 @@ class RxQueue(_ring.RxQueueCore):
             self._deaf.cancel()
             self._deaf = None
         self.ring.close()
-        waiter, self._wakeup = self._wakeup, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(DisconnectedError(reason))
+        self._waiter.fail(DisconnectedError(reason))
 
 
 class TxQueue(_ring.TxQueueCore):
@@ -345,8 +314,8 @@ class TxQueue(_ring.TxQueueCore):
       waits while the ring is full. Packets are staged and published together once per loop
       iteration (or every ``max_burst`` packets; at once when the peer polls): one counter
       store and at most one eventfd write for the lot. ``txq.flush()`` publishes now. A task
-      that sends in a loop gives the loop a turn every ``max_burst`` packets, so receivers
-      and timers on the same loop keep running.
+      that sends in a loop gives the loop a turn at least every 100 µs of sending, so
+      receivers and timers on the same loop keep running.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, a 2-D uint8 numpy
       array plus ``lengths``, or a received ``Burst`` (copied in C, metadata kept: the echo
       path); returns when all are in the ring.

@@ -3,7 +3,8 @@
     python tests/peer_process.py --role master --socket @x --id 0 [--secret s] ...
 
 With --echo it sends every packet back on the queue it came from; with --blast it sends
-64-byte packets on every queue as fast as the ring takes them (a peer killed mid-burst).
+64-byte packets on every queue as fast as the ring takes them (a peer killed mid-burst); with
+--drain it takes every burst and drops it. --rx-mode: how its receive queues wait.
 Events: {"event": "ready"}, {"event": "connected", "details": {...}},
 {"event": "disconnected", "reason": "..."}; it exits cleanly when stdin closes.
 """
@@ -34,6 +35,7 @@ async def main(args: argparse.Namespace) -> None:
         ring_size=args.ring_size,
         buffer_size=args.buffer_size,
         name=args.name,
+        rx_mode=args.rx_mode,
     )
     emit("ready")
     loop = asyncio.get_running_loop()
@@ -57,6 +59,15 @@ async def main(args: argparse.Namespace) -> None:
             except memif_aio.DisconnectedError:
                 continue
 
+    async def drain(index: int) -> None:
+        while True:
+            await iface.wait_connected()
+            try:
+                async for _ in iface.rx_queues[index].bursts():
+                    pass
+            except memif_aio.DisconnectedError:
+                continue
+
     async def blast(index: int) -> None:
         burst = [bytes([index]) * 64] * 64
         while True:
@@ -73,6 +84,8 @@ async def main(args: argparse.Namespace) -> None:
         tasks += [asyncio.create_task(echo(i)) for i in range(args.queues)]
     if args.blast:
         tasks += [asyncio.create_task(blast(i)) for i in range(args.queues)]
+    if args.drain:
+        tasks += [asyncio.create_task(drain(i)) for i in range(args.queues)]
     await stdin_closed
     for task in tasks:
         task.cancel()
@@ -94,6 +107,8 @@ if __name__ == "__main__":
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--echo", action="store_true", help="send back every packet received")
     parser.add_argument("--blast", action="store_true", help="send packets as fast as possible")
+    parser.add_argument("--drain", action="store_true", help="take every packet, drop it")
+    parser.add_argument("--rx-mode", default="interrupt", help="interrupt, polling or adaptive")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop

@@ -6,8 +6,12 @@ ones."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import os
 import random
+import select
+import time
 
 import pytest
 from test_ring import Link
@@ -22,7 +26,11 @@ def queue_classes(R):
         def __init__(self, *args):
             super().__init__(*args)
             self.waits = 0
+            self.empty_wakeups = 0
             self.ready = asyncio.Event()
+
+        def _empty_wakeup(self):
+            self.empty_wakeups += 1
 
         async def _wait(self):
             self.waits += 1
@@ -42,14 +50,22 @@ def queue_classes(R):
     return Rx, Tx
 
 
-async def run_script(R, seed: int, *, polling_peer: bool) -> list:
-    """Record everything observable of one random script on implementation R."""
+async def run_script(R, seed: int, *, polling_peer: bool, fast: bool = False) -> list:
+    """Record everything observable of one random script on implementation R.
+
+    ``fast``: the receive queue waits in interrupt mode the C way (``_wait_mode``: a reused
+    waiter, no ``_wait()`` call), and the test's interrupts go through ``_interrupt()``."""
     rng = random.Random(seed)
     link = Link(R, log2=5, buffer_size=256, eventfds=True)
     errors: list = []
     Rx, Tx = queue_classes(R)
-    rxq = Rx(0, link.mrx, errors.append)
-    txq = Tx(0, link.stx, errors.append, asyncio.get_running_loop(), max_burst=8)
+    loop = asyncio.get_running_loop()
+    rxq = Rx(0, link.mrx, errors.append, loop) if fast else Rx(0, link.mrx, errors.append)
+    txq = Tx(0, link.stx, errors.append, loop, max_burst=8)
+    txq._turn_ns = 0  # a turn at every look (every max_burst sends), not by the clock
+    if fast:
+        rxq._wait_mode = "interrupt"
+        rxq._set_flush_queues([txq])
     if polling_peer:
         link.mrx.mask_interrupts = True
     trace: list = []
@@ -76,7 +92,14 @@ async def run_script(R, seed: int, *, polling_peer: bool) -> list:
             else:
                 got = []
                 for _ in range(rng.randint(1, 6)):
-                    if link.mrx.pending() == 0 and link.mrx.burst is not None:
+                    if fast:
+                        # the test's interrupt, from a loop callback (resumes the reader
+                        # there) or, now and then, from this task (delivered next iteration)
+                        if rng.random() < 0.3:
+                            rxq._interrupt()
+                        else:
+                            loop.call_soon(rxq._interrupt)
+                    elif link.mrx.pending() == 0 and link.mrx.burst is not None:
                         rxq.ready.set()  # the test's interrupt: wake a waiting stream
                     try:
                         packet = await asyncio.wait_for(anext(stream), 0.005)
@@ -84,7 +107,9 @@ async def run_script(R, seed: int, *, polling_peer: bool) -> list:
                         break
                     got.append(bytes(packet))
                     del packet  # a view into shared memory: valid until the next step only
-                trace.append(("read", step, got, rxq.waits, link.signals(link.mrx)))
+                trace.append(
+                    ("read", step, got, rxq.waits, rxq.empty_wakeups, link.signals(link.mrx))
+                )
         trace.append(("slow", txq.slow))
         trace.append(("errors", [str(e) for e in errors]))
     finally:
@@ -97,11 +122,13 @@ async def run_script(R, seed: int, *, polling_peer: bool) -> list:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("polling_peer", [False, True], ids=["interrupts", "polling-peer"])
-async def test_queue_cores_behave_like_the_oracle(seed, polling_peer):
+@pytest.mark.parametrize("fast", [False, True], ids=["wait", "fast-wait"])
+async def test_queue_cores_behave_like_the_oracle(seed, polling_peer, fast):
     cython, python = (importlib.import_module(IMPLS[k]) for k in ("cython", "python"))
-    assert await run_script(cython, seed, polling_peer=polling_peer) == await run_script(
-        python, seed, polling_peer=polling_peer
-    )
+    mine = await run_script(cython, seed, polling_peer=polling_peer, fast=fast)
+    assert mine == await run_script(python, seed, polling_peer=polling_peer, fast=fast)
+    if fast:
+        assert all(entry[3] == 0 for entry in mine if entry[0] == "read")  # never _wait()
 
 
 @pytest.fixture(params=sorted(IMPLS))
@@ -147,19 +174,127 @@ async def test_a_peer_error_is_reported_once_and_raised(R):
         link.close()
 
 
-async def test_a_sender_that_never_waits_yields_every_max_burst(R):
+async def test_a_sender_that_never_waits_yields_by_the_clock(R):
+    """Every max_burst sends the sender looks at the clock; it gives the loop a turn once it
+    has sent for _turn_ns since its last one (0: at every look; _yield_every 0: never)."""
     link = Link(R, log2=6, buffer_size=256, eventfds=True)
     _, Tx = queue_classes(R)
     txq = Tx(0, link.stx, [].append, asyncio.get_running_loop(), max_burst=16)
-    try:
-        kinds = []
-        for i in range(48):
+    assert txq._turn_ns == R.TURN_INTERVAL_NS == 100_000 and txq._yield_every == 16
+
+    async def kinds(count: int, pause: float = 0.0) -> list[int]:
+        yields = []
+        for i in range(count):
+            if i % 16 == 0:
+                time.sleep(pause)
             awaitable = txq.send(b"%d" % i)
-            kinds.append(type(awaitable).__name__)
+            if type(awaitable).__name__ == "YieldOnce":
+                yields.append(i)
             await awaitable
             if i % 16 == 15:
                 link.mrx.rx_burst()
                 link.mrx.release()
-        assert [i for i, k in enumerate(kinds) if k == "YieldOnce"] == [15, 31, 47]
+        return yields
+
+    try:
+        txq._turn_ns = 0
+        assert await kinds(48) == [15, 31, 47]
+        txq._turn_ns = 10**9
+        assert await kinds(48) == []  # sent for less than a second since the last turn
+        txq._turn_ns = 1_000_000
+        assert await kinds(48, pause=0.002) == [15, 31, 47]  # 2 ms between looks
+        txq._yield_every = 0
+        assert await kinds(48, pause=0.002) == []
     finally:
         link.close()
+
+
+async def test_waiter_resumes_the_task_inside_a_loop_callback(R):
+    """wake(True) from a loop callback runs the waiting task before the callback returns;
+    from inside a task it is delivered on the next iteration instead."""
+    loop = asyncio.get_running_loop()
+    waiter = R.Waiter(loop)
+    order: list[str] = []
+
+    async def consumer():
+        await waiter.arm()
+        order.append("resumed")
+        await waiter.arm()
+        order.append("resumed again")
+
+    task = asyncio.ensure_future(consumer())
+    await asyncio.sleep(0)
+    assert waiter.pending
+
+    def callback():
+        waiter.wake(True)
+        order.append("callback returns")
+
+    loop.call_soon(callback)
+    await asyncio.sleep(0)
+    assert order == ["resumed", "callback returns"]
+    waiter.wake(True)  # from this task: no nested step, delivered on the next iteration
+    order.append("woken from a task")
+    await asyncio.wait_for(task, 1)
+    assert order == ["resumed", "callback returns", "woken from a task", "resumed again"]
+
+
+async def test_waiter_cancel_fail_and_one_task_at_a_time(R):
+    loop = asyncio.get_running_loop()
+    waiter = R.Waiter(loop)
+
+    async def wait():
+        await waiter.arm()
+
+    task = asyncio.ensure_future(wait())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="already waiting"):
+        waiter.arm()
+    task.cancel("stop")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not waiter.pending and waiter.cancelled()
+    # re-armed at once after a cancel: the late delivery went to the old task, not to us
+    task = asyncio.ensure_future(wait())
+    await asyncio.sleep(0)
+    waiter.fail(DisconnectedError("gone"))
+    with pytest.raises(DisconnectedError, match="gone"):
+        await task
+    # armed but not awaited yet: a wake-up in between is not lost
+    waiter.arm()
+    waiter.wake(True)
+    await asyncio.wait_for(waiter, 1)
+
+
+def test_interrupt_core_dispatches_each_edge_once_and_never_reads_the_eventfd(R):
+    efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(3)]
+    epoll = select.epoll()
+    calls: list[int] = []
+    callbacks = {fd: functools.partial(calls.append, i) for i, fd in enumerate(efds)}
+    for fd in efds:
+        epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+    core = R.InterruptCore(epoll.fileno(), callbacks)
+    try:
+        core.ready()
+        assert calls == []
+        os.eventfd_write(efds[0], 1)
+        os.eventfd_write(efds[2], 5)
+        core.ready()
+        assert sorted(calls) == [0, 2]
+        core.ready()  # edges consumed: no second call for the same signals
+        assert sorted(calls) == [0, 2]
+        del callbacks[efds[2]]  # unwatched: its signals go nowhere
+        os.eventfd_write(efds[2], 1)
+        os.eventfd_write(efds[0], 1)
+        core.ready()
+        assert sorted(calls) == [0, 0, 2]
+        # the counters were never read (a peer's eventfd is never touched)
+        assert os.eventfd_read(efds[0]) == 2 and os.eventfd_read(efds[2]) == 6
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(efds[1])
+    finally:
+        core.close()
+        core.ready()  # closed: nothing, no error
+        epoll.close()
+        for fd in efds:
+            os.close(fd)
