@@ -48,14 +48,14 @@ async def echo_link(
     [("interrupt", False), ("polling", False), ("polling", True), ("adaptive", False)],
     ids=["interrupt", "polling", "polling-gil-held", "adaptive"],
 )
-async def test_each_mode_delivers_single_packets_with_random_gaps(abstract_path, mode, hold_gil):
+async def test_each_mode_delivers_single_packets_with_random_gaps(memif_path, mode, hold_gil):
     """10 000 packets, one in flight. The gaps put the echo's arrival everywhere: before we
     look, after we looked but before we wait (its signal handled while nobody waits), while the
     loop is busy, while we spin, while we sleep, and (adaptive, with a short window) around the
     moment the queue stops polling and asks for interrupts again. A lost wake-up hangs: the
     timeout fails."""
     rng = random.Random(15)
-    async with echo_link(abstract_path, mode) as iface:
+    async with echo_link(memif_path, mode) as iface:
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
         assert rxq.mode is RxMode(mode)
         rxq.spin_releases_gil = not hold_gil
@@ -85,14 +85,14 @@ async def test_each_mode_delivers_single_packets_with_random_gaps(abstract_path,
         assert stats["packets"] == 10_000 and stats["errors"] == 0
 
 
-async def test_mode_switches_while_traffic_flows_lose_nothing(abstract_path):
+async def test_mode_switches_while_traffic_flows_lose_nothing(memif_path):
     """Windows of packets in flight while the receive queue changes mode every few hundred
     packets (from the consumer) and at random moments (from another task, while the consumer
     may be asleep or spinning): every packet arrives once, in order."""
     rng = random.Random(3)
     total = 6000
     modes = itertools.cycle(["polling", "adaptive", "interrupt"])
-    async with echo_link(abstract_path, "interrupt", peer_mode="adaptive") as iface:
+    async with echo_link(memif_path, "interrupt", peer_mode="adaptive") as iface:
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
         received: list[int] = []
         switches = 0
@@ -128,10 +128,10 @@ async def test_mode_switches_while_traffic_flows_lose_nothing(abstract_path):
 
 
 @pytest.mark.parametrize("asleep_in", ["interrupt", "adaptive"])
-async def test_a_sleeping_consumer_follows_a_switch_to_polling(abstract_path, asleep_in):
+async def test_a_sleeping_consumer_follows_a_switch_to_polling(memif_path, asleep_in):
     """Polling masks the peer's signals: a consumer asleep waiting for one must be woken by
     the switch itself, or it would sleep through every later packet."""
-    async with echo_link(abstract_path, asleep_in, peer_mode="interrupt") as iface:
+    async with echo_link(memif_path, asleep_in, peer_mode="interrupt") as iface:
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
         stream = aiter(rxq)
         for i in range(3):
@@ -145,8 +145,8 @@ async def test_a_sleeping_consumer_follows_a_switch_to_polling(abstract_path, as
             rxq.mode = asleep_in
 
 
-async def test_adaptive_polls_after_traffic_and_sleeps_on_interrupts_when_idle(abstract_path):
-    async with echo_link(abstract_path, "adaptive", peer_mode="interrupt") as iface:
+async def test_adaptive_polls_after_traffic_and_sleeps_on_interrupts_when_idle(memif_path):
+    async with echo_link(memif_path, "adaptive", peer_mode="interrupt") as iface:
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
         assert not rxq.ring.mask_interrupts  # an adaptive queue starts idle: interrupts
         stream = aiter(rxq)
@@ -175,14 +175,14 @@ async def test_adaptive_polls_after_traffic_and_sleeps_on_interrupts_when_idle(a
             waiting.cancel()
 
 
-async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(abstract_path):
+async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(memif_path):
     """100 000 ``await txq.send()`` toward a peer that drains as fast as it can (a 16384-slot
     ring, so the sender seldom waits for room, which would yield anyway): a 100 us timer on
     the sender's loop keeps running, because the sender yields every ``max_burst`` sends."""
-    async with memif_aio.Socket(abstract_path) as sock:
+    async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         peer = await PeerProcess.start(
-            "--role", "slave", "--socket", abstract_path, "--drain", "--rx-mode", "polling",
+            "--role", "slave", "--socket", memif_path, "--drain", "--rx-mode", "polling",
             "--ring-size", "16384", "--buffer-size", "128",
         )  # fmt: skip
         try:
@@ -207,12 +207,12 @@ async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(abstract_pa
             assert await peer.stop() == 0
 
 
-async def test_details_show_each_queues_mode_the_interface_default_and_overrides(abstract_path):
-    async with memif_aio.Socket(abstract_path) as sock:
+async def test_details_show_each_queues_mode_the_interface_default_and_overrides(memif_path):
+    async with memif_aio.Socket(memif_path) as sock:
         master = await sock.create_interface(
             id=0, role="master", rx_queues=2, tx_queues=2, rx_mode="adaptive"
         )
-        async with memif_aio.connect(abstract_path, rx_queues=2, tx_queues=2) as slave:
+        async with memif_aio.connect(memif_path, rx_queues=2, tx_queues=2) as slave:
             await master.wait_connected(timeout=10)
             assert [q.mode for q in master.details().rx_queues] == ["adaptive", "adaptive"]
             assert [q.mode for q in master.details().tx_queues] == [None, None]
@@ -233,8 +233,8 @@ async def test_details_show_each_queues_mode_the_interface_default_and_overrides
             with pytest.raises(ConfigError, match="interrupt, polling or adaptive"):
                 master.rx_queues[0].mode = "busy"
         # Queues live as long as their link: the next link's start from the default again.
-        async with memif_aio.connect(abstract_path, rx_queues=2, tx_queues=2):
+        async with memif_aio.connect(memif_path, rx_queues=2, tx_queues=2):
             await master.wait_connected(timeout=10)
             assert [q.mode for q in master.details().rx_queues] == ["adaptive", "adaptive"]
     with pytest.raises(ConfigError):
-        await memif_aio.Socket(abstract_path).create_interface(id=0, rx_mode="busy")
+        await memif_aio.Socket(memif_path).create_interface(id=0, rx_mode="busy")

@@ -61,6 +61,7 @@ async def _flooder(path: str, count: int) -> asyncio.subprocess.Process:
 async def test_honest_slave_gets_through_a_flood_of_half_open_connections(memif_path, caplog):
     async with memif_aio.Socket(memif_path, handshake_timeout=30) as sock:
         iface = await sock.create_interface(id=0, role="master")
+        sock.warnings.window = 3600  # one window for the whole test, however slow the machine
         before = Resources(kinds=("/memfd:", "anon_inode:", "socket:"))  # not the subprocess's
         flood = await _flooder(memif_path, FLOOD)
         assert flood.stdout is not None and flood.stdin is not None
