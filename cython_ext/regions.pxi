@@ -137,6 +137,10 @@ cdef class RegionTable:
         PyErr_Restore(etype, evalue, etb)
 
     cdef void _release_views(self) noexcept:
+        # None once the garbage collector cleared this table (interpreter exit): the last
+        # packet view can still be released after that.
+        if self._views is None:
+            return
         for mv in self._views:
             try:
                 mv.release()

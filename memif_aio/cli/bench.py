@@ -334,12 +334,20 @@ def register(command) -> None:
     parser.add_argument("--no-testpmd", action="store_true", help="only memif_aio peers")
     parser.add_argument("--out", default="bench-results", help="directory for json/md/png")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="instead: RTT per rx mode (interrupt, polling, adaptive) on one CPU and on two, "
+        "beside the raw eventfd floor of the same run; idle CPU per mode; sender fairness",
+    )
     parser.set_defaults(run_sync=run_command)
 
 
 def run_command(args, ctx) -> int:
     from .common import Progress, say
 
+    if args.latency:
+        return _run_latency(args)
     config = BenchConfig.quick() if args.quick else BenchConfig()
     if args.sizes:
         config.sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -356,4 +364,25 @@ def run_command(args, ctx) -> int:
         say("")
         say(to_markdown(report))
         say("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _run_latency(args) -> int:
+    from . import rtt
+    from .common import Progress, say
+
+    config = rtt.RttConfig.quick() if args.quick else rtt.RttConfig()
+    progress = Progress()
+    report = rtt.measure(config, progress.done if not args.json else lambda line: None)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = rtt.format_report(report)
+    (out_dir / "latency.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    (out_dir / "latency.md").write_text(table + "\n")
+    if args.json:
+        say(json.dumps(report.to_json()))
+    else:
+        say("")
+        say(table)
+        say(f"wrote {out_dir / 'latency.json'}, {out_dir / 'latency.md'}")
     return 0
