@@ -200,6 +200,29 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, testpmd_bin):
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_latency_reports_each_mode_beside_the_floors(tmp_path):
+    result = run("bench", "--latency", "--quick", "--json", "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Exception ignored" not in result.stderr  # the measuring children exit quietly
+    report = json.loads(result.stdout)
+    assert report == json.loads((tmp_path / "latency.json").read_text())
+    rows = {(r["placement"], r["mode"], r["gil"]): r for r in report["rtt"]}
+    for placement in ("same", "split"):
+        assert (placement, "interrupt", "n/a") in rows
+        for mode in ("polling", "adaptive"):
+            assert {(placement, mode, "released"), (placement, mode, "held")} <= rows.keys()
+    for row in rows.values():
+        assert row["samples"] > 0
+        assert 0 < row["p50_us"] <= row["p99_us"] <= row["p999_us"]
+        assert row["floor_p50_us"] > 0 and row["loop_floor_p50_us"] > 0
+    idle = {r["mode"]: r for r in report["idle"]}
+    assert idle.keys() == {"interrupt", "polling", "adaptive"}
+    assert idle["polling"]["master_cpu_percent"] > 20  # it spins (shared CPUs: not 100 %)
+    assert {f["setting"] for f in report["fairness"]} >= {"library", "never"}
+    table = (tmp_path / "latency.md").read_text()
+    assert "| split | adaptive | released |" in table
+
+
 def test_bad_options_are_usage_errors(memif_path):
     result = run("probe", memif_path, "--secret", "x" * 30)
     assert result.returncode == 2 and "secret" in result.stderr

@@ -2,6 +2,7 @@
 
   memif-aio demo                         master + slave in two processes, traffic, a table
   memif-aio bench [--quick]              throughput/latency matrix vs. the C ceiling
+  memif-aio bench --latency             RTT per rx mode beside the eventfd floor
   memif-aio probe SOCKET [--id N]        what a master says, and whether it accepts us
   memif-aio echo SOCKET [--role R]       send every packet back (like testpmd io)
   memif-aio responder SOCKET --ip A      answer ARP and ICMP echo (like icmp_responder)
