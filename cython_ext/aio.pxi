@@ -87,8 +87,9 @@ TURN_INTERVAL_NS = 100_000
 @cython.final
 cdef class YieldOnce:
     """An awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable: each
-    ``await`` suspends exactly once. What a sender that never had to wait returns now and
-    then, so the other tasks on its loop run."""
+    ``await`` suspends exactly once, then gives ``value`` (handed over, None by default). What
+    a sender or a consumer that never had to wait returns now and then, so the other tasks on
+    its loop run."""
 
     def __await__(self):
         self.yielded = False
@@ -101,7 +102,9 @@ cdef class YieldOnce:
         if not self.yielded:
             self.yielded = True
             return None  # a bare yield: the Task steps again on the next loop iteration
-        raise StopIteration
+        value = self.value
+        self.value = None
+        raise StopIteration(value)
 
     def send(self, arg):
         return self.__next__()
@@ -319,6 +322,34 @@ cdef class QueueCore:
     def __init__(self, int index, on_peer_error):
         self.index = index
         self.on_peer_error = on_peer_error
+        self.turn_ns = TURN_INTERVAL_NS
+        self.turn = YieldOnce()
+
+    @property
+    def _turn_ns(self):
+        """How long a task that never suspends on this queue (the ring always has packets,
+        or room) keeps its loop before it gives it a turn (ns); 0: at every look."""
+        return self.turn_ns
+
+    @_turn_ns.setter
+    def _turn_ns(self, uint64_t value):
+        self.turn_ns = value
+
+    cdef bint _turn_due(self) noexcept:
+        cdef uint64_t now = memif_now_ns()
+        if now - self.last_turn >= self.turn_ns:
+            self.last_turn = now
+            return True
+        return False
+
+    def _turn_now(self):
+        """True when the caller, which has not suspended since the queue's last turn, has
+        kept its loop for ``_turn_ns``: it should yield once now (the turn is counted)."""
+        return self._turn_due()
+
+    def _turned(self):
+        """The caller's task just suspended (a wait): its loop had a turn."""
+        self.last_turn = memif_now_ns()
 
     @property
     def closed(self):
@@ -697,6 +728,10 @@ cdef class PacketStream:
         if self.queue.closed_reason is None and not rx.closed and not rx.regions._closed:
             if self.i >= rx.c.n:
                 self._take()
+                if self.i < rx.c.n and self.queue._turn_due():
+                    # Packets keep coming without a wait: the loop gets its turn now and then.
+                    self.queue.turn.value = self._next()
+                    return self.queue.turn
             if self.i < rx.c.n:
                 self.ready.value = self._next()
                 return self.ready
@@ -798,8 +833,6 @@ cdef class TxQueueCore(QueueCore):
         self.call_soon = loop.call_soon
         self.max_burst = max_burst if max_burst else 1
         self.yield_every = self.max_burst
-        self.turn_ns = TURN_INTERVAL_NS
-        self.turn = YieldOnce()
 
     @property
     def _yield_every(self):
@@ -811,16 +844,6 @@ cdef class TxQueueCore(QueueCore):
     def _yield_every(self, uint32_t value):
         self.yield_every = value
         self.since_turn = 0
-
-    @property
-    def _turn_ns(self):
-        """How long a sender that never waits sends before it gives the loop a turn (ns);
-        0 gives one at every look (every ``_yield_every`` sends)."""
-        return self.turn_ns
-
-    @_turn_ns.setter
-    def _turn_ns(self, uint64_t value):
-        self.turn_ns = value
 
     def send(self, data, metadata=0):
         """``await txq.send(data, metadata=0)``: copy one packet into the ring (chained when
@@ -844,9 +867,7 @@ cdef class TxQueueCore(QueueCore):
                 self.since_turn += 1
                 if self.since_turn >= self.yield_every and self.yield_every:
                     self.since_turn = 0
-                    now = memif_now_ns()
-                    if now - self.last_turn >= self.turn_ns:
-                        self.last_turn = now
+                    if self._turn_due():
                         return self.turn
                 return DONE
         self.since_turn = 0

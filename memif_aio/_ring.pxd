@@ -307,6 +307,7 @@ cdef class Completed:
 
 cdef class YieldOnce:
     cdef bint yielded
+    cdef object value  # what the await gives after its turn (handed over once)
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -347,7 +348,11 @@ cdef class QueueCore:
     cdef readonly object closed_reason  # the gate: None while the link is up
     cdef readonly object on_peer_error
     cdef public bint peer_broke_it  # this queue's ring saw the peer's violation
+    cdef uint64_t turn_ns  # a task that never suspends on this queue yields after this long
+    cdef uint64_t last_turn  # ns (memif_now_ns): when its loop last got a turn from it
+    cdef YieldOnce turn
     cdef int _check(self) except -1
+    cdef bint _turn_due(self) noexcept
 
 
 cdef enum:
@@ -370,7 +375,6 @@ cdef class RxQueueCore(QueueCore):
     cdef public uint64_t _window_ns  # adaptive: how long to poll after traffic
     cdef public bint spin_releases_gil
     cdef public uint64_t _last_traffic  # adaptive: ns (memif_now_ns) of the last traffic seen
-    cdef uint64_t last_turn  # ns: when a polling wait last gave the loop a turn
     cdef uint64_t packets_seen  # ring.packets at the last adaptive wait
     cdef int _flush_tx(self) except -1
     cdef int _heat(self, uint64_t now) except -1
@@ -410,9 +414,6 @@ cdef class TxQueueCore(QueueCore):
     cdef bint scheduled
     cdef uint32_t since_turn  # sends since the last YieldOnce
     cdef uint32_t yield_every  # sends between two looks at the clock (0: never yields)
-    cdef uint64_t turn_ns  # a sender that never waits yields after sending this long
-    cdef uint64_t last_turn  # ns: its last turn (a YieldOnce, or a wait for room)
-    cdef YieldOnce turn
 
 
 cdef class TxRing:

@@ -260,9 +260,10 @@ DONE: Completed
 TURN_INTERVAL_NS: int
 
 class YieldOnce:
-    """Awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable."""
+    """Awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), then its value
+    (None unless a packet stream handed one over); reusable."""
 
-    def __await__(self) -> Generator[None]: ...
+    def __await__(self) -> Generator[None, None, Any]: ...
 
 class InterruptCore:
     """Drains a private edge-triggered epoll set; ``callbacks[fd]()`` for each signal."""
@@ -316,6 +317,12 @@ class QueueCore:
     def _peer_error(self, exc: PeerProtocolError) -> None: ...
     def _shut(self, reason: str) -> None:
         """Close the gate."""
+    _turn_ns: int  # a task that never suspends on the queue yields after this long (ns)
+    def _turn_now(self) -> bool:
+        """True (and the turn counted) once the caller has kept its loop for ``_turn_ns``
+        without suspending: it should yield once now."""
+    def _turned(self) -> None:
+        """The caller just suspended: its loop had a turn."""
 
 class RxQueueCore(QueueCore):
     """The C half of ``RxQueue``: bursts, and ``async for`` (subclasses define ``_wait``)."""
@@ -376,7 +383,6 @@ class TxQueueCore(QueueCore):
     @property
     def ring(self) -> TxRing: ...
     _yield_every: int  # sends between looks at the clock (0: never yields; a testing knob)
-    _turn_ns: int  # a sender that never waits yields after sending this long (ns)
     def send(self, data: Buffer, metadata: int = 0) -> Awaitable[None]:
         """Stage one packet; DONE (or YieldOnce every max_burst) when it fit, else the
         subclass's ``_send_slow(data, metadata)``."""

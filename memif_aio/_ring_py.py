@@ -1271,10 +1271,15 @@ TURN_INTERVAL_NS = 100_000
 
 
 class YieldOnce:
-    """Gives the loop one turn, like ``asyncio.sleep(0)``; reusable."""
+    """Gives the loop one turn, like ``asyncio.sleep(0)``, then ``value``; reusable."""
+
+    def __init__(self) -> None:
+        self.value = None
 
     def __await__(self):
+        value, self.value = self.value, None
         yield
+        return value
 
 
 class InterruptCore:
@@ -1448,10 +1453,23 @@ class QueueCore:
         self.on_peer_error = on_peer_error
         self.closed_reason: str | None = None
         self.peer_broke_it = False
+        self._turn_ns = TURN_INTERVAL_NS
+        self._last_turn = 0
+        self._turn = YieldOnce()
 
     @property
     def closed(self) -> bool:
         return self.closed_reason is not None
+
+    def _turn_now(self) -> bool:
+        now = time.monotonic_ns()
+        if now - self._last_turn >= self._turn_ns:
+            self._last_turn = now
+            return True
+        return False
+
+    def _turned(self) -> None:
+        self._last_turn = time.monotonic_ns()
 
     def _check_open(self) -> None:
         if self.closed_reason is not None:
@@ -1481,7 +1499,6 @@ class RxQueueCore(QueueCore):
         self._window_ns = 0
         self.spin_releases_gil = True
         self._last_traffic = 0
-        self._last_turn = 0
         self._packets_seen = 0
         self._waiter = Waiter(loop) if loop is not None else None
 
@@ -1633,6 +1650,9 @@ class PacketStream:
         if self._queue.closed_reason is None and not rx._closed and not rx._regions.closed:
             if self._i >= rx._n:
                 self._take()
+                if self._i < rx._n and self._queue._turn_now():
+                    self._queue._turn.value = self._next()
+                    return self._queue._turn
             if self._i < rx._n:
                 return Completed(self._next())
             if self._queue._mode != "python":
@@ -1696,10 +1716,7 @@ class TxQueueCore(QueueCore):
         self._max_burst = max_burst or 1
         self._scheduled = False
         self._since_turn = 0
-        self._turn = YieldOnce()
         self._yield_every_n = self._max_burst
-        self._turn_ns = TURN_INTERVAL_NS
-        self._last_turn = 0
 
     @property
     def _yield_every(self) -> int:
@@ -1728,9 +1745,7 @@ class TxQueueCore(QueueCore):
                 self._since_turn += 1
                 if self._since_turn >= self._yield_every_n and self._yield_every_n:
                     self._since_turn = 0
-                    now = time.monotonic_ns()
-                    if now - self._last_turn >= self._turn_ns:
-                        self._last_turn = now
+                    if self._turn_now():
                         return self._turn
                 return DONE
         self._since_turn = 0

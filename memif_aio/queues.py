@@ -37,8 +37,10 @@ loop's thread spins, so that is the default.
 A :class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
 waits for room by re-checking on a short, growing timer: backpressure, never a silent drop. A
 task that sends in a loop and never has to wait still gives its loop a turn at least every
-100 µs of sending (``TURN_INTERVAL_NS``, checked every ``max_burst`` sends): receivers and
-timers on the same loop keep running, for ~5 % of the send rate.
+100 µs of sending (``TURN_INTERVAL_NS``, checked every ``max_burst`` sends and after every
+``send_burst``): receivers and timers on the same loop keep running, for ~5 % of the send
+rate. The same holds for a consumer whose ring always has packets (``async for``,
+``recv_burst``, ``bursts()``): once per 100 µs without a wait it yields once.
 
 A queue belongs to the thread running its event loop and to one consumer task at a time. Queues
 live as long as one connection: when the link goes down they are closed and every waiter gets
@@ -255,11 +257,16 @@ class RxQueue(_ring.RxQueueCore):
 
     async def recv_burst(self, max_packets: int = DEFAULT_BURST) -> _ring.Burst:
         """Wait for at least one packet and return the burst."""
+        burst = self.recv_burst_nowait(max_packets)
+        if len(burst):
+            if self._turn_now():  # packets keep coming without a wait: the loop's turn
+                await asyncio.sleep(0)
+            return burst
         while True:
+            await self._wait()
             burst = self.recv_burst_nowait(max_packets)
             if len(burst):
                 return burst
-            await self._wait()
 
     def _wait(self) -> Awaitable[None]:
         """Return when there may be packets (the caller looks), in the queue's mode."""
@@ -399,6 +406,7 @@ class TxQueue(_ring.TxQueueCore):
                 attempt = 0
             else:
                 attempt = await self._wait_for_room(attempt)
+        await self._fair_turn()
         return sent
 
     async def _send_received(self, burst: _ring.Burst) -> int:
@@ -418,7 +426,14 @@ class TxQueue(_ring.TxQueueCore):
                 attempt = 0
             else:
                 attempt = await self._wait_for_room(attempt)
+        await self._fair_turn()
         return position - first
+
+    async def _fair_turn(self) -> None:
+        # A task whose bursts always find room never suspends: once per _turn_ns its loop
+        # gets a turn, so the other tasks (a receiver of the same link, timers) run.
+        if self._turn_now():
+            await asyncio.sleep(0)
 
     async def alloc(self, n: int) -> list[memoryview]:
         """Up to ``n`` writable buffers (at least one; waits for room)."""
@@ -444,6 +459,7 @@ class TxQueue(_ring.TxQueueCore):
             await asyncio.sleep(0)
         else:
             await asyncio.sleep(min(_MAX_BACKOFF, 20e-6 * (1 << min(attempt - _SPIN_CHECKS, 6))))
+        self._turned()
         self._check_open()
         return attempt + 1
 

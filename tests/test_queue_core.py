@@ -209,6 +209,41 @@ async def test_a_sender_that_never_waits_yields_by_the_clock(R):
         link.close()
 
 
+async def test_a_consumer_that_never_waits_yields_by_the_clock(R):
+    """``async for`` takes a new burst without waiting: once the consumer has kept its loop
+    for _turn_ns since its last turn, that step is a YieldOnce that gives the packet after
+    one loop turn (0: at every take; a wait in between counts as a turn)."""
+    link = Link(R, log2=6, buffer_size=256, eventfds=True)
+    Rx, _ = queue_classes(R)
+    rxq = Rx(0, link.mrx, [].append)
+    assert rxq._turn_ns == R.TURN_INTERVAL_NS
+    stream = R.PacketStream(rxq, 4)
+
+    async def kinds(packets: int, pause: float = 0.0) -> list[str]:
+        link.stx.tx_burst([b"%d" % i for i in range(packets)])
+        seen, got = [], []
+        for _ in range(packets):
+            time.sleep(pause)
+            awaitable = stream.__anext__()
+            seen.append(type(awaitable).__name__)
+            got.append(bytes(await awaitable))
+        assert got == [b"%d" % i for i in range(packets)]  # a turn loses nothing
+        return seen
+
+    try:
+        rxq._turn_ns = 0
+        assert await kinds(8) == ["YieldOnce", "Completed", "Completed", "Completed"] * 2
+        rxq._turn_ns = 10**9
+        assert await kinds(8) == ["Completed"] * 8  # kept for less than a second
+        rxq._turn_ns = 1_000_000
+        assert (
+            await kinds(8, pause=0.001)
+            == ["YieldOnce"] + ["Completed"] * 3 + ["YieldOnce"] + ["Completed"] * 3
+        )
+    finally:
+        link.close()
+
+
 async def test_waiter_resumes_the_task_inside_a_loop_callback(R):
     """wake(True) from a loop callback runs the waiting task before the callback returns;
     from inside a task it is delivered on the next iteration instead."""

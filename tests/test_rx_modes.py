@@ -175,10 +175,12 @@ async def test_adaptive_polls_after_traffic_and_sleeps_on_interrupts_when_idle(m
             waiting.cancel()
 
 
-async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(memif_path):
-    """100 000 ``await txq.send()`` toward a peer that drains as fast as it can (a 16384-slot
-    ring, so the sender seldom waits for room, which would yield anyway): a 100 us timer on
-    the sender's loop keeps running, because the sender yields every ``max_burst`` sends."""
+@pytest.mark.parametrize("api", ["send", "send_burst"])
+async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(memif_path, api):
+    """100 000 packets by ``await txq.send()`` (or 64-packet ``send_burst``) toward a peer that
+    drains as fast as it can (a 16384-slot ring, so the sender seldom waits for room, which
+    would yield anyway): a 100 us timer on the sender's loop keeps running, because the sender
+    gives its loop a turn every 100 us of sending."""
     async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         peer = await PeerProcess.start(
@@ -193,14 +195,58 @@ async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(memif_path)
             watch = GapWatch(100e-6)
             watch.start()
             start = time.perf_counter()
-            for _ in range(100_000):
-                await txq.send(payload)
+            if api == "send":
+                for _ in range(100_000):
+                    await txq.send(payload)
+            else:
+                burst = [payload] * 64
+                for _ in range(100_000 // 64):
+                    await txq.send_burst(burst)
+                await txq.send_burst(burst[: 100_000 % 64])
             seconds = time.perf_counter() - start
             longest = watch.stop()
             assert txq.stats()["packets"] == 100_000
             # Without the yields the timer waits about as long as the whole run.
             assert longest < min(0.020, seconds / 4), (
                 f"a timer on the sender's loop waited {longest * 1e3:.1f} ms "
+                f"of {seconds * 1e3:.1f} ms ({watch.ticks} runs)"
+            )
+        finally:
+            assert await peer.stop() == 0
+
+
+@pytest.mark.parametrize("api", ["async for", "bursts"])
+async def test_a_consumer_that_never_waits_leaves_its_loop_to_the_other_tasks(memif_path, api):
+    """A peer sends as fast as the ring takes packets, so the ring always has some and the
+    consumer never waits (which would yield anyway): a 100 us timer on the consumer's loop
+    keeps running, because the consumer gives its loop a turn every 100 us."""
+    async with memif_aio.Socket(memif_path) as sock:
+        iface = await sock.create_interface(id=0, role="master")
+        peer = await PeerProcess.start("--role", "slave", "--socket", memif_path, "--blast")
+        try:
+            await iface.wait_connected(timeout=15)
+            rxq = iface.rx_queues[0]
+            received = 0
+            watch = GapWatch(100e-6)
+            watch.start()
+            start = time.perf_counter()
+            # Each packet is copied out (some work per packet, as an application does): the
+            # consumer is slower than the sender, so the ring never runs dry.
+            if api == "async for":
+                async for packet in rxq:
+                    received += len(bytes(packet)) // 64
+                    if received == 400_000:
+                        break
+            else:
+                async for burst in rxq.bursts():
+                    received += sum(len(bytes(packet)) for packet in burst) // 64
+                    if received >= 400_000:
+                        break
+            seconds = time.perf_counter() - start
+            longest = watch.stop()
+            # Without the turns the timer waits about as long as the whole run.
+            assert longest < min(0.020, seconds / 4), (
+                f"a timer on the consumer's loop waited {longest * 1e3:.1f} ms "
                 f"of {seconds * 1e3:.1f} ms ({watch.ticks} runs)"
             )
         finally:
