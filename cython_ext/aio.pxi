@@ -405,6 +405,7 @@ cdef class RxQueueCore(QueueCore):
         self.ring = ring
         self.tx_queues = ()
         self.spin_releases_gil = True
+        self.signalled_at = ring._peer_counter()
         if loop is not None:
             self._waiter = Waiter(loop)
 
@@ -440,10 +441,16 @@ cdef class RxQueueCore(QueueCore):
 
     def _interrupt(self):
         """The interrupt callback (from the loop, never raising): wake the consumer and run it
-        right here, one loop iteration sooner. A signal that brought nothing goes to
-        ``_empty_wakeup()`` (interrupt-storm accounting)."""
+        right here, one loop iteration sooner. A signal that finds nothing new goes to
+        ``_empty_wakeup()`` (interrupt-storm accounting) only if the peer published nothing
+        since its previous signal: a busy consumer often takes packets before their signal
+        is handled, and that signal is not the peer's fault."""
+        cdef uint16_t counter = self.ring._peer_counter()
+        cdef bint announced = counter != self.signalled_at
+        self.signalled_at = counter
         if self.closed_reason is None and not self.ring._has_news():
-            self._empty_wakeup()
+            if not announced:
+                self._empty_wakeup()
             return
         if self._waiter is not None:
             self._waiter.wake(True)

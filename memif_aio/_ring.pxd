@@ -297,6 +297,7 @@ cdef class RxRing:
     cdef int _release(self, uint16_t seen_tail=*, bint have_tail=*) except -1
     cdef uint32_t _refill(self, uint16_t seen_tail) noexcept nogil
     cdef bint _has_news(self) noexcept
+    cdef uint16_t _peer_counter(self) noexcept
     cdef bint _moved(self) noexcept
     cdef bint _spin(self, uint64_t budget_ns, bint release_gil) except -1
 
@@ -371,6 +372,7 @@ cdef class RxQueueCore(QueueCore):
     cdef tuple tx_queues  # TxQueueCores published before the consumer sleeps or spins
     cdef int wait_mode
     cdef int phase
+    cdef uint16_t signalled_at  # the peer's counter at its last signal
     cdef public uint64_t _spin_ns  # polling: the longest spin between two loop turns
     cdef public uint64_t _window_ns  # adaptive: how long to poll after traffic
     cdef public bint spin_releases_gil

@@ -579,6 +579,12 @@ class RxRing(_RingSide):
         self._check_open()
         return self._available()
 
+    def peer_counter(self) -> int:
+        if self._closed or self._regions.closed:
+            return 0
+        ring = self._ring
+        return ring.tail if self._slave else ring.head
+
     def has_news(self) -> bool:
         if self._closed or self._regions.closed:
             return False
@@ -1500,6 +1506,7 @@ class RxQueueCore(QueueCore):
         self.spin_releases_gil = True
         self._last_traffic = 0
         self._packets_seen = 0
+        self._signalled_at = ring.peer_counter()
         self._waiter = Waiter(loop) if loop is not None else None
 
     @property
@@ -1527,8 +1534,12 @@ class RxQueueCore(QueueCore):
                 queue.ring.flush()
 
     def _interrupt(self) -> None:
+        counter = self.ring.peer_counter()
+        announced = counter != self._signalled_at
+        self._signalled_at = counter
         if self.closed_reason is None and not self.ring.has_news():
-            self._empty_wakeup()
+            if not announced:
+                self._empty_wakeup()
             return
         if self._waiter is not None:
             self._waiter.wake(True)

@@ -244,6 +244,32 @@ async def test_a_consumer_that_never_waits_yields_by_the_clock(R):
         link.close()
 
 
+async def test_a_signal_for_packets_already_taken_is_not_an_empty_wakeup(R):
+    """A busy consumer takes packets before their signal is handled: that signal finds nothing
+    new, but the peer did publish since its previous one, so it is not counted toward an
+    interrupt storm. A signal with nothing published since the previous one is."""
+    link = Link(R, log2=6, buffer_size=256, eventfds=True)
+    Rx, _ = queue_classes(R)
+    rxq = Rx(0, link.mrx, [].append)
+    try:
+        rxq._interrupt()  # nothing was ever published
+        assert rxq.empty_wakeups == 1
+        for _ in range(3):
+            link.stx.tx_burst([b"a", b"b"])
+            assert len(rxq.recv_burst_nowait(8)) == 2  # taken before the signal is handled
+            rxq._interrupt()
+            assert rxq.empty_wakeups == 1
+            rxq._interrupt()  # again, with nothing published since
+            assert rxq.empty_wakeups == 2
+            rxq.empty_wakeups = 1
+        link.stx.tx_burst([b"c"])
+        rxq._interrupt()  # news: a wake-up, not empty
+        rxq._interrupt()  # the same news, still unread: not empty either
+        assert rxq.empty_wakeups == 1
+    finally:
+        link.close()
+
+
 async def test_waiter_resumes_the_task_inside_a_loop_callback(R):
     """wake(True) from a loop callback runs the waiting task before the callback returns;
     from inside a task it is delivered on the next iteration instead."""
