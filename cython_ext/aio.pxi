@@ -81,7 +81,7 @@ AM_SEND = bool(memif_set_am_send(<PyTypeObject *>Completed, <void *>_completed_s
 DONE = Completed(None)
 
 #: (ns) a task that sends without ever waiting gives its loop a turn at least this often
-TURN_INTERVAL_NS = 100_000
+TURN_INTERVAL_NS = 200_000
 
 
 @cython.final
@@ -314,6 +314,12 @@ cdef class InterruptCore:
         self.epoll_fd = -1
 
 
+@cython.final
+cdef class TurnClock:
+    """When the loop last had a turn from a set of queues (those of one link), and how often
+    a task that never suspends on them gives it one."""
+
+
 cdef class QueueCore:
     """What every queue has in C: its index, its gate (``closed_reason``, None while the
     link is up) and where a peer's violation is reported (``on_peer_error``, once per queue
@@ -322,23 +328,31 @@ cdef class QueueCore:
     def __init__(self, int index, on_peer_error):
         self.index = index
         self.on_peer_error = on_peer_error
-        self.turn_ns = TURN_INTERVAL_NS
+        self.clock = TurnClock.__new__(TurnClock)
+        self.clock.interval_ns = TURN_INTERVAL_NS
         self.turn = YieldOnce()
 
     @property
     def _turn_ns(self):
         """How long a task that never suspends on this queue (the ring always has packets,
-        or room) keeps its loop before it gives it a turn (ns); 0: at every look."""
-        return self.turn_ns
+        or room) keeps its loop before it gives it a turn (ns); 0: at every look. Shared by
+        the queues that share turns."""
+        return self.clock.interval_ns
 
     @_turn_ns.setter
     def _turn_ns(self, uint64_t value):
-        self.turn_ns = value
+        self.clock.interval_ns = value
+
+    def _share_turns_with(self, QueueCore other not None):
+        """Count turns on ``other``'s clock: a turn any of them gives (or a wait) is the
+        loop's turn for all, so a task that receives and sends on one link yields once per
+        interval, not once per queue."""
+        self.clock = other.clock
 
     cdef bint _turn_due(self) noexcept:
         cdef uint64_t now = memif_now_ns()
-        if now - self.last_turn >= self.turn_ns:
-            self.last_turn = now
+        if now - self.clock.last >= self.clock.interval_ns:
+            self.clock.last = now
             return True
         return False
 
@@ -349,7 +363,7 @@ cdef class QueueCore:
 
     def _turned(self):
         """The caller's task just suspended (a wait): its loop had a turn."""
-        self.last_turn = memif_now_ns()
+        self.clock.last = memif_now_ns()
 
     @property
     def closed(self):
@@ -510,9 +524,9 @@ cdef class RxQueueCore(QueueCore):
                 self._heat(now)
             if mode == WAIT_POLLING or now - self._last_traffic < self._window_ns:
                 self._flush_tx()
-                if not turned and now - self.last_turn >= self._spin_ns:
+                if not turned and now - self.clock.last >= self._spin_ns:
                     # However busy the link, the loop gets a turn at least every spin.
-                    self.last_turn = now
+                    self.clock.last = now
                     self.phase = PHASE_TURN
                     Py_INCREF(None)
                     result[0] = <PyObject *>None
@@ -521,7 +535,7 @@ cdef class RxQueueCore(QueueCore):
                     if mode == WAIT_ADAPTIVE:
                         self._last_traffic = memif_now_ns()
                     return 0
-                self.last_turn = memif_now_ns()
+                self.clock.last = memif_now_ns()
                 self.phase = PHASE_TURN
                 Py_INCREF(None)
                 result[0] = <PyObject *>None
@@ -828,7 +842,7 @@ cdef class TxQueueCore(QueueCore):
     peer sees it at once). A task sending in a loop lets the others on its loop run: every
     ``max_burst`` sends it looks at the clock, and once it has been sending for
     ``TURN_INTERVAL_NS`` since its last turn it returns a :class:`YieldOnce` instead (a loop
-    iteration costs a few microseconds: one per ~100 us keeps the sender's loss small and
+    iteration costs a few microseconds: one per ~200 us keeps the sender's loss small and
     the others' wait short, whatever the packet size). When the packet does not fit, or the
     queue is closed, it returns the subclass's ``_send_slow(data, metadata)``.
     """
@@ -878,7 +892,7 @@ cdef class TxQueueCore(QueueCore):
                         return self.turn
                 return DONE
         self.since_turn = 0
-        self.last_turn = memif_now_ns()  # the slow path waits: the loop gets its turn
+        self.clock.last = memif_now_ns()  # the slow path waits: the loop gets its turn
         return self._send_slow(data, meta)
 
     def flush(self):

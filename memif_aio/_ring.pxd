@@ -344,13 +344,17 @@ cdef class Waiter:
     cdef void _disarm(self) noexcept
 
 
+cdef class TurnClock:
+    cdef uint64_t interval_ns  # a task that never suspends yields after this long
+    cdef uint64_t last  # ns (memif_now_ns): when the loop last had a turn from these queues
+
+
 cdef class QueueCore:
     cdef readonly int index
     cdef readonly object closed_reason  # the gate: None while the link is up
     cdef readonly object on_peer_error
     cdef public bint peer_broke_it  # this queue's ring saw the peer's violation
-    cdef uint64_t turn_ns  # a task that never suspends on this queue yields after this long
-    cdef uint64_t last_turn  # ns (memif_now_ns): when its loop last got a turn from it
+    cdef TurnClock clock  # shared by the queues of one link
     cdef YieldOnce turn
     cdef int _check(self) except -1
     cdef bint _turn_due(self) noexcept

@@ -320,6 +320,8 @@ class QueueCore:
     def _shut(self, reason: str) -> None:
         """Close the gate."""
     _turn_ns: int  # a task that never suspends on the queue yields after this long (ns)
+    def _share_turns_with(self, other: QueueCore) -> None:
+        """Count turns on ``other``'s clock (the queues of one link share one)."""
     def _turn_now(self) -> bool:
         """True (and the turn counted) once the caller has kept its loop for ``_turn_ns``
         without suspending: it should yield once now."""

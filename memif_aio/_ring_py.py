@@ -1273,7 +1273,7 @@ class Completed:
 
 
 DONE = Completed(None)
-TURN_INTERVAL_NS = 100_000
+TURN_INTERVAL_NS = 200_000
 
 
 class YieldOnce:
@@ -1453,29 +1453,45 @@ class Waiter:
         pass
 
 
+class TurnClock:
+    def __init__(self) -> None:
+        self.interval_ns = TURN_INTERVAL_NS
+        self.last = 0
+
+
 class QueueCore:
     def __init__(self, index: int, on_peer_error) -> None:
         self.index = index
         self.on_peer_error = on_peer_error
         self.closed_reason: str | None = None
         self.peer_broke_it = False
-        self._turn_ns = TURN_INTERVAL_NS
-        self._last_turn = 0
+        self._clock = TurnClock()
         self._turn = YieldOnce()
 
     @property
     def closed(self) -> bool:
         return self.closed_reason is not None
 
+    @property
+    def _turn_ns(self) -> int:
+        return self._clock.interval_ns
+
+    @_turn_ns.setter
+    def _turn_ns(self, value: int) -> None:
+        self._clock.interval_ns = value
+
+    def _share_turns_with(self, other: QueueCore) -> None:
+        self._clock = other._clock
+
     def _turn_now(self) -> bool:
         now = time.monotonic_ns()
-        if now - self._last_turn >= self._turn_ns:
-            self._last_turn = now
+        if now - self._clock.last >= self._clock.interval_ns:
+            self._clock.last = now
             return True
         return False
 
     def _turned(self) -> None:
-        self._last_turn = time.monotonic_ns()
+        self._clock.last = time.monotonic_ns()
 
     def _check_open(self) -> None:
         if self.closed_reason is not None:
@@ -1573,8 +1589,8 @@ class RxQueueCore(QueueCore):
                     self._heat(now)
                 if mode == "polling" or now - self._last_traffic < self._window_ns:
                     self.flush_tx()
-                    if not turned and now - self._last_turn >= self._spin_ns:
-                        self._last_turn = now
+                    if not turned and now - self._clock.last >= self._spin_ns:
+                        self._clock.last = now
                         turned = True
                         yield None
                         continue
@@ -1582,7 +1598,7 @@ class RxQueueCore(QueueCore):
                         if mode == "adaptive":
                             self._last_traffic = time.monotonic_ns()
                         return
-                    self._last_turn = time.monotonic_ns()
+                    self._clock.last = time.monotonic_ns()
                     turned = True
                     yield None
                     continue
@@ -1760,7 +1776,7 @@ class TxQueueCore(QueueCore):
                         return self._turn
                 return DONE
         self._since_turn = 0
-        self._last_turn = time.monotonic_ns()
+        self._clock.last = time.monotonic_ns()
         return self._send_slow(data, meta)
 
     def flush(self) -> int:

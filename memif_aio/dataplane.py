@@ -119,6 +119,12 @@ class DataPlane:
         for rx_queue in self.rx_queues:
             # Before a consumer waits, what this link staged goes out (a reply, say).
             rx_queue._set_flush_queues(self.tx_queues)
+        queues = [*self.rx_queues, *self.tx_queues]
+        for queue in queues[1:]:
+            # A task that receives and sends on this link gives its loop one turn per
+            # interval, not one per queue (a turn costs a loop iteration: ~30 % of the burst
+            # echo rate on the asyncio loop with a clock per queue).
+            queue._share_turns_with(queues[0])
 
     def _peer_error(self, exc: PeerProtocolError) -> None:
         if not self.closed:

@@ -37,10 +37,11 @@ loop's thread spins, so that is the default.
 A :class:`TxQueue` copies packets into the ring and, since memif never signals "space freed",
 waits for room by re-checking on a short, growing timer: backpressure, never a silent drop. A
 task that sends in a loop and never has to wait still gives its loop a turn at least every
-100 µs of sending (``TURN_INTERVAL_NS``, checked every ``max_burst`` sends and after every
+200 µs of sending (``TURN_INTERVAL_NS``, checked every ``max_burst`` sends and after every
 ``send_burst``): receivers and timers on the same loop keep running, for ~5 % of the send
 rate. The same holds for a consumer whose ring always has packets (``async for``,
-``recv_burst``, ``bursts()``): once per 100 µs without a wait it yields once.
+``recv_burst``, ``bursts()``): once per 200 µs without a wait it yields once. The queues of
+a link share one clock, so a task that receives and sends yields once per interval.
 
 A queue belongs to the thread running its event loop and to one consumer task at a time. Queues
 live as long as one connection: when the link goes down they are closed and every waiter gets
@@ -321,7 +322,7 @@ class TxQueue(_ring.TxQueueCore):
       waits while the ring is full. Packets are staged and published together once per loop
       iteration (or every ``max_burst`` packets; at once when the peer polls): one counter
       store and at most one eventfd write for the lot. ``txq.flush()`` publishes now. A task
-      that sends in a loop gives the loop a turn at least every 100 µs of sending, so
+      that sends in a loop gives the loop a turn at least every 200 µs of sending, so
       receivers and timers on the same loop keep running.
     - ``await txq.send_burst(packets)``: a sequence of bytes-like objects, a 2-D uint8 numpy
       array plus ``lengths``, or a received ``Burst`` (copied in C, metadata kept: the echo

@@ -180,7 +180,7 @@ async def test_a_sender_that_never_waits_yields_by_the_clock(R):
     link = Link(R, log2=6, buffer_size=256, eventfds=True)
     _, Tx = queue_classes(R)
     txq = Tx(0, link.stx, [].append, asyncio.get_running_loop(), max_burst=16)
-    assert txq._turn_ns == R.TURN_INTERVAL_NS == 100_000 and txq._yield_every == 16
+    assert txq._turn_ns == R.TURN_INTERVAL_NS == 200_000 and txq._yield_every == 16
 
     async def kinds(count: int, pause: float = 0.0) -> list[int]:
         yields = []
@@ -240,6 +240,30 @@ async def test_a_consumer_that_never_waits_yields_by_the_clock(R):
             await kinds(8, pause=0.001)
             == ["YieldOnce"] + ["Completed"] * 3 + ["YieldOnce"] + ["Completed"] * 3
         )
+    finally:
+        link.close()
+
+
+async def test_queues_that_share_turns_count_one_clock(R):
+    """A turn given through one queue (or a wait) is the loop's turn for every queue sharing
+    its clock: a task that receives and sends yields once per interval, not once per queue."""
+    link = Link(R, log2=6, buffer_size=256, eventfds=True)
+    Rx, Tx = queue_classes(R)
+    rxq = Rx(0, link.mrx, [].append)
+    txq = Tx(0, link.mtx, [].append, asyncio.get_running_loop())
+    lone = Tx(1, link.stx, [].append, asyncio.get_running_loop())
+    try:
+        txq._share_turns_with(rxq)
+        rxq._turn_ns = 10**9
+        assert txq._turn_ns == 10**9 and lone._turn_ns == R.TURN_INTERVAL_NS
+        assert rxq._turn_now()  # the first look: no turn yet
+        assert not txq._turn_now() and not rxq._turn_now()
+        assert lone._turn_now()  # its own clock
+        rxq._turn_ns = 0
+        assert txq._turn_now()
+        txq._turned()
+        rxq._turn_ns = 10**9
+        assert not rxq._turn_now()  # the wait on txq was the loop's turn
     finally:
         link.close()
 

@@ -180,7 +180,7 @@ async def test_a_sender_in_a_loop_leaves_its_loop_to_the_other_tasks(memif_path,
     """100 000 packets by ``await txq.send()`` (or 64-packet ``send_burst``) toward a peer that
     drains as fast as it can (a 16384-slot ring, so the sender seldom waits for room, which
     would yield anyway): a 100 us timer on the sender's loop keeps running, because the sender
-    gives its loop a turn every 100 us of sending."""
+    gives its loop a turn every 200 us of sending."""
     async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         peer = await PeerProcess.start(
@@ -221,7 +221,7 @@ async def test_a_consumer_that_never_waits_leaves_its_loop_to_the_other_tasks(
 ):
     """A peer sends as fast as the ring takes packets, so the ring always has some and the
     consumer never waits (which would yield anyway): a 100 us timer on the consumer's loop
-    keeps running, because the consumer gives its loop a turn every 100 us."""
+    keeps running, because the consumer gives its loop a turn every 200 us."""
     async with memif_aio.Socket(memif_path) as sock:
         iface = await sock.create_interface(id=0, role="master")
         peer = await PeerProcess.start("--role", "slave", "--socket", memif_path, "--blast")
@@ -266,6 +266,10 @@ async def test_details_show_each_queues_mode_the_interface_default_and_overrides
             await master.wait_connected(timeout=10)
             assert [q.mode for q in master.details().rx_queues] == ["adaptive", "adaptive"]
             assert [q.mode for q in master.details().tx_queues] == [None, None]
+            # The queues of a link share one turn clock (and its interval).
+            master.tx_queues[1]._turn_ns = 123_000
+            assert {q._turn_ns for q in [*master.rx_queues, *master.tx_queues]} == {123_000}
+            assert slave.rx_queues[0]._turn_ns == memif_aio._ring.TURN_INTERVAL_NS
             assert [q.mode for q in slave.details().rx_queues] == ["interrupt", "interrupt"]
             # a queue overrides the interface's default
             master.rx_queues[1].mode = "polling"

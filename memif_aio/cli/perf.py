@@ -31,7 +31,7 @@ async def echo_service(iface: Interface) -> None:
             try:
                 async for burst in rxq.bursts():
                     # Copied ring to ring in C. Under full load neither call suspends: the
-                    # queues give the loop a turn every 100 µs (the other queues, signals).
+                    # queues give the loop a turn every 200 µs (the other queues, signals).
                     await txq.send_burst(burst)
             except (MemifError, IndexError):
                 # The link went down, or the peer broke it (already disconnected, logged):

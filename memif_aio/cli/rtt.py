@@ -790,7 +790,7 @@ def format_report(report: LatencyReport) -> str:
             "| longest 100 µs-timer gap µs | in rounds not preempted |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        labels = {"library": "every 100 µs of sending (library)", "never": "never"}
+        labels = {"library": "every 200 µs of sending (library)", "never": "never"}
         for f in report.fairness:
             label = labels.get(f.setting, f.setting.replace("every-", "every ") + " sends")
             if f.setting.startswith("turn-"):
