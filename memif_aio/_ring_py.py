@@ -1274,6 +1274,7 @@ class Completed:
 
 DONE = Completed(None)
 TURN_INTERVAL_NS = 200_000
+POLLED_FLUSH = 32
 
 
 class YieldOnce:
@@ -1764,7 +1765,9 @@ class TxQueueCore(QueueCore):
                 self._peer_error(exc)
                 raise
             if ok:
-                if tx._staged_packets >= self._max_burst or tx.ring.flags & RING_FLAG_MASK_INT:
+                if tx._staged_packets >= self._max_burst or (
+                    tx._staged_packets % POLLED_FLUSH == 0 and tx.ring.flags & RING_FLAG_MASK_INT
+                ):
                     tx.flush()
                 elif not self._scheduled:
                     self._scheduled = True

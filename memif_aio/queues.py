@@ -320,7 +320,7 @@ class TxQueue(_ring.TxQueueCore):
 
     - ``await txq.send(data)``: copy one packet in (chained across buffers when larger than one);
       waits while the ring is full. Packets are staged and published together once per loop
-      iteration (or every ``max_burst`` packets; at once when the peer polls): one counter
+      iteration (or every ``max_burst`` packets; every 32 when the peer polls): one counter
       store and at most one eventfd write for the lot. ``txq.flush()`` publishes now. A task
       that sends in a loop gives the loop a turn at least every 200 µs of sending, so
       receivers and timers on the same loop keep running.
