@@ -54,7 +54,7 @@ import asyncio
 import contextlib
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from . import _ring
 from .errors import (
@@ -96,6 +96,38 @@ class RxMode(str, enum.Enum):
             return cls(value)
         except ValueError:
             raise ConfigError(f"rx mode {value!r}: choose interrupt, polling or adaptive") from None
+
+
+class _Seconds:
+    """A queue setting in seconds, kept in nanoseconds on the C core, within 0..maximum."""
+
+    def __init__(self, field: str, maximum: float, doc: str, why: str = "") -> None:
+        self.field = field
+        self.maximum = maximum
+        self.why = why
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, queue: None, owner: type) -> _Seconds: ...
+    @overload
+    def __get__(self, queue: object, owner: type) -> float: ...
+    def __get__(self, queue: object, owner: type) -> float | _Seconds:
+        if queue is None:
+            return self
+        return int(getattr(queue, self.field)) / 1e9
+
+    def __set__(self, queue: object, seconds: float) -> None:
+        if not 0 <= seconds <= self.maximum:
+            raise ConfigError(f"{self.name} {seconds} s outside 0..{self.maximum:g}{self.why}")
+        setattr(queue, self.field, int(seconds * 1e9))
+
+
+def _stats(ring: _ring.RxRing | _ring.TxRing, drops: int) -> dict[str, int]:
+    """What both queue kinds report: the ring's counters and the packets lost at link-down."""
+    return {"packets": ring.packets, "bytes": ring.bytes, "errors": ring.errors, "drops": drops}
 
 
 class RxQueue(_ring.RxQueueCore):
@@ -195,27 +227,15 @@ class RxQueue(_ring.RxQueueCore):
     def polling(self, value: bool) -> None:
         self.mode = RxMode.POLLING if value else RxMode.INTERRUPT
 
-    @property
-    def spin(self) -> float:
-        """Seconds a polling (or adaptive, while busy) consumer spins per look, at most."""
-        return self._spin_ns / 1e9
-
-    @spin.setter
-    def spin(self, seconds: float) -> None:
-        if not 0 <= seconds <= 0.01:
-            raise ConfigError(f"spin {seconds} s outside 0..0.01 (the loop must get its turn)")
-        self._spin_ns = int(seconds * 1e9)
-
-    @property
-    def adaptive_window(self) -> float:
-        """Seconds an adaptive queue keeps polling after it last saw traffic."""
-        return self._window_ns / 1e9
-
-    @adaptive_window.setter
-    def adaptive_window(self, seconds: float) -> None:
-        if not 0 <= seconds <= 1.0:
-            raise ConfigError(f"adaptive_window {seconds} s outside 0..1")
-        self._window_ns = int(seconds * 1e9)
+    spin = _Seconds(
+        "_spin_ns",
+        0.01,
+        "Seconds a polling (or adaptive, while busy) consumer spins per look, at most.",
+        " (the loop must get its turn)",
+    )
+    adaptive_window = _Seconds(
+        "_window_ns", 1.0, "Seconds an adaptive queue keeps polling after it last saw traffic."
+    )
 
     # -- interrupts -----------------------------------------------------------------------------
 
@@ -296,8 +316,7 @@ class RxQueue(_ring.RxQueueCore):
             self.ring.release()
 
     def stats(self) -> dict[str, int]:
-        r = self.ring
-        return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors, "drops": self.drops}
+        return _stats(self.ring, self.drops)
 
     def _close(self, reason: str) -> None:
         if self.closed:
@@ -464,10 +483,6 @@ class TxQueue(_ring.TxQueueCore):
         self._check_open()
         return attempt + 1
 
-    def stats(self) -> dict[str, int]:
-        r = self.ring
-        return {"packets": r.packets, "bytes": r.bytes, "errors": r.errors, "drops": self.drops}
-
     def _close(self, reason: str) -> None:
         if self.closed:
             return
@@ -480,3 +495,6 @@ class TxQueue(_ring.TxQueueCore):
             with contextlib.suppress(MemifError):
                 self.drops += self.ring.ring.size - self.ring.free_slots()
         self.ring.close()
+
+    def stats(self) -> dict[str, int]:
+        return _stats(self.ring, self.drops)

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -271,15 +271,24 @@ def _ready() -> None:
     sys.stdout.flush()
 
 
-async def _serve_echo(args: argparse.Namespace) -> None:
-    """Master: echo every 64-byte packet; time the idle window the pinger marks out."""
-    from .. import DisconnectedError, Socket
+@contextlib.asynccontextmanager
+async def _serving_master(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The master side of a measurement: listening (said on stdout), connected, configured."""
+    from .. import Socket
 
     async with Socket(args.path) as sock:
         iface = await sock.create_interface(id=0, role="master", rx_mode=args.mode)
         _ready()
         await iface.wait_connected(timeout=30)
         _configure(iface, args)
+        yield iface
+
+
+async def _serve_echo(args: argparse.Namespace) -> None:
+    """Master: echo every 64-byte packet; time the idle window the pinger marks out."""
+    from .. import DisconnectedError
+
+    async with _serving_master(args) as iface:
         rxq, txq = iface.rx_queues[0], iface.tx_queues[0]
         result: dict[str, Any] = {"echoed": 0}
         echoed, first_cpu, last_cpu = 0, 0.0, 0.0
@@ -344,13 +353,9 @@ async def _serve_ping(args: argparse.Namespace) -> None:
 
 async def _serve_drain(args: argparse.Namespace) -> None:
     """Master: take every burst as it comes (polling: the sender never waits for us)."""
-    from .. import DisconnectedError, Socket
+    from .. import DisconnectedError
 
-    async with Socket(args.path) as sock:
-        iface = await sock.create_interface(id=0, role="master", rx_mode=args.mode)
-        _ready()
-        await iface.wait_connected(timeout=30)
-        _configure(iface, args)
+    async with _serving_master(args) as iface:
         packets = 0
         try:
             async for burst in iface.rx_queues[0].bursts():
