@@ -114,12 +114,13 @@ cdef class YieldOnce:
         return self.__next__()
 
     def throw(self, typ, val=None, tb=None):
+        self.value = None  # a cancelled turn drops its packet: no view outlives it here
         if val is None:
             raise typ
         raise val
 
     def close(self):
-        pass
+        self.value = None
 
 
 cdef enum:

@@ -1285,7 +1285,11 @@ class YieldOnce:
 
     def __await__(self):
         value, self.value = self.value, None
-        yield
+        try:
+            yield
+        except BaseException:
+            del value  # a cancelled turn drops its packet (the traceback keeps this frame)
+            raise
         return value
 
 
