@@ -268,9 +268,12 @@ async def test_details_show_each_queues_mode_the_interface_default_and_overrides
             assert [q.mode for q in master.details().rx_queues] == ["adaptive", "adaptive"]
             assert [q.mode for q in master.details().tx_queues] == [None, None]
             # The queues of a link share one turn clock (and its interval).
-            master.tx_queues[1]._turn_ns = 123_000
+            master.tx_queues[1].turn_interval = 123e-6
             assert {q._turn_ns for q in [*master.rx_queues, *master.tx_queues]} == {123_000}
+            assert master.rx_queues[0].turn_interval == 123e-6
             assert slave.rx_queues[0]._turn_ns == memif_aio._ring.TURN_INTERVAL_NS
+            with pytest.raises(ConfigError, match="turn_interval 1 s outside 0..0.1"):
+                master.rx_queues[0].turn_interval = 1
             assert [q.mode for q in slave.details().rx_queues] == ["interrupt", "interrupt"]
             # a queue overrides the interface's default
             master.rx_queues[1].mode = "polling"
