@@ -91,9 +91,8 @@ POLLED_FLUSH = 32
 @cython.final
 cdef class YieldOnce:
     """An awaitable that gives the loop one turn (like ``asyncio.sleep(0)``), reusable: each
-    ``await`` suspends exactly once, then gives ``value`` (handed over, None by default). What
-    a sender or a consumer that never had to wait returns now and then, so the other tasks on
-    its loop run."""
+    ``await`` suspends exactly once. What a sender that never had to wait returns now and
+    then, so the other tasks on its loop run."""
 
     def __await__(self):
         self.yielded = False
@@ -106,21 +105,18 @@ cdef class YieldOnce:
         if not self.yielded:
             self.yielded = True
             return None  # a bare yield: the Task steps again on the next loop iteration
-        value = self.value
-        self.value = None
-        raise StopIteration(value)
+        raise StopIteration
 
     def send(self, arg):
         return self.__next__()
 
     def throw(self, typ, val=None, tb=None):
-        self.value = None  # a cancelled turn drops its packet: no view outlives it here
         if val is None:
             raise typ
         raise val
 
     def close(self):
-        self.value = None
+        pass
 
 
 cdef enum:
@@ -424,7 +420,7 @@ cdef class RxQueueCore(QueueCore):
         self.ring = ring
         self.tx_queues = ()
         self.spin_releases_gil = True
-        self.signalled_at = ring._peer_counter()
+        self.packets_at_signal = ring.packets
         if loop is not None:
             self._waiter = Waiter(loop)
 
@@ -461,14 +457,15 @@ cdef class RxQueueCore(QueueCore):
     def _interrupt(self):
         """The interrupt callback (from the loop, never raising): wake the consumer and run it
         right here, one loop iteration sooner. A signal that finds nothing new goes to
-        ``_empty_wakeup()`` (interrupt-storm accounting) only if the peer published nothing
-        since its previous signal: a busy consumer often takes packets before their signal
-        is handled, and that signal is not the peer's fault."""
-        cdef uint16_t counter = self.ring._peer_counter()
-        cdef bint announced = counter != self.signalled_at
-        self.signalled_at = counter
+        ``_empty_wakeup()`` (interrupt-storm accounting) unless whole packets were delivered
+        since the previous signal: a busy consumer often takes packets before their signal is
+        handled, and that signal is not the peer's fault. (Packets delivered, not the peer's
+        counter: a peer can move its counter back and forth over a chain it never finishes.)"""
+        cdef uint64_t packets = self.ring.packets
+        cdef bint delivered = packets != self.packets_at_signal
+        self.packets_at_signal = packets
         if self.closed_reason is None and not self.ring._has_news():
-            if not announced:
+            if not delivered:
                 self._empty_wakeup()
             return
         if self._waiter is not None:
@@ -506,11 +503,10 @@ cdef class RxQueueCore(QueueCore):
                 result[0] = <PyObject *>waiter
                 return 1
             self.phase = PHASE_START
+            self.clock.last = memif_now_ns()  # the task slept: its loop had its turn
             if waiter.outcome is not None:
                 raise waiter.outcome
             self._check()
-            if self.wait_mode == WAIT_ADAPTIVE and not rx.closed:
-                self._heat(memif_now_ns())
             return 0
         turned = self.phase == PHASE_TURN
         self.phase = PHASE_START
@@ -537,9 +533,7 @@ cdef class RxQueueCore(QueueCore):
                     result[0] = <PyObject *>None
                     return 1
                 if rx._spin(self._spin_ns, self.spin_releases_gil):
-                    if mode == WAIT_ADAPTIVE:
-                        self._last_traffic = memif_now_ns()
-                    return 0
+                    return 0  # only packets taken heat an adaptive queue (the next wait)
                 self.clock.last = memif_now_ns()
                 self.phase = PHASE_TURN
                 Py_INCREF(None)
@@ -552,7 +546,6 @@ cdef class RxQueueCore(QueueCore):
                 # is seen now, one published after it is signalled).
                 memif_flags_and(flags, <uint16_t>~MASK_INT)
                 if rx._moved():
-                    self._heat(now)
                     return 0
         # No lost wake-up: the peer publishes before it signals. A signal handled before the
         # waiter is armed (the caller's look may be a loop iteration old) found no waiter, but
@@ -657,7 +650,8 @@ cdef class PacketResume:
 
     Awaited, it looks at the ring once more (a signal handled before the await began found
     no waiter), then waits in the queue's mode (``RxQueueCore._wait_step``) and takes the
-    burst; woken for nothing (a mode switch, a signal without news) it waits on, or hands
+    burst; woken for nothing (a mode switch, a signal without news) it counts an empty
+    wake-up, gives the loop a turn and waits on, or hands
     over to the subclass's ``_wait()`` when the mode is "python". No coroutine, no Future,
     no StopIteration per wait.
     """
@@ -685,6 +679,7 @@ cdef class PacketResume:
         cdef PyObject *raw = NULL
         if val is None:
             val = typ() if isinstance(typ, type) else typ
+        stream.turn_pending = 0
         if stream.inner is not None:
             rc = stream._delegate(&raw, val)
             value = <object>raw
@@ -700,6 +695,7 @@ cdef class PacketResume:
     def close(self):
         cdef PacketStream stream = self.stream
         inner, stream.inner = stream.inner, None
+        stream.turn_pending = 0
         if stream.waiting:
             stream.waiting = False
             stream.queue._abandon_wait()
@@ -753,11 +749,15 @@ cdef class PacketStream:
         cdef PacketResume resume
         if self.queue.closed_reason is None and not rx.closed and not rx.regions._closed:
             if self.i >= rx.c.n:
+                if self.inner is None and rx._has_news() and self.queue._turn_due():
+                    # Packets keep coming without a wait: the loop gets its turn now and then,
+                    # before the take (a task cancelled in its turn has taken nothing).
+                    self.turn_pending = 1
+                    self.waiting = False
+                    resume = PacketResume.__new__(PacketResume)
+                    resume.stream = self
+                    return resume
                 self._take()
-                if self.i < rx.c.n and self.queue._turn_due():
-                    # Packets keep coming without a wait: the loop gets its turn now and then.
-                    self.queue.turn.value = self._next()
-                    return self.queue.turn
             if self.i < rx.c.n:
                 self.ready.value = self._next()
                 return self.ready
@@ -774,6 +774,19 @@ cdef class PacketStream:
         cdef RxRing rx = self.rx
         if self.inner is not None:
             return self._delegate(result, None)
+        if self.turn_pending == 1:
+            self.turn_pending = 2
+            Py_INCREF(None)
+            result[0] = <PyObject *>None  # a bare yield: one loop turn
+            return 1
+        if self.turn_pending == 2:  # back from the turn: take what was there (and more)
+            self.turn_pending = 0
+            queue._check()
+            if rx.closed or rx.regions._closed:
+                raise LocalProtocolError("rx ring is closed")
+            self._take()
+            if self.i < rx.c.n:
+                return self._give(result)
         while True:
             if not self.waiting:
                 queue._check()
@@ -797,7 +810,13 @@ cdef class PacketStream:
             self._take()
             if self.i < rx.c.n:
                 return self._give(result)
-            # nothing after all (a mode switch, a chain published in part): wait on
+            # Nothing after all (a mode switch, a chain published in part, or a peer moving
+            # its counter to wake us): counted like a signal without news, and the loop gets
+            # a turn before the next look, so no peer can keep this step from returning.
+            queue._empty_wakeup()
+            Py_INCREF(None)
+            result[0] = <PyObject *>None
+            return 1
 
     cdef int _give(self, PyObject **result) except -1:
         value = self._next()
@@ -842,8 +861,8 @@ cdef class TxQueueCore(QueueCore):
 
     ``send(data)`` copies the packet into the ring at once and returns :data:`DONE` when it
     fits. The first packet staged in a loop iteration schedules one flush with
-    ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so do every
-    ``POLLED_FLUSH`` (32) when the receiver polls (MASK_INT: a flush is then one store, no
+    ``loop.call_soon``; ``max_burst`` staged packets flush at once, and so do the first of a
+    loop iteration and every ``POLLED_FLUSH`` (32) when the receiver polls (MASK_INT: a flush is then one store, no
     syscall, and publishing early keeps the peer busy; every packet would move the ring's
     cache line between the CPUs per packet: half the send rate toward dpdk-testpmd). A
     consumer's wait publishes what its link staged first, so a reply goes out at once. A task sending in a loop lets the others on its loop run: every
@@ -888,9 +907,10 @@ cdef class TxQueueCore(QueueCore):
                 raise
             if ok:
                 if tx.staged_packets >= self.max_burst or (
-                        tx.staged_packets % POLLED_FLUSH == 0 and tx._peer_polls()):
+                        (not self.scheduled or tx.staged_packets % POLLED_FLUSH == 0)
+                        and tx._peer_polls()):
                     tx._flush()
-                elif not self.scheduled:
+                if not self.scheduled:
                     self.scheduled = True
                     self.call_soon(self._scheduled_flush)
                 self.since_turn += 1

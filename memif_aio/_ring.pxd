@@ -308,7 +308,6 @@ cdef class Completed:
 
 cdef class YieldOnce:
     cdef bint yielded
-    cdef object value  # what the await gives after its turn (handed over once)
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -376,7 +375,7 @@ cdef class RxQueueCore(QueueCore):
     cdef tuple tx_queues  # TxQueueCores published before the consumer sleeps or spins
     cdef int wait_mode
     cdef int phase
-    cdef uint16_t signalled_at  # the peer's counter at its last signal
+    cdef uint64_t packets_at_signal  # ring.packets when the peer last signalled
     cdef public uint64_t _spin_ns  # polling: the longest spin between two loop turns
     cdef public uint64_t _window_ns  # adaptive: how long to poll after traffic
     cdef public bint spin_releases_gil
@@ -406,6 +405,7 @@ cdef class PacketStream:
     cdef Completed ready
     cdef object inner  # the _slow() coroutine a wait handed over to, if any
     cdef bint waiting  # PacketResume is in a wait of the queue
+    cdef int turn_pending  # 1: the next step gives the loop a turn; 2: then it takes
     cdef int _take(self) except -1
     cdef object _next(self)
     cdef int _step(self, PyObject **result) except -1

@@ -1278,19 +1278,10 @@ POLLED_FLUSH = 32
 
 
 class YieldOnce:
-    """Gives the loop one turn, like ``asyncio.sleep(0)``, then ``value``; reusable."""
-
-    def __init__(self) -> None:
-        self.value = None
+    """Gives the loop one turn, like ``asyncio.sleep(0)``; reusable."""
 
     def __await__(self):
-        value, self.value = self.value, None
-        try:
-            yield
-        except BaseException:
-            del value  # a cancelled turn drops its packet (the traceback keeps this frame)
-            raise
-        return value
+        yield
 
 
 class InterruptCore:
@@ -1527,7 +1518,7 @@ class RxQueueCore(QueueCore):
         self.spin_releases_gil = True
         self._last_traffic = 0
         self._packets_seen = 0
-        self._signalled_at = ring.peer_counter()
+        self._packets_at_signal = ring.packets
         self._waiter = Waiter(loop) if loop is not None else None
 
     @property
@@ -1555,11 +1546,11 @@ class RxQueueCore(QueueCore):
                 queue.ring.flush()
 
     def _interrupt(self) -> None:
-        counter = self.ring.peer_counter()
-        announced = counter != self._signalled_at
-        self._signalled_at = counter
+        packets = self.ring.packets
+        delivered = packets != self._packets_at_signal
+        self._packets_at_signal = packets
         if self.closed_reason is None and not self.ring.has_news():
-            if not announced:
+            if not delivered:
                 self._empty_wakeup()
             return
         if self._waiter is not None:
@@ -1600,8 +1591,6 @@ class RxQueueCore(QueueCore):
                         yield None
                         continue
                     if rx.wait_news(self._spin_ns, self.spin_releases_gil):
-                        if mode == "adaptive":
-                            self._last_traffic = time.monotonic_ns()
                         return
                     self._clock.last = time.monotonic_ns()
                     turned = True
@@ -1610,7 +1599,6 @@ class RxQueueCore(QueueCore):
                 if rx._ring.flags & RING_FLAG_MASK_INT:
                     rx._ring.flags = rx._ring.flags & ~RING_FLAG_MASK_INT & 0xFFFF
                     if rx._moved():
-                        self._heat(now)
                         return
             if rx._moved():
                 return
@@ -1625,11 +1613,10 @@ class RxQueueCore(QueueCore):
             except BaseException:
                 waiter._disarm()
                 raise
+            self._clock.last = time.monotonic_ns()
             if waiter._outcome is not None:
                 raise waiter._outcome
             self._check_open()
-            if self._mode == "adaptive" and not rx._closed:
-                self._heat(time.monotonic_ns())
             return
 
     def recv_burst_nowait(self, max_packets: int = DEFAULT_BURST) -> Burst:
@@ -1681,29 +1668,37 @@ class PacketStream:
         rx = self._rx
         if self._queue.closed_reason is None and not rx._closed and not rx._regions.closed:
             if self._i >= rx._n:
+                if rx.has_news() and self._queue._turn_now():
+                    return PacketResume(self, turn_first=True)
                 self._take()
-                if self._i < rx._n and self._queue._turn_now():
-                    self._queue._turn.value = self._next()
-                    return self._queue._turn
             if self._i < rx._n:
                 return Completed(self._next())
             if self._queue._mode != "python":
                 return PacketResume(self)
         return self._slow()
 
-    def _resume(self):
-        """PacketResume: look once more, wait in the queue's mode, take."""
+    def _resume(self, take_first: bool = False):
+        """PacketResume: look once more, wait in the queue's mode, take; woken for nothing,
+        count an empty wake-up and give the loop a turn before looking again. After a turn
+        (``take_first``) it takes before anything else."""
         queue, rx = self._queue, self._rx
-        queue._check_open()
-        if rx._closed or rx._regions.closed:
-            raise LocalProtocolError("rx ring is closed")
-        if rx._moved():
+        if take_first:
+            queue._check_open()
+            if rx._closed or rx._regions.closed:
+                raise LocalProtocolError("rx ring is closed")
             self._take()
             if self._i < rx._n:
                 return self._next()
-        if queue._mode == "python":
-            return (yield from self._slow().__await__())
         while True:
+            queue._check_open()
+            if rx._closed or rx._regions.closed:
+                raise LocalProtocolError("rx ring is closed")
+            if rx._moved():
+                self._take()
+                if self._i < rx._n:
+                    return self._next()
+            if queue._mode == "python":
+                return (yield from self._slow().__await__())
             yield from queue._waiting()
             queue._check_open()
             if rx._closed or rx._regions.closed:
@@ -1711,8 +1706,8 @@ class PacketStream:
             self._take()
             if self._i < rx._n:
                 return self._next()
-            if queue._mode == "python":
-                return (yield from self._slow().__await__())
+            queue._empty_wakeup()
+            yield None
 
     async def _slow(self):
         rx = self._rx
@@ -1727,13 +1722,17 @@ class PacketStream:
 
 
 class PacketResume:
-    """What PacketStream hands out when it must wait in the queue's mode."""
+    """What PacketStream hands out when it must wait in the queue's mode (or, first, give
+    the loop a turn)."""
 
-    def __init__(self, stream: PacketStream) -> None:
+    def __init__(self, stream: PacketStream, turn_first: bool = False) -> None:
         self._stream = stream
+        self._turn_first = turn_first
 
     def __await__(self):
-        return self._stream._resume()
+        if self._turn_first:
+            yield None
+        return (yield from self._stream._resume(self._turn_first))
 
 
 class TxQueueCore(QueueCore):
@@ -1770,10 +1769,11 @@ class TxQueueCore(QueueCore):
                 raise
             if ok:
                 if tx._staged_packets >= self._max_burst or (
-                    tx._staged_packets % POLLED_FLUSH == 0 and tx.ring.flags & RING_FLAG_MASK_INT
+                    (not self._scheduled or tx._staged_packets % POLLED_FLUSH == 0)
+                    and tx.ring.flags & RING_FLAG_MASK_INT
                 ):
                     tx.flush()
-                elif not self._scheduled:
+                if not self._scheduled:
                     self._scheduled = True
                     self._call_soon(self._scheduled_flush)
                 self._since_turn += 1

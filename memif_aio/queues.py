@@ -258,6 +258,8 @@ class RxQueue(_ring.RxQueueCore):
         self._waiter.wake()
 
     def _empty_wakeup(self) -> None:
+        if self._deaf is not None:  # already sitting a storm out (polling on a timer)
+            return
         now = self._loop.time()
         if now - self._storm_start > _STORM_WINDOW:
             self._storm_start = now
@@ -289,16 +291,21 @@ class RxQueue(_ring.RxQueueCore):
 
     async def recv_burst(self, max_packets: int = DEFAULT_BURST) -> _ring.Burst:
         """Wait for at least one packet and return the burst."""
+        if self.ring.has_news() and self._turn_now():
+            # Packets keep coming without a wait: the loop's turn, before the take (a task
+            # cancelled in its turn has taken nothing).
+            await asyncio.sleep(0)
         burst = self.recv_burst_nowait(max_packets)
-        if len(burst):
-            if self._turn_now():  # packets keep coming without a wait: the loop's turn
-                await asyncio.sleep(0)
-            return burst
-        while True:
+        while not len(burst):
             await self._wait()
             burst = self.recv_burst_nowait(max_packets)
-            if len(burst):
-                return burst
+            if not len(burst):
+                # Woken for nothing (a mode switch, a chain published in part, a peer moving
+                # its counter to wake us): counted, and the loop gets a turn before the next
+                # look, so no peer can keep this coroutine from suspending.
+                self._empty_wakeup()
+                await asyncio.sleep(0)
+        return burst
 
     def _wait(self) -> Awaitable[None]:
         """Return when there may be packets (the caller looks), in the queue's mode."""
@@ -425,6 +432,7 @@ class TxQueue(_ring.TxQueueCore):
             if lengths is not None or metadata is not None:
                 raise ValueError("a Burst carries its own lengths and metadata")
             return await self._send_received(packets)
+        await self._fair_turn()
         total = len(packets)
         sent = attempt = 0
         while sent < total:
@@ -439,10 +447,10 @@ class TxQueue(_ring.TxQueueCore):
                 attempt = 0
             else:
                 attempt = await self._wait_for_room(attempt)
-        await self._fair_turn()
         return sent
 
     async def _send_received(self, burst: _ring.Burst) -> int:
+        await self._fair_turn()
         generation = burst.generation
         first = position = burst.forwarded
         total = len(burst)
@@ -459,12 +467,12 @@ class TxQueue(_ring.TxQueueCore):
                 attempt = 0
             else:
                 attempt = await self._wait_for_room(attempt)
-        await self._fair_turn()
         return position - first
 
     async def _fair_turn(self) -> None:
         # A task whose bursts always find room never suspends: once per _turn_ns its loop
-        # gets a turn, so the other tasks (a receiver of the same link, timers) run.
+        # gets a turn, so the other tasks (a receiver of the same link, timers) run. Taken
+        # before anything is staged: a task cancelled in its turn has sent nothing.
         if self._turn_now():
             await asyncio.sleep(0)
 

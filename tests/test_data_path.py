@@ -320,10 +320,15 @@ async def test_send_backpressure_on_full_ring_and_drops_on_close(qlink, queues):
 
 async def test_send_to_a_polling_peer_publishes_every_32_packets_without_a_signal(qlink, queues):
     """A receiver that polls (MASK_INT) is never signalled, so publishing costs one store: the
-    sender publishes every 32 staged packets (the poller gets work early, and the ring's cache
-    line does not cross CPUs once per packet), the rest at the end of the loop iteration."""
+    sender publishes the first packet of a loop iteration at once (a lone request is not
+    delayed) and then every 32 staged packets (the poller gets work early, and the ring's
+    cache line does not cross CPUs once per packet), the rest at the end of the iteration."""
     rxq, txq, errors = queues
     rxq.polling = True
+    await txq.send(b"first")
+    assert qlink.mrx.pending() == 1 and qlink.stx.staged == 0
+    assert len(qlink.mrx.rx_burst()) == 1
+    qlink.mrx.release()
     for i in range(31):
         await txq.send(b"%d" % i)
     assert qlink.mrx.pending() == 0 and qlink.stx.staged == 31
@@ -341,6 +346,29 @@ async def test_send_to_a_polling_peer_publishes_every_32_packets_without_a_signa
     assert qlink.mrx.pending() == 1 and qlink.stx.staged == 2
     await asyncio.sleep(0)
     assert qlink.mrx.pending() == 3 and qlink.signals(qlink.mrx) == 1
+    assert not errors
+
+
+async def test_a_task_cancelled_in_its_fairness_turn_has_sent_or_taken_nothing(qlink, queues):
+    """The turns come before the work: a send_burst or recv_burst cancelled in its turn (a
+    wait_for around it, say) has sent nothing and taken nothing, so a retry neither
+    duplicates nor loses packets."""
+    rxq, txq, errors = queues
+    txq.turn_interval = rxq.turn_interval = 0  # a turn at every call
+
+    async def cancelled_in_its_turn(coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        await asyncio.sleep(0)  # the task is in its turn now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    await cancelled_in_its_turn(txq.send_burst([b"a", b"b"]))
+    assert qlink.stx.staged == 0 and qlink.mrx.pending() == 0 and txq.stats()["packets"] == 0
+    assert await txq.send_burst([b"a", b"b"]) == 2
+    await cancelled_in_its_turn(rxq.recv_burst())
+    burst = rxq.recv_burst_nowait()
+    assert [bytes(burst[i]) for i in range(len(burst))] == [b"a", b"b"]
     assert not errors
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from checks import (
     honest_master_serves,
     honest_slave_connects,
@@ -244,3 +245,55 @@ async def test_interrupt_storm_costs_little_and_traffic_still_flows(memif_path, 
         await one_warning(caplog, "signals without sending", "rx queue 0")
         await wait_state(iface, LinkState.DISCONNECTED)
         assert await idle_cpu() < 0.05
+
+
+def _toggle(ring_fd: int, ring_bytes: int, efd: int, seconds: float) -> subprocess.Popen:
+    """Another process leaves an unfinished chain (NEXT, never followed) in S2M slot 0 and
+    moves head between 0 and 1 and back, signalling after each move and pausing long enough
+    for us to handle each signal: every signal sees the counter moved, yet no packet is ever
+    delivered."""
+    script = textwrap.dedent(
+        f"""
+        import mmap, os, struct, time
+        ring = mmap.mmap({ring_fd}, {ring_bytes})
+        struct.pack_into("<HHIII", ring, 2 * 64, 1, 1, 64, 0, 0)  # NEXT: a chain never ended
+        one = (1).to_bytes(8, "little")
+        end = time.monotonic() + {seconds}
+        while time.monotonic() < end:
+            for head in (1, 0):
+                struct.pack_into("<H", ring, 6, head)
+                os.write({efd}, one)
+                time.sleep(0.0001)
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", script], pass_fds=[ring_fd, efd])
+
+
+@pytest.mark.parametrize("mode", ["interrupt", "adaptive"])
+async def test_a_counter_moved_back_and_forth_is_a_storm_too(memif_path, caplog, mode):
+    """A peer that moves its counter over a chain it never finishes, and signals, wakes us
+    with 'news' that delivers nothing: those wake-ups are counted like signals without
+    news (whole packets delivered are what count), so we stop listening for pauses, the
+    loop is never held, and packets still arrive. An adaptive queue is not kept polling by
+    it either: only packets taken count as traffic."""
+    async with memif_aio.Socket(memif_path) as sock:
+        iface = await sock.create_interface(id=0, role="master", rx_mode=mode)
+        chan, mem = await _raw_slave_up(memif_path, iface)
+        rxq = iface.rx_queues[0]
+        toggler = _toggle(mem.region_fds[0], mem.sizes[0], mem.s2m[0].eventfd, 1.5)
+        try:
+            receiving = asyncio.ensure_future(rxq.recv())
+            await asyncio.sleep(0.2)
+            assert not receiving.done()
+            cpu = await idle_cpu(1.0)
+        finally:
+            await asyncio.to_thread(toggler.wait)
+        try:
+            mem.send_s2m(b"after the toggling")  # slot 0, head 1: a whole packet at last
+            assert await asyncio.wait_for(receiving, 1) == b"after the toggling"
+        finally:
+            chan.close()
+            mem.close()
+        assert cpu < 0.3, f"the toggling cost {cpu:.0%} of a CPU"
+        await one_warning(caplog, "signals without sending", "rx queue 0")
+        await wait_state(iface, LinkState.DISCONNECTED)
