@@ -736,6 +736,18 @@ cdef class PacketStream:
         self.i = 0
         return 0
 
+    cdef int _check_live(self) except -1:
+        self.queue._check()
+        if self.rx.closed or self.rx.regions._closed:
+            raise LocalProtocolError("rx ring is closed")
+        return 0
+
+    cdef bint _take_checked(self) except -1:
+        """Take a burst if the link and ring are still up; whether it has a packet."""
+        self._check_live()
+        self._take()
+        return self.i < self.rx.c.n
+
     cdef object _next(self):
         cdef RxRing rx = self.rx
         cdef uint32_t i = self.i
@@ -781,17 +793,11 @@ cdef class PacketStream:
             return 1
         if self.turn_pending == 2:  # back from the turn: take what was there (and more)
             self.turn_pending = 0
-            queue._check()
-            if rx.closed or rx.regions._closed:
-                raise LocalProtocolError("rx ring is closed")
-            self._take()
-            if self.i < rx.c.n:
+            if self._take_checked():
                 return self._give(result)
         while True:
             if not self.waiting:
-                queue._check()
-                if rx.closed or rx.regions._closed:
-                    raise LocalProtocolError("rx ring is closed")
+                self._check_live()
                 if rx._moved():  # news since the caller looked: no wait
                     self._take()
                     if self.i < rx.c.n:
@@ -804,11 +810,7 @@ cdef class PacketStream:
             if queue._wait_step(result):
                 return 1
             self.waiting = False
-            queue._check()
-            if rx.closed or rx.regions._closed:
-                raise LocalProtocolError("rx ring is closed")
-            self._take()
-            if self.i < rx.c.n:
+            if self._take_checked():
                 return self._give(result)
             # Nothing after all (a mode switch, a chain published in part, or a peer moving
             # its counter to wake us): counted like a signal without news, and the loop gets
@@ -845,14 +847,9 @@ cdef class PacketStream:
         return 1
 
     async def _slow(self):
-        cdef RxRing rx = self.rx
         while True:
             await self.queue._wait()
-            self.queue._check()
-            if rx.closed or rx.regions._closed:
-                raise LocalProtocolError("rx ring is closed")
-            self._take()
-            if rx.c.n:
+            if self._take_checked():
                 return self._next()
 
 

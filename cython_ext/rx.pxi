@@ -482,18 +482,6 @@ cdef class RxRing:
         once closed. What an interrupt is checked against."""
         return self._has_news()
 
-    def peer_counter(self):
-        """The peer's counter as it is now (one load; 0 once closed)."""
-        return self._peer_counter()
-
-    cdef uint16_t _peer_counter(self) noexcept:
-        if self.closed or self.regions._closed:
-            return 0
-        cdef char *hdr = self.ring._hdr()
-        if self.slave:
-            return memif_load_acquire(ring_tail(hdr, self.ring.cacheline))
-        return memif_load_acquire(ring_head(hdr))
-
     cdef bint _has_news(self) noexcept:
         if self.closed or self.regions._closed:
             return False

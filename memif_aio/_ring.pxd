@@ -297,7 +297,6 @@ cdef class RxRing:
     cdef int _release(self, uint16_t seen_tail=*, bint have_tail=*) except -1
     cdef uint32_t _refill(self, uint16_t seen_tail) noexcept nogil
     cdef bint _has_news(self) noexcept
-    cdef uint16_t _peer_counter(self) noexcept
     cdef bint _moved(self) noexcept
     cdef bint _spin(self, uint64_t budget_ns, bint release_gil) except -1
 
@@ -407,6 +406,8 @@ cdef class PacketStream:
     cdef bint waiting  # PacketResume is in a wait of the queue
     cdef int turn_pending  # 1: the next step gives the loop a turn; 2: then it takes
     cdef int _take(self) except -1
+    cdef int _check_live(self) except -1
+    cdef bint _take_checked(self) except -1
     cdef object _next(self)
     cdef int _step(self, PyObject **result) except -1
     cdef int _give(self, PyObject **result) except -1

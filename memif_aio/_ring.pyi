@@ -164,8 +164,6 @@ class RxRing:
         """Slave: publish every free slot as an empty descriptor (one head store)."""
     def pending(self) -> int:
         """Descriptors the peer published that we have not read."""
-    def peer_counter(self) -> int:
-        """The peer's counter as it is now (one load; 0 once closed)."""
     def has_news(self) -> bool:
         """The peer's counter moved since we last read (one load, no validation)."""
     def wait_news(self, budget_ns: int, release_gil: bool = True) -> bool:

@@ -579,12 +579,6 @@ class RxRing(_RingSide):
         self._check_open()
         return self._available()
 
-    def peer_counter(self) -> int:
-        if self._closed or self._regions.closed:
-            return 0
-        ring = self._ring
-        return ring.tail if self._slave else ring.head
-
     def has_news(self) -> bool:
         if self._closed or self._regions.closed:
             return False
@@ -1682,17 +1676,10 @@ class PacketStream:
         count an empty wake-up and give the loop a turn before looking again. After a turn
         (``take_first``) it takes before anything else."""
         queue, rx = self._queue, self._rx
-        if take_first:
-            queue._check_open()
-            if rx._closed or rx._regions.closed:
-                raise LocalProtocolError("rx ring is closed")
-            self._take()
-            if self._i < rx._n:
-                return self._next()
+        if take_first and self._take_checked():
+            return self._next()
         while True:
-            queue._check_open()
-            if rx._closed or rx._regions.closed:
-                raise LocalProtocolError("rx ring is closed")
+            self._check_live()
             if rx._moved():
                 self._take()
                 if self._i < rx._n:
@@ -1700,24 +1687,26 @@ class PacketStream:
             if queue._mode == "python":
                 return (yield from self._slow().__await__())
             yield from queue._waiting()
-            queue._check_open()
-            if rx._closed or rx._regions.closed:
-                raise LocalProtocolError("rx ring is closed")
-            self._take()
-            if self._i < rx._n:
+            if self._take_checked():
                 return self._next()
             queue._empty_wakeup()
             yield None
 
+    def _check_live(self) -> None:
+        self._queue._check_open()
+        if self._rx._closed or self._rx._regions.closed:
+            raise LocalProtocolError("rx ring is closed")
+
+    def _take_checked(self) -> bool:
+        """Take a burst if the link and ring are still up; whether it has a packet."""
+        self._check_live()
+        self._take()
+        return self._i < self._rx._n
+
     async def _slow(self):
-        rx = self._rx
         while True:
             await self._queue._wait()
-            self._queue._check_open()
-            if rx._closed or rx._regions.closed:
-                raise LocalProtocolError("rx ring is closed")
-            self._take()
-            if rx._n:
+            if self._take_checked():
                 return self._next()
 
 

@@ -432,7 +432,8 @@ class TxQueue(_ring.TxQueueCore):
             if lengths is not None or metadata is not None:
                 raise ValueError("a Burst carries its own lengths and metadata")
             return await self._send_received(packets)
-        await self._fair_turn()
+        if self._turn_now():  # before anything is staged: see _send_received
+            await asyncio.sleep(0)
         total = len(packets)
         sent = attempt = 0
         while sent < total:
@@ -450,7 +451,11 @@ class TxQueue(_ring.TxQueueCore):
         return sent
 
     async def _send_received(self, burst: _ring.Burst) -> int:
-        await self._fair_turn()
+        # A task whose bursts always find room never suspends: once per turn_interval its
+        # loop gets a turn, so the other tasks (a receiver of the same link, timers) run.
+        # Taken before anything is staged: a task cancelled in its turn has sent nothing.
+        if self._turn_now():
+            await asyncio.sleep(0)
         generation = burst.generation
         first = position = burst.forwarded
         total = len(burst)
@@ -468,13 +473,6 @@ class TxQueue(_ring.TxQueueCore):
             else:
                 attempt = await self._wait_for_room(attempt)
         return position - first
-
-    async def _fair_turn(self) -> None:
-        # A task whose bursts always find room never suspends: once per _turn_ns its loop
-        # gets a turn, so the other tasks (a receiver of the same link, timers) run. Taken
-        # before anything is staged: a task cancelled in its turn has sent nothing.
-        if self._turn_now():
-            await asyncio.sleep(0)
 
     async def alloc(self, n: int) -> list[memoryview]:
         """Up to ``n`` writable buffers (at least one; waits for room)."""
